@@ -1,0 +1,55 @@
+//! # transformer-encoder
+//!
+//! KerasHub's `keras_hub.layers.TransformerEncoder` on CPUs: the same numbers as Keras (within
+//! the tolerances of SPEC section 7), from fused SIMD kernels chosen at run time.
+//!
+//! ```
+//! use transformer_encoder::{CallOptions, EncoderConfig, Mask, TensorView, TransformerEncoder};
+//!
+//! // keras_hub.layers.TransformerEncoder(intermediate_dim=64, num_heads=8) on hidden size 64.
+//! let encoder = TransformerEncoder::init(EncoderConfig::new(64, 8), 64, 1234)?;
+//! let x = vec![0.25f32; 2 * 10 * 64];
+//! let pad: Vec<u8> = (0..20).map(|i| (i % 10 < 7) as u8).collect(); // 3 padded tokens each
+//! let opts = CallOptions::new().padding_mask(Mask::new(&pad, &[2, 10]));
+//! let (y, scores) = encoder.forward_with_scores(TensorView::new(&x, &[2, 10, 64]), &opts)?;
+//! assert_eq!(y.len(), 2 * 10 * 64);
+//! assert_eq!(scores.len(), 2 * 8 * 10 * 10);
+//! # Ok::<(), transformer_encoder::Error>(())
+//! ```
+//!
+//! ## Semantics
+//!
+//! * `padding_mask [B, S]` masks keys only (Keras' explicit `padding_mask`); padded query rows are
+//!   computed normally. [`implicit_mask_from_ids`] gives Keras' implicit-mask behaviour, which
+//!   also masks the padded query rows.
+//! * Fully masked query rows follow [`MaskedRowPolicy`]: by default exactly what Keras does
+//!   (all-zero probabilities when scores are requested or dropout > 0, uniform 1/S otherwise).
+//! * Masked keys never contribute to a row that has a kept key, even if their values are NaN.
+//! * LayerNorm computes the variance from centred values.
+//!
+//! ## Portability and performance
+//!
+//! Kernels are chosen at run time by CPU feature (AVX-512, AVX2+FMA, portable); set
+//! `TRANSFORMER_ENCODER_ISA=avx512|avx2|portable` to force one, or use
+//! [`TransformerEncoder::with_isa`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod conformance;
+mod config;
+mod encoder;
+mod error;
+mod mask;
+pub mod reference;
+mod stack;
+mod weights;
+
+pub use config::{DTYPE_POLICIES, EncoderConfig, INITIALIZER_NAMES, Initializer, WeightPrecision};
+pub use encoder::{CallOptions, MaskedRowPolicy, TensorView, TransformerEncoder, Workspace};
+pub use error::{Error, Result};
+pub use mask::{Mask, MaskValues, implicit_mask_from_ids, padding_mask_from_ids};
+pub use stack::{EncoderStack, StackWorkspace};
+pub use transformer_encoder_kernels::activation::{ACCEPTED_NAMES as ACTIVATION_NAMES, Activation};
+pub use transformer_encoder_kernels::{Isa, IsaError};
+pub use weights::{EncoderWeights, WEIGHT_NAMES, WeightDims};

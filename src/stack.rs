@@ -1,0 +1,117 @@
+//! A stack of encoder layers run one after another with the same masks.
+
+use crate::encoder::{CallOptions, TensorView, TransformerEncoder, Workspace};
+use crate::error::{Error, Result};
+
+/// `N` encoder layers applied in order (Keras: several `TransformerEncoder`s called in a row).
+///
+/// ```
+/// use transformer_encoder::{CallOptions, EncoderConfig, EncoderStack, TensorView, TransformerEncoder};
+/// let layers = (0..3)
+///     .map(|i| TransformerEncoder::init(EncoderConfig::new(32, 4), 16, i))
+///     .collect::<Result<Vec<_>, _>>()
+///     .unwrap();
+/// let stack = EncoderStack::new(layers).unwrap();
+/// let x = vec![0.1f32; 5 * 16];
+/// let y = stack.forward(TensorView::new(&x, &[1, 5, 16]), &CallOptions::new()).unwrap();
+/// assert_eq!(y.len(), x.len());
+/// ```
+#[derive(Debug)]
+pub struct EncoderStack {
+    layers: Vec<TransformerEncoder>,
+}
+
+/// Scratch space for [`EncoderStack::forward_into`].
+#[derive(Debug, Default)]
+pub struct StackWorkspace {
+    layer: Workspace,
+    ping: Vec<f32>,
+}
+
+impl StackWorkspace {
+    /// An empty workspace.
+    pub fn new() -> StackWorkspace {
+        StackWorkspace::default()
+    }
+}
+
+impl EncoderStack {
+    /// A stack of at least one layer, all of the same hidden size.
+    pub fn new(layers: Vec<TransformerEncoder>) -> Result<EncoderStack> {
+        let first = layers
+            .first()
+            .ok_or_else(|| Error::config("layers", "at least one layer, got 0"))?;
+        let h = first.hidden_dim();
+        for (i, l) in layers.iter().enumerate() {
+            if l.hidden_dim() != h {
+                return Err(Error::config(
+                    "layers",
+                    format!("every layer with hidden size {h}, layer {i} has {}", l.hidden_dim()),
+                ));
+            }
+        }
+        Ok(EncoderStack { layers })
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[TransformerEncoder] {
+        &self.layers
+    }
+
+    /// Run every layer; returns the last layer's output.
+    pub fn forward(&self, x: TensorView<'_>, opts: &CallOptions<'_>) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; x.data().len()];
+        self.forward_into(x, opts, &mut out, &mut StackWorkspace::new())?;
+        Ok(out)
+    }
+
+    /// Run every layer and return each layer's output (`hidden_states[i]` after layer `i`).
+    pub fn forward_all(&self, x: TensorView<'_>, opts: &CallOptions<'_>) -> Result<Vec<Vec<f32>>> {
+        let (b, s, h) = x
+            .shape3()
+            .ok_or_else(|| Error::shape("inputs", "rank 3 [batch, seq, hidden]", "another rank"))?;
+        let mut ws = Workspace::new();
+        let mut states: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let mut out = vec![0.0; x.data().len()];
+            let input = if i == 0 { x } else { TensorView::new(&states[i - 1], &[b, s, h]) };
+            l.forward_into(input, opts, &mut out, None, &mut ws)?;
+            states.push(out);
+        }
+        Ok(states)
+    }
+
+    /// Run every layer into `out` with a reusable workspace (no allocation after warm-up).
+    pub fn forward_into(
+        &self,
+        x: TensorView<'_>,
+        opts: &CallOptions<'_>,
+        out: &mut [f32],
+        ws: &mut StackWorkspace,
+    ) -> Result<()> {
+        let (b, s, h) = x
+            .shape3()
+            .ok_or_else(|| Error::shape("inputs", "rank 3 [batch, seq, hidden]", "another rank"))?;
+        let n = x.data().len();
+        if ws.ping.len() < n {
+            ws.ping.resize(n, 0.0);
+        }
+        let count = self.layers.len();
+        // Alternate between `out` and the ping buffer so the last layer writes `out`.
+        for (i, l) in self.layers.iter().enumerate() {
+            let to_out = (count - 1 - i) % 2 == 0;
+            if i == 0 {
+                if to_out {
+                    l.forward_into(x, opts, out, None, &mut ws.layer)?;
+                } else {
+                    l.forward_into(x, opts, &mut ws.ping[..n], None, &mut ws.layer)?;
+                }
+            } else if to_out {
+                l.forward_into(TensorView::new(&ws.ping[..n], &[b, s, h]), opts, out, None, &mut ws.layer)?;
+            } else {
+                l.forward_into(TensorView::new(out, &[b, s, h]), opts, &mut ws.ping[..n], None, &mut ws.layer)?;
+            }
+        }
+        Ok(())
+    }
+}
