@@ -197,7 +197,10 @@ impl Initializer {
                 let seed = match get("seed") {
                     None | Some(Value::Null) => None,
                     Some(s) => Some(s.as_u64().ok_or_else(|| {
-                        Error::config("initializer seed", format!("a non-negative integer, got {s}"))
+                        Error::config(
+                            "initializer seed",
+                            format!("a non-negative integer, got {s}"),
+                        )
                     })?),
                 };
                 let num = |k: &str, d: f64| -> Result<f64, Error> {
@@ -503,8 +506,9 @@ impl EncoderConfig {
                 .get(k)
                 .ok_or_else(|| Error::config(k, "present in the config (required)"))?;
             match x.as_u64() {
-                Some(u) => usize::try_from(u)
-                    .map_err(|_| Error::config(k, format!("an integer that fits in usize, got {x}"))),
+                Some(u) => usize::try_from(u).map_err(|_| {
+                    Error::config(k, format!("an integer that fits in usize, got {x}"))
+                }),
                 None => Err(Error::config(k, format!("a non-negative integer, got {x}"))),
             }
         };
@@ -579,7 +583,11 @@ impl EncoderConfig {
         let mut m = Map::new();
         m.insert(
             "name".into(),
-            keep("name", &|v| v.as_str() == Some(&self.name), json!(self.name)),
+            keep(
+                "name",
+                &|v| v.as_str() == Some(&self.name),
+                json!(self.name),
+            ),
         );
         m.insert(
             "trainable".into(),
@@ -633,7 +641,9 @@ impl EncoderConfig {
             "kernel_initializer".into(),
             keep(
                 "kernel_initializer",
-                &|v| Initializer::from_keras_json(v).ok().as_ref() == Some(&self.kernel_initializer),
+                &|v| {
+                    Initializer::from_keras_json(v).ok().as_ref() == Some(&self.kernel_initializer)
+                },
                 self.kernel_initializer.to_keras_json(),
             ),
         );
@@ -685,7 +695,10 @@ fn activation_from_json(v: &Value) -> Result<Activation, Error> {
             .and_then(Value::as_str)
             .map(|s| s.rsplit('>').next().unwrap_or(s))
             .ok_or_else(|| {
-                Error::config("activation", format!("a name or a serialized function, got {v}"))
+                Error::config(
+                    "activation",
+                    format!("a name or a serialized function, got {v}"),
+                )
             })?,
         other => {
             return Err(Error::config(
@@ -707,6 +720,9 @@ fn dtype_from_json(v: &Value) -> Result<String, Error> {
             .and_then(Value::as_str)
             .map(str::to_string)
             .ok_or_else(|| Error::config("dtype", format!("a dtype policy, got {v}"))),
-        other => Err(Error::config("dtype", format!("a dtype policy, got {other}"))),
+        other => Err(Error::config(
+            "dtype",
+            format!("a dtype policy, got {other}"),
+        )),
     }
 }

@@ -71,7 +71,10 @@ impl CaseReport {
     }
 }
 
-fn tensor<'a>(st: &'a SafeTensors<'a>, name: &str) -> Result<Option<safetensors::tensor::TensorView<'a>>> {
+fn tensor<'a>(
+    st: &'a SafeTensors<'a>,
+    name: &str,
+) -> Result<Option<safetensors::tensor::TensorView<'a>>> {
     match st.tensor(name) {
         Ok(t) => Ok(Some(t)),
         Err(safetensors::SafeTensorError::TensorNotFound(_)) => Ok(None),
@@ -90,7 +93,10 @@ fn to_f64(name: &str, t: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f64
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
             .collect()),
-        other => Err(Error::format(name, format!("expected F32 or F64, got {other:?}"))),
+        other => Err(Error::format(
+            name,
+            format!("expected F32 or F64, got {other:?}"),
+        )),
     }
 }
 
@@ -102,7 +108,10 @@ fn to_mask(name: &str, t: &safetensors::tensor::TensorView<'_>) -> Result<Vec<u8
             .chunks_exact(4)
             .map(|b| (i32::from_le_bytes([b[0], b[1], b[2], b[3]]) != 0) as u8)
             .collect()),
-        other => Err(Error::format(name, format!("expected a U8 mask, got {other:?}"))),
+        other => Err(Error::format(
+            name,
+            format!("expected a U8 mask, got {other:?}"),
+        )),
     }
 }
 
@@ -117,8 +126,8 @@ impl GoldenCase {
 
     /// Load a golden case from a buffer (`what` names it in errors).
     pub fn from_bytes(bytes: &[u8], what: &str) -> Result<GoldenCase> {
-        let (_, meta) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| Error::format(what, e.to_string()))?;
+        let (_, meta) =
+            SafeTensors::read_metadata(bytes).map_err(|e| Error::format(what, e.to_string()))?;
         let md = meta
             .metadata()
             .clone()
@@ -141,18 +150,30 @@ impl GoldenCase {
         let inputs_t = tensor(&st, "inputs")?.ok_or_else(|| Error::format(what, "no `inputs`"))?;
         let sh = inputs_t.shape();
         if sh.len() != 3 {
-            return Err(Error::format(what, format!("`inputs` has rank {}, expected 3", sh.len())));
+            return Err(Error::format(
+                what,
+                format!("`inputs` has rank {}, expected 3", sh.len()),
+            ));
         }
-        let inputs: Vec<f32> = to_f64("inputs", &inputs_t)?.into_iter().map(|v| v as f32).collect();
+        let inputs: Vec<f32> = to_f64("inputs", &inputs_t)?
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
         let need = |n: &str| -> Result<Vec<f64>> {
             let t = tensor(&st, n)?.ok_or_else(|| Error::format(what, format!("no `{n}`")))?;
             to_f64(n, &t)
         };
-        let padding_mask = tensor(&st, "padding_mask")?.map(|t| to_mask("padding_mask", &t)).transpose()?;
-        let attention_mask =
-            tensor(&st, "attention_mask")?.map(|t| to_mask("attention_mask", &t)).transpose()?;
+        let padding_mask = tensor(&st, "padding_mask")?
+            .map(|t| to_mask("padding_mask", &t))
+            .transpose()?;
+        let attention_mask = tensor(&st, "attention_mask")?
+            .map(|t| to_mask("attention_mask", &t))
+            .transpose()?;
         let outputs_mixed_bfloat16 = tensor(&st, "outputs_mixed_bfloat16")?
-            .map(|t| to_f64("outputs_mixed_bfloat16", &t).map(|v| v.into_iter().map(|x| x as f32).collect()))
+            .map(|t| {
+                to_f64("outputs_mixed_bfloat16", &t)
+                    .map(|v| v.into_iter().map(|x| x as f32).collect())
+            })
             .transpose()?;
         Ok(GoldenCase {
             name,
@@ -200,7 +221,9 @@ impl GoldenCase {
         let (y2, scores) = enc.forward_with_scores(x, &opts)?;
         let (truth_default, truth_scores_call) = match policy {
             MaskedRowPolicy::Keras => (&self.outputs_f64, &self.outputs_scores_path_f64),
-            MaskedRowPolicy::Zeros => (&self.outputs_scores_path_f64, &self.outputs_scores_path_f64),
+            MaskedRowPolicy::Zeros => {
+                (&self.outputs_scores_path_f64, &self.outputs_scores_path_f64)
+            }
             MaskedRowPolicy::Uniform => (&self.outputs_f64, &self.outputs_f64),
         };
         let mut truth_p = self.attention_scores_f64.clone();
@@ -212,7 +235,9 @@ impl GoldenCase {
                     if masked {
                         for h in 0..n {
                             let row = ((bi * n + h) * s + i) * s;
-                            truth_p[row..row + s].iter_mut().for_each(|v| *v = 1.0 / s as f64);
+                            truth_p[row..row + s]
+                                .iter_mut()
+                                .for_each(|v| *v = 1.0 / s as f64);
                         }
                     }
                 }
@@ -231,7 +256,10 @@ impl GoldenCase {
     fn keeps(&self, b: usize, i: usize, j: usize) -> bool {
         let s = self.shape[1];
         let p = self.padding_mask.as_ref().is_none_or(|m| m[b * s + j] != 0);
-        let a = self.attention_mask.as_ref().is_none_or(|m| m[(b * s + i) * s + j] != 0);
+        let a = self
+            .attention_mask
+            .as_ref()
+            .is_none_or(|m| m[(b * s + i) * s + j] != 0);
         p && a
     }
 }

@@ -54,7 +54,11 @@ impl<'a> TensorView<'a> {
         if n != Some(self.data.len()) {
             return Err(Error::shape(
                 arg,
-                format!("{} values for shape {}", n.unwrap_or(usize::MAX), self.shape.describe()),
+                format!(
+                    "{} values for shape {}",
+                    n.unwrap_or(usize::MAX),
+                    self.shape.describe()
+                ),
                 format!("{} values", self.data.len()),
             ));
         }
@@ -308,7 +312,9 @@ impl TransformerEncoder {
             .checked_mul(self.dims.num_heads)
             .and_then(|v| v.checked_mul(s))
             .and_then(|v| v.checked_mul(s))
-            .ok_or_else(|| Error::shape("inputs", "a size whose scores fit in memory", "an overflow"))?;
+            .ok_or_else(|| {
+                Error::shape("inputs", "a size whose scores fit in memory", "an overflow")
+            })?;
         let mut out = vec![0.0; x.data.len()];
         let mut scores = vec![0.0; n];
         self.forward_into(x, opts, &mut out, Some(&mut scores), &mut Workspace::new())?;
@@ -330,7 +336,10 @@ impl TransformerEncoder {
         if hidden != self.dims.hidden_dim {
             return Err(Error::shape(
                 "inputs",
-                format!("last dimension (hidden) = {} to match the weights", self.dims.hidden_dim),
+                format!(
+                    "last dimension (hidden) = {} to match the weights",
+                    self.dims.hidden_dim
+                ),
                 format!("{hidden}"),
             ));
         }
@@ -381,7 +390,11 @@ impl TransformerEncoder {
             Merged::Keys => KeepMask::Keys(&ws.mask),
             Merged::Full => KeepMask::Full(&ws.mask),
         };
-        let (h, w, f) = (hidden, heads * self.dims.key_dim, self.dims.intermediate_dim);
+        let (h, w, f) = (
+            hidden,
+            heads * self.dims.key_dim,
+            self.dims.intermediate_dim,
+        );
         let k = self.kernels;
         let eps = self.config.layer_norm_epsilon as f32;
         let pre = self.config.normalize_first;

@@ -36,8 +36,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod conformance;
 mod config;
+pub mod conformance;
 mod encoder;
 mod error;
 mod mask;

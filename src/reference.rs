@@ -1,11 +1,11 @@
 //! The whole layer computed naively in float64 (the oracle for the fast encoder), built from
 //! the kernel crate's reference operations.
 
+use crate::EncoderConfig;
 use crate::encoder::{CallOptions, MaskedRowPolicy, TensorView};
 use crate::error::{Error, Result};
 use crate::mask::{Merged, merge};
 use crate::weights::EncoderWeights;
-use crate::EncoderConfig;
 use transformer_encoder_kernels::reference as r;
 use transformer_encoder_kernels::{AttentionShape, KeepMask, MaskedRows, rng};
 
@@ -40,13 +40,23 @@ pub fn forward(
     config.validate(d.hidden_dim)?;
     let data = x.data();
     let (h, n, kd, f) = (d.hidden_dim, d.num_heads, d.key_dim, d.intermediate_dim);
-    if h == 0 || data.len() % h != 0 {
-        return Err(Error::shape("inputs", format!("a multiple of {h} values"), format!("{}", data.len())));
+    if h == 0 || !data.len().is_multiple_of(h) {
+        return Err(Error::shape(
+            "inputs",
+            format!("a multiple of {h} values"),
+            format!("{}", data.len()),
+        ));
     }
     // The shape is taken from the view through the public forward's checks.
     let (batch, seq) = infer(x, h)?;
     let mut buf = Vec::new();
-    let merged = merge(opts.padding_mask.as_ref(), opts.attention_mask.as_ref(), batch, seq, &mut buf)?;
+    let merged = merge(
+        opts.padding_mask.as_ref(),
+        opts.attention_mask.as_ref(),
+        batch,
+        seq,
+        &mut buf,
+    )?;
     let keep = match merged {
         Merged::None => KeepMask::All,
         Merged::Keys => KeepMask::Keys(&buf),
@@ -56,7 +66,11 @@ pub fn forward(
         MaskedRowPolicy::Zeros => MaskedRows::Zeros,
         MaskedRowPolicy::Uniform => MaskedRows::Uniform,
         MaskedRowPolicy::Keras => {
-            if scores_path || config.dropout > 0.0 { MaskedRows::Zeros } else { MaskedRows::Uniform }
+            if scores_path || config.dropout > 0.0 {
+                MaskedRows::Zeros
+            } else {
+                MaskedRows::Uniform
+            }
         }
     };
     let w64 = |i: usize| -> Vec<f64> { weights.tensor(i).iter().map(|&v| v as f64).collect() };
@@ -68,11 +82,20 @@ pub fn forward(
     let xin: Vec<f64> = data.iter().map(|&v| v as f64).collect();
     let pre = config.normalize_first;
 
-    let hin = if pre { r::layer_norm(&xin, h, &w64(8), &w64(9), eps) } else { xin.clone() };
+    let hin = if pre {
+        r::layer_norm(&xin, h, &w64(8), &w64(9), eps)
+    } else {
+        xin.clone()
+    };
     let q = r::linear(&hin, &w64(0), &w64(1), m, h, w);
     let k = r::linear(&hin, &w64(2), &w64(3), m, h, w);
     let v = r::linear(&hin, &w64(4), &w64(5), m, h, w);
-    let shape = AttentionShape { batch, seq, heads: n, key_dim: kd };
+    let shape = AttentionShape {
+        batch,
+        seq,
+        heads: n,
+        key_dim: kd,
+    };
     let (ctx, scores) = r::attention(&q, &k, &v, shape, keep, policy, train.map(|s| (rate, s)));
     let mut a = r::linear(&ctx, &w64(6), &w64(7), m, w, h);
     if let Some(seed) = train {
@@ -82,7 +105,11 @@ pub fn forward(
     if !pre {
         x1 = r::layer_norm(&x1, h, &w64(8), &w64(9), eps);
     }
-    let h2 = if pre { r::layer_norm(&x1, h, &w64(10), &w64(11), eps) } else { x1.clone() };
+    let h2 = if pre {
+        r::layer_norm(&x1, h, &w64(10), &w64(11), eps)
+    } else {
+        x1.clone()
+    };
     let mut inter = r::linear(&h2, &w64(12), &w64(13), m, h, f);
     r::activation(config.activation, &mut inter, f);
     let mut ff = r::linear(&inter, &w64(14), &w64(15), m, f, h);
@@ -100,12 +127,20 @@ fn infer(x: TensorView<'_>, h: usize) -> Result<(usize, usize)> {
     let sh = x.shape3();
     match sh {
         Some((b, s, hh)) if hh == h && b * s * h == x.data().len() => Ok((b, s)),
-        _ => Err(Error::shape("inputs", format!("[batch, seq, {h}]"), "another shape")),
+        _ => Err(Error::shape(
+            "inputs",
+            format!("[batch, seq, {h}]"),
+            "another shape",
+        )),
     }
 }
 
 fn dropout(x: &mut [f64], rate: f32, seed: u64, site: u64) {
     for (i, v) in x.iter_mut().enumerate() {
-        *v = if rng::dropout_keep(seed, site, i as u64, rate) { *v / (1.0 - rate as f64) } else { 0.0 };
+        *v = if rng::dropout_keep(seed, site, i as u64, rate) {
+            *v / (1.0 - rate as f64)
+        } else {
+            0.0
+        };
     }
 }

@@ -46,7 +46,10 @@ impl EncoderStack {
             if l.hidden_dim() != h {
                 return Err(Error::config(
                     "layers",
-                    format!("every layer with hidden size {h}, layer {i} has {}", l.hidden_dim()),
+                    format!(
+                        "every layer with hidden size {h}, layer {i} has {}",
+                        l.hidden_dim()
+                    ),
                 ));
             }
         }
@@ -74,7 +77,11 @@ impl EncoderStack {
         let mut states: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
         for (i, l) in self.layers.iter().enumerate() {
             let mut out = vec![0.0; x.data().len()];
-            let input = if i == 0 { x } else { TensorView::new(&states[i - 1], &[b, s, h]) };
+            let input = if i == 0 {
+                x
+            } else {
+                TensorView::new(&states[i - 1], &[b, s, h])
+            };
             l.forward_into(input, opts, &mut out, None, &mut ws)?;
             states.push(out);
         }
@@ -99,7 +106,7 @@ impl EncoderStack {
         let count = self.layers.len();
         // Alternate between `out` and the ping buffer so the last layer writes `out`.
         for (i, l) in self.layers.iter().enumerate() {
-            let to_out = (count - 1 - i) % 2 == 0;
+            let to_out = (count - 1 - i).is_multiple_of(2);
             if i == 0 {
                 if to_out {
                     l.forward_into(x, opts, out, None, &mut ws.layer)?;
@@ -107,9 +114,21 @@ impl EncoderStack {
                     l.forward_into(x, opts, &mut ws.ping[..n], None, &mut ws.layer)?;
                 }
             } else if to_out {
-                l.forward_into(TensorView::new(&ws.ping[..n], &[b, s, h]), opts, out, None, &mut ws.layer)?;
+                l.forward_into(
+                    TensorView::new(&ws.ping[..n], &[b, s, h]),
+                    opts,
+                    out,
+                    None,
+                    &mut ws.layer,
+                )?;
             } else {
-                l.forward_into(TensorView::new(out, &[b, s, h]), opts, &mut ws.ping[..n], None, &mut ws.layer)?;
+                l.forward_into(
+                    TensorView::new(out, &[b, s, h]),
+                    opts,
+                    &mut ws.ping[..n],
+                    None,
+                    &mut ws.layer,
+                )?;
             }
         }
         Ok(())

@@ -208,28 +208,45 @@ impl EncoderWeights {
             let t = st
                 .tensor(&full)
                 .map_err(|_| Error::weights(&full, "missing"))?;
-            loaded.push((t.shape().to_vec(), tensor_to_f32(&full, t.dtype(), t.data())?));
-        }
-        // Dims come from the query kernel [H, N, D] and the FFN kernel [H, F].
-        let q = &loaded[0].0;
-        if q.len() != 3 {
-            return Err(Error::weights(
-                &format!("{prefix}{}", WEIGHT_NAMES[0]),
-                format!("expected rank 3 [hidden, heads, key_dim], got shape {}", dims(q)),
+            loaded.push((
+                t.shape().to_vec(),
+                tensor_to_f32(&full, t.dtype(), t.data())?,
             ));
         }
-        let ffn = &loaded[12].0;
-        if ffn.len() != 2 {
-            return Err(Error::weights(
-                &format!("{prefix}{}", WEIGHT_NAMES[12]),
-                format!("expected rank 2 [hidden, intermediate], got shape {}", dims(ffn)),
-            ));
-        }
+        // Each size is read off every tensor that carries it and the most common value wins,
+        // so a single mis-shaped tensor is the one named in the error.
+        let vote = |picks: &[(usize, usize)]| -> usize {
+            let vals: Vec<usize> = picks
+                .iter()
+                .filter_map(|&(t, ax)| loaded[t].0.get(ax).copied())
+                .collect();
+            let mut best = (0usize, 0usize);
+            for &v in &vals {
+                let c = vals.iter().filter(|&&x| x == v).count();
+                if c > best.1 {
+                    best = (v, c);
+                }
+            }
+            best.0
+        };
         let wd = WeightDims {
-            hidden_dim: q[0],
-            num_heads: q[1],
-            key_dim: q[2],
-            intermediate_dim: ffn[1],
+            hidden_dim: vote(&[
+                (0, 0),
+                (2, 0),
+                (4, 0),
+                (6, 2),
+                (7, 0),
+                (8, 0),
+                (9, 0),
+                (10, 0),
+                (11, 0),
+                (12, 0),
+                (14, 1),
+                (15, 0),
+            ]),
+            num_heads: vote(&[(0, 1), (1, 0), (2, 1), (3, 0), (4, 1), (5, 0), (6, 0)]),
+            key_dim: vote(&[(0, 2), (1, 1), (2, 2), (3, 1), (4, 2), (5, 1), (6, 1)]),
+            intermediate_dim: vote(&[(12, 1), (13, 0), (14, 0)]),
         };
         check_dims(&wd)?;
         let mut tensors = Vec::with_capacity(16);
@@ -303,8 +320,11 @@ fn check_dims(d: &WeightDims) -> Result<()> {
 
 fn tensor_to_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
     let conv = |w: usize, f: &dyn Fn(&[u8]) -> f32| -> Result<Vec<f32>> {
-        if data.len() % w != 0 {
-            return Err(Error::weights(name, "data length is not a multiple of the dtype size"));
+        if !data.len().is_multiple_of(w) {
+            return Err(Error::weights(
+                name,
+                "data length is not a multiple of the dtype size",
+            ));
         }
         Ok(data.chunks_exact(w).map(f).collect())
     };
@@ -380,7 +400,9 @@ fn draw(
         Initializer::GlorotUniform { .. } => uniform((6.0 / (fi + fo)).sqrt()),
         Initializer::HeUniform { .. } => uniform((6.0 / fi).sqrt()),
         Initializer::LecunUniform { .. } => uniform((3.0 / fi).sqrt()),
-        Initializer::GlorotNormal { .. } => truncated(0.0, (2.0 / (fi + fo)).sqrt() / TRUNC_CORRECTION),
+        Initializer::GlorotNormal { .. } => {
+            truncated(0.0, (2.0 / (fi + fo)).sqrt() / TRUNC_CORRECTION)
+        }
         Initializer::HeNormal { .. } => truncated(0.0, (2.0 / fi).sqrt() / TRUNC_CORRECTION),
         Initializer::LecunNormal { .. } => truncated(0.0, (1.0 / fi).sqrt() / TRUNC_CORRECTION),
         Initializer::RandomUniform { minval, maxval, .. } => (0..n as u64)

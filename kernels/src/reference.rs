@@ -6,7 +6,10 @@ use crate::{AttentionShape, KeepMask, MaskedRows};
 
 /// `C[m, n] = A[m, k] · B[k, n]`, row-major, f64 accumulation.
 pub fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
-    assert!(a.len() == m * k && b.len() == k * n, "reference matmul shapes");
+    assert!(
+        a.len() == m * k && b.len() == k * n,
+        "reference matmul shapes"
+    );
     let mut c = vec![0.0; m * n];
     for i in 0..m {
         for p in 0..k {

@@ -126,7 +126,7 @@ impl Kernels {
 
     /// Apply an activation to rows of length `n` in place.
     pub fn activation(&self, act: Activation, x: &mut [f32], n: usize) -> Result<(), KernelError> {
-        if n == 0 || x.len() % n != 0 {
+        if n == 0 || !x.len().is_multiple_of(n) {
             return Err(KernelError {
                 message: format!(
                     "activation input has {} elements, not a multiple of the row length {n}",
@@ -156,9 +156,8 @@ impl Kernels {
         Ok(())
     }
 
-    /// LayerNorm over rows of length `n`: `out = (x + residual - mean) / sqrt(var + eps) * gamma
-    /// + beta`, variance from centred values. With `sum_out`, the pre-norm sum `x + residual` is
-    /// written there too.
+    /// LayerNorm over rows of length `n` of `t = x + residual`:
+    /// `out = (t - mean) / sqrt(var + eps) * gamma + beta`, variance from centred values.
     pub fn layer_norm(
         &self,
         x: &[f32],
@@ -169,7 +168,7 @@ impl Kernels {
         eps: f32,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        if n == 0 || x.len() % n != 0 {
+        if n == 0 || !x.len().is_multiple_of(n) {
             return Err(KernelError {
                 message: format!(
                     "layer norm input has {} elements, not a multiple of the row length {n}",
@@ -251,7 +250,11 @@ impl Kernels {
                     if any {
                         let mut sum = 0.0f32;
                         for j in 0..seq {
-                            logits[j] = if keep[j] { (logits[j] - maxv).exp() } else { 0.0 };
+                            logits[j] = if keep[j] {
+                                (logits[j] - maxv).exp()
+                            } else {
+                                0.0
+                            };
                             sum += logits[j];
                         }
                         let inv = 1.0 / sum;

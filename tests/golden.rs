@@ -1,0 +1,120 @@
+//! Every golden case (made with the real KerasHub layer), under every masked-row policy, on every
+//! instruction-set tier this machine has.
+
+mod common;
+use common::{GOLDEN, data, tiers};
+use transformer_encoder::conformance::GoldenCase;
+use transformer_encoder::{MaskedRowPolicy, TransformerEncoder};
+
+#[test]
+fn golden_cases_pass_on_every_tier_and_policy() {
+    let tiers = tiers();
+    assert!(!tiers.is_empty());
+    for name in GOLDEN {
+        let case = GoldenCase::load(data(&format!("{name}.safetensors"))).unwrap();
+        assert_eq!(case.name, name);
+        for &isa in &tiers {
+            // The forced tier really runs.
+            let enc = TransformerEncoder::with_isa(case.config.clone(), case.weights.clone(), isa)
+                .unwrap();
+            assert_eq!(enc.isa(), isa);
+            for policy in [
+                MaskedRowPolicy::Keras,
+                MaskedRowPolicy::Zeros,
+                MaskedRowPolicy::Uniform,
+            ] {
+                let r = case.run(policy, Some(isa)).unwrap();
+                assert!(r.passed(), "{name} on {isa} with {policy:?}: {r:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn reference_matches_the_float64_truth() {
+    // The naive reference is float64 end to end; it must agree with Keras' float64 truth far
+    // inside the f32 tolerance.
+    for name in GOLDEN {
+        let case = GoldenCase::load(data(&format!("{name}.safetensors"))).unwrap();
+        let x = transformer_encoder::TensorView::new(&case.inputs, &case.shape);
+        let opts = case.options(MaskedRowPolicy::Keras);
+        let r =
+            transformer_encoder::reference::forward(&case.config, &case.weights, x, &opts, false)
+                .unwrap();
+        let err = r
+            .output
+            .iter()
+            .zip(&case.outputs_f64)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        let rs =
+            transformer_encoder::reference::forward(&case.config, &case.weights, x, &opts, true)
+                .unwrap();
+        let err2 = rs
+            .output
+            .iter()
+            .zip(&case.outputs_scores_path_f64)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        let err3 = rs
+            .scores
+            .iter()
+            .zip(&case.attention_scores_f64)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            err < 1e-9 && err2 < 1e-9 && err3 < 1e-9,
+            "{name}: {err} {err2} {err3}"
+        );
+    }
+}
+
+#[test]
+fn fully_masked_batch_item_differs_between_policies() {
+    // gelu_padding_one_empty has a batch item with every key padded: Keras' two paths disagree
+    // there by O(1), and the crate reproduces both.
+    let case = GoldenCase::load(data("gelu_padding_one_empty.safetensors")).unwrap();
+    let d: f64 = case
+        .outputs_f64
+        .iter()
+        .zip(&case.outputs_scores_path_f64)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(d > 0.1, "the case must exercise a fully masked row ({d})");
+    let enc = TransformerEncoder::new(case.config.clone(), case.weights.clone()).unwrap();
+    let x = transformer_encoder::TensorView::new(&case.inputs, &case.shape);
+    let zeros = enc
+        .forward(x, &case.options(MaskedRowPolicy::Zeros))
+        .unwrap();
+    let uniform = enc
+        .forward(x, &case.options(MaskedRowPolicy::Uniform))
+        .unwrap();
+    let e0 = transformer_encoder::conformance::max_abs_diff(&zeros, &case.outputs_scores_path_f64);
+    let e1 = transformer_encoder::conformance::max_abs_diff(&uniform, &case.outputs_f64);
+    assert!(
+        e0 <= case.atol_outputs && e1 <= case.atol_outputs,
+        "{e0} {e1}"
+    );
+}
+
+#[test]
+fn bf16_weights_are_no_worse_than_keras_mixed_bfloat16() {
+    for name in GOLDEN {
+        let case = GoldenCase::load(data(&format!("{name}.safetensors"))).unwrap();
+        let Some(mixed) = &case.outputs_mixed_bfloat16 else {
+            continue;
+        };
+        let cfg = case.config.clone().with_dtype("bfloat16");
+        let enc = TransformerEncoder::new(cfg, case.weights.clone()).unwrap();
+        let x = transformer_encoder::TensorView::new(&case.inputs, &case.shape);
+        let y = enc
+            .forward(x, &case.options(MaskedRowPolicy::Keras))
+            .unwrap();
+        let ours = transformer_encoder::conformance::max_abs_diff(&y, &case.outputs_f64);
+        let keras = transformer_encoder::conformance::max_abs_diff(mixed, &case.outputs_f64);
+        assert!(
+            ours <= keras,
+            "{name}: bf16 weights err {ours} > Keras mixed_bfloat16 err {keras}"
+        );
+    }
+}
