@@ -4,9 +4,34 @@ use crate::config::{EncoderConfig, WeightPrecision};
 use crate::error::{Error, Result};
 use crate::mask::{Dims, Mask, Merged, merge};
 use crate::weights::{EncoderWeights, WeightDims};
+use std::sync::Arc;
 use transformer_encoder_kernels::{
-    AttentionShape, Epilogue, Isa, KeepMask, Kernels, MaskedRows, PackedMatrix, rng,
+    AttentionScratch, AttentionShape, Epilogue, Isa, KeepMask, Kernels, MaskedRows, PackedMatrix,
+    Par, rng,
 };
+
+/// Where an encoder's kernels run their threads. Results are bit-identical for every choice.
+///
+/// ```
+/// use std::sync::Arc;
+/// use transformer_encoder::{EncoderConfig, Threads, TransformerEncoder};
+/// let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap());
+/// let enc = TransformerEncoder::init(EncoderConfig::new(64, 8), 64, 1)
+///     .unwrap()
+///     .with_threads(Threads::Pool(pool));
+/// # let _ = enc;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub enum Threads {
+    /// The caller's thread only, with no rayon involvement at all.
+    Single,
+    /// Rayon's current context: the caller's pool inside `ThreadPool::install`, else the global
+    /// pool (sized by `RAYON_NUM_THREADS`). Small problems still run on one thread.
+    #[default]
+    Current,
+    /// A dedicated rayon pool.
+    Pool(Arc<rayon::ThreadPool>),
+}
 
 /// An f32 input tensor: data and shape (the encoder takes rank 3, `[batch, seq, hidden]`).
 ///
@@ -140,6 +165,7 @@ pub struct Workspace {
     x1: Vec<f32>,
     inter: Vec<f32>,
     ffn: Vec<f32>,
+    scratch: AttentionScratch,
 }
 
 impl Workspace {
@@ -179,6 +205,7 @@ pub struct TransformerEncoder {
     wo: PackedMatrix,
     w1: PackedMatrix,
     w2: PackedMatrix,
+    threads: Threads,
 }
 
 impl TransformerEncoder {
@@ -265,7 +292,19 @@ impl TransformerEncoder {
             wo,
             w1,
             w2,
+            threads: Threads::default(),
         })
+    }
+
+    /// Choose where the kernels run their threads (default [`Threads::Current`]).
+    pub fn with_threads(mut self, threads: Threads) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// The thread setting.
+    pub fn threads(&self) -> &Threads {
+        &self.threads
     }
 
     /// The configuration.
@@ -331,6 +370,34 @@ impl TransformerEncoder {
         out: &mut [f32],
         scores: Option<&mut [f32]>,
         ws: &mut Workspace,
+    ) -> Result<()> {
+        match &self.threads {
+            Threads::Single => self.run(x, opts, out, scores, ws, Par::Seq),
+            Threads::Current => {
+                let n = rayon::current_num_threads();
+                self.run(x, opts, out, scores, ws, Par::Threads(n))
+            }
+            Threads::Pool(pool) => pool.install(|| {
+                self.run(
+                    x,
+                    opts,
+                    out,
+                    scores,
+                    ws,
+                    Par::Threads(pool.current_num_threads()),
+                )
+            }),
+        }
+    }
+
+    fn run(
+        &self,
+        x: TensorView<'_>,
+        opts: &CallOptions<'_>,
+        out: &mut [f32],
+        scores: Option<&mut [f32]>,
+        ws: &mut Workspace,
+        par: Par,
     ) -> Result<()> {
         let (batch, seq, hidden) = x.dims3("inputs")?;
         if hidden != self.dims.hidden_dim {
@@ -404,19 +471,16 @@ impl TransformerEncoder {
         // Attention block.
         let normed = grow(&mut ws.normed, m * h);
         if pre {
-            k.layer_norm(xd, None, h, wt(8), wt(9), eps, normed)?;
+            k.layer_norm(xd, None, h, wt(8), wt(9), eps, normed, None, par)?;
         }
-        let attn_in: &[f32] = if pre { normed } else { xd };
         let qkv = grow(&mut ws.qkv, m * 3 * w);
         k.gemm(
-            attn_in,
+            if pre { normed } else { xd },
             m,
             &self.wqkv,
-            &Epilogue {
-                bias: Some(&self.bqkv),
-                ..Epilogue::default()
-            },
+            &bias(&self.bqkv),
             qkv,
+            par,
         )?;
         let ctx = grow(&mut ws.ctx, m * w);
         let shape = AttentionShape {
@@ -425,66 +489,60 @@ impl TransformerEncoder {
             heads,
             key_dim: self.dims.key_dim,
         };
+        let drop = train.map(|s| (dropout, s));
         k.attention(
             qkv,
             shape,
             keep,
             policy,
-            train.map(|s| (dropout, s)),
+            drop,
             ctx,
             scores,
+            &mut ws.scratch,
+            par,
         )?;
         let attn = grow(&mut ws.attn, m * h);
-        k.gemm(
-            ctx,
-            m,
-            &self.wo,
-            &Epilogue {
-                bias: Some(wt(7)),
-                ..Epilogue::default()
-            },
-            attn,
-        )?;
+        k.gemm(ctx, m, &self.wo, &bias(wt(7)), attn, par)?;
         if let Some(seed) = train {
             apply_dropout(attn, dropout, seed, 1);
         }
         let x1 = grow(&mut ws.x1, m * h);
         if pre {
-            for ((o, a), r) in x1.iter_mut().zip(attn.iter()).zip(xd) {
-                *o = a + r;
-            }
+            // x1 = attn + x, and LN2(x1) for the feed-forward input, in one pass.
+            k.layer_norm(
+                attn,
+                Some(xd),
+                h,
+                wt(10),
+                wt(11),
+                eps,
+                normed,
+                Some(x1),
+                par,
+            )?;
         } else {
-            k.layer_norm(attn, Some(xd), h, wt(8), wt(9), eps, x1)?;
+            k.layer_norm(attn, Some(xd), h, wt(8), wt(9), eps, x1, None, par)?;
         }
 
         // Feed-forward block.
-        if pre {
-            k.layer_norm(x1, None, h, wt(10), wt(11), eps, normed)?;
-        }
-        let ffn_in: &[f32] = if pre { normed } else { x1 };
         let inter = grow(&mut ws.inter, m * f);
-        k.gemm(
-            ffn_in,
-            m,
-            &self.w1,
-            &Epilogue {
-                bias: Some(wt(13)),
-                activation: Some(self.config.activation),
-                ..Epilogue::default()
-            },
-            inter,
-        )?;
-        let ffn = grow(&mut ws.ffn, m * h);
-        k.gemm(
-            inter,
-            m,
-            &self.w2,
-            &Epilogue {
+        let ep1 = Epilogue {
+            bias: Some(wt(13)),
+            activation: Some(self.config.activation),
+            ..Epilogue::default()
+        };
+        k.gemm(if pre { normed } else { x1 }, m, &self.w1, &ep1, inter, par)?;
+        if pre && train.is_none() {
+            let ep2 = Epilogue {
                 bias: Some(wt(15)),
+                residual: Some(x1),
                 ..Epilogue::default()
-            },
-            ffn,
-        )?;
+            };
+            k.gemm(inter, m, &self.w2, &ep2, out, par)?;
+            return Ok(());
+        }
+        let ffn = grow(&mut ws.ffn, m * h);
+        k.gemm(inter, m, &self.w2, &bias(wt(15)), ffn, par)?;
         if let Some(seed) = train {
             apply_dropout(ffn, dropout, seed, 2);
         }
@@ -493,9 +551,17 @@ impl TransformerEncoder {
                 *o = a + r;
             }
         } else {
-            k.layer_norm(ffn, Some(x1), h, wt(10), wt(11), eps, out)?;
+            k.layer_norm(ffn, Some(x1), h, wt(10), wt(11), eps, out, None, par)?;
         }
         Ok(())
+    }
+}
+
+/// An epilogue that adds a bias only.
+fn bias(t: &[f32]) -> Epilogue<'_> {
+    Epilogue {
+        bias: Some(t),
+        ..Epilogue::default()
     }
 }
 

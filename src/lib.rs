@@ -46,7 +46,9 @@ mod stack;
 mod weights;
 
 pub use config::{DTYPE_POLICIES, EncoderConfig, INITIALIZER_NAMES, Initializer, WeightPrecision};
-pub use encoder::{CallOptions, MaskedRowPolicy, TensorView, TransformerEncoder, Workspace};
+pub use encoder::{
+    CallOptions, MaskedRowPolicy, TensorView, Threads, TransformerEncoder, Workspace,
+};
 pub use error::{Error, Result};
 pub use mask::{Mask, MaskValues, implicit_mask_from_ids, padding_mask_from_ids};
 pub use stack::{EncoderStack, StackWorkspace};

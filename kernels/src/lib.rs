@@ -19,11 +19,16 @@ pub mod isa;
 pub mod reference;
 pub mod rng;
 
+mod arch;
+mod ops;
+mod simd;
 mod table;
 
 pub use activation::Activation;
 pub use isa::{Isa, IsaError};
-pub use table::{AttentionShape, Epilogue, Kernels, PackedMatrix};
+pub use table::{
+    AttentionScratch, AttentionShape, Epilogue, Kernels, PackedMatrix, Par, baseline_sgemm,
+};
 
 use std::fmt;
 

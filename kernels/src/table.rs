@@ -1,31 +1,95 @@
-//! The kernel table: one per instruction-set tier, chosen once.
+//! The kernel table: the one dispatch point. One table per instruction-set tier, chosen once.
 
 use crate::activation::Activation;
+use crate::arch::{ActFn, AttnFn, GemmFn, NormFn};
 use crate::isa::{Isa, IsaError};
+use crate::ops::attention::{AttnArgs, scratch_len};
+use crate::ops::gemm::{Epi, FusedAct};
 use crate::{KeepMask, KernelError, MaskedRows, expect_len};
+use rayon::prelude::*;
 use std::sync::OnceLock;
 
+/// How a kernel call may use threads. Results are bit-identical for every choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Par {
+    /// On the calling thread only, without touching rayon.
+    Seq,
+    /// Split into about this many parts run by rayon in the current context (the caller's
+    /// pool inside `ThreadPool::install`, else the global pool).
+    Threads(usize),
+}
+
+impl Par {
+    fn parts(self) -> usize {
+        match self {
+            Par::Seq => 1,
+            Par::Threads(n) => n.max(1),
+        }
+    }
+}
+
 /// The kernels of one instruction-set tier. Obtained only through [`Kernels::best`] or
-/// [`Kernels::for_isa`], which check that the CPU has the tier.
+/// [`Kernels::for_isa`], which check that the CPU has the tier: holding a `&Kernels` proves its
+/// instructions can run.
 ///
 /// ```
-/// use transformer_encoder_kernels::{Kernels, Isa, Epilogue};
+/// use transformer_encoder_kernels::{Epilogue, Isa, Kernels, Par};
 /// let k = Kernels::for_isa(Isa::Portable).unwrap();
 /// let w = k.pack(&[1.0, 2.0, 3.0, 4.0], 2, 2).unwrap(); // [[1, 2], [3, 4]]
 /// let mut out = [0.0f32; 2];
-/// k.gemm(&[1.0, 1.0], 1, &w, &Epilogue::default(), &mut out).unwrap();
+/// k.gemm(&[1.0, 1.0], 1, &w, &Epilogue::default(), &mut out, Par::Seq).unwrap();
 /// assert_eq!(out, [4.0, 6.0]);
 /// ```
 #[derive(Debug)]
 pub struct Kernels {
     isa: Isa,
+    mr: usize,
+    nr: usize,
+    gemm: GemmFn,
+    norm: NormFn,
+    attn: AttnFn,
+    act: ActFn,
 }
 
-static TABLES: [Kernels; 3] = [
-    Kernels { isa: Isa::Portable },
-    Kernels { isa: Isa::Avx2 },
-    Kernels { isa: Isa::Avx512 },
-];
+macro_rules! table {
+    ($isa:expr, $m:path) => {{
+        use $m as t;
+        Kernels {
+            isa: $isa,
+            mr: t::MR,
+            nr: t::NR,
+            gemm: t::gemm,
+            norm: t::layer_norm,
+            attn: t::attention,
+            act: t::activation,
+        }
+    }};
+}
+
+static PORTABLE: Kernels = table!(Isa::Portable, crate::arch::portable);
+#[cfg(target_arch = "x86_64")]
+static AVX2: Kernels = table!(Isa::Avx2, crate::arch::avx2);
+#[cfg(target_arch = "x86_64")]
+static AVX512: Kernels = table!(Isa::Avx512, crate::arch::avx512);
+
+/// Work below this many multiply-adds runs on one thread (thread start-up would dominate).
+const PAR_MIN_FMAS: usize = 1 << 20;
+
+/// Raw pointers shared by the parts of one parallel kernel call, which write disjoint regions.
+#[derive(Clone, Copy)]
+struct Shared<T>(T);
+// SAFETY: only used to hand raw pointers to the parts of one kernel call, each of which writes
+// a region no other part touches, while the caller's borrows keep the buffers alive.
+unsafe impl<T> Send for Shared<T> {}
+// SAFETY: as above; the parts only read through shared pointers or write disjoint regions.
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T: Copy> Shared<T> {
+    /// The pointers (a method, so closures capture the whole wrapper, not its field).
+    fn get(&self) -> T {
+        self.0
+    }
+}
 
 impl Kernels {
     /// The table of [`Isa::detect`]: the best tier, or the one `TRANSFORMER_ENCODER_ISA` forces.
@@ -40,7 +104,15 @@ impl Kernels {
     }
 
     fn table(isa: Isa) -> &'static Kernels {
-        &TABLES[isa as usize]
+        match isa {
+            Isa::Portable => &PORTABLE,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => &AVX2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => &AVX512,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => &PORTABLE,
+        }
     }
 
     /// The tier of this table.
@@ -48,20 +120,40 @@ impl Kernels {
         self.isa
     }
 
-    /// Pack a row-major `[k, n]` weight matrix (Keras' `[in, out]`) once, for [`Kernels::gemm`].
+    /// The register tile (`rows x columns`) of this tier's matrix products.
+    pub fn tile(&self) -> (usize, usize) {
+        (self.mr, self.nr)
+    }
+
+    /// Pack a row-major `[k, n]` weight matrix (Keras' `[in, out]`) once, into this tier's panel
+    /// layout, for [`Kernels::gemm`].
     pub fn pack(&self, w: &[f32], k: usize, n: usize) -> Result<PackedMatrix, KernelError> {
         let want = k.checked_mul(n).ok_or_else(|| KernelError {
             message: format!("weight matrix [{k}, {n}] is too large"),
         })?;
         expect_len("weight matrix", w.len(), want)?;
+        let nr = self.nr;
+        let panels = n.div_ceil(nr);
+        let mut data = vec![0.0f32; panels * k * nr];
+        for p in 0..panels {
+            let cols = nr.min(n - p * nr);
+            for r in 0..k {
+                let dst = &mut data[(p * k + r) * nr..][..cols];
+                dst.copy_from_slice(&w[r * n + p * nr..][..cols]);
+            }
+        }
         Ok(PackedMatrix {
             k,
             n,
-            data: w.to_vec(),
+            nr,
+            isa: self.isa,
+            data,
         })
     }
 
-    /// `out[m, n] = act(a[m, k] · B + bias) + residual`, with `B` packed by [`Kernels::pack`].
+    /// `out[m, n] = act(a[m, k] · B + bias) + residual`, with `B` packed by [`Kernels::pack`] of
+    /// this tier. relu, gelu, gelu_approximate and silu are fused into the product's epilogue;
+    /// other activations run as a second pass over the output.
     pub fn gemm(
         &self,
         a: &[f32],
@@ -69,62 +161,107 @@ impl Kernels {
         b: &PackedMatrix,
         epilogue: &Epilogue<'_>,
         out: &mut [f32],
+        par: Par,
     ) -> Result<(), KernelError> {
         let (k, n) = (b.k, b.n);
-        expect_len("gemm input", a.len(), m * k)?;
-        expect_len("gemm output", out.len(), m * n)?;
+        if b.isa != self.isa {
+            return Err(KernelError {
+                message: format!(
+                    "weights packed for tier {} used with tier {}",
+                    b.isa, self.isa
+                ),
+            });
+        }
+        let mk = m.checked_mul(k).ok_or_else(|| overflow("gemm input"))?;
+        let mn = m.checked_mul(n).ok_or_else(|| overflow("gemm output"))?;
+        expect_len("gemm input", a.len(), mk)?;
+        expect_len("gemm output", out.len(), mn)?;
         if let Some(bias) = epilogue.bias {
             expect_len("gemm bias", bias.len(), n)?;
         }
         if let Some(r) = epilogue.residual {
-            expect_len("gemm residual", r.len(), m * n)?;
+            expect_len("gemm residual", r.len(), mn)?;
         }
-        if m == 0 || n == 0 {
+        if mn == 0 {
             return Ok(());
         }
-        match epilogue.bias {
-            Some(bias) => {
-                for row in out.chunks_mut(n) {
-                    row.copy_from_slice(bias);
+        let fused = match epilogue.activation {
+            None | Some(Activation::Linear) => FusedAct::None,
+            Some(Activation::Relu) => FusedAct::Relu,
+            Some(Activation::Gelu) => FusedAct::Gelu,
+            Some(Activation::GeluApproximate) => FusedAct::GeluTanh,
+            Some(Activation::Silu) => FusedAct::Silu,
+            Some(_) => FusedAct::None,
+        };
+        let post = match epilogue.activation {
+            Some(a) if fused == FusedAct::None && a != Activation::Linear => Some(a),
+            _ => None,
+        };
+        // A residual after a non-fused activation is added after the second pass.
+        let fused_residual = if post.is_some() {
+            None
+        } else {
+            epilogue.residual
+        };
+        if k == 0 {
+            for row in out.chunks_mut(n) {
+                match epilogue.bias {
+                    Some(bias) => row.copy_from_slice(bias),
+                    None => row.fill(0.0),
                 }
             }
-            None => out.fill(0.0),
-        }
-        if k > 0 {
-            // SAFETY: a is [m, k] row-major (rsa = k, csa = 1), b.data is [k, n] (rsb = n, csb = 1)
-            // and out is [m, n] (rsc = n, csc = 1); all three lengths were checked above, so every
-            // index sgemm forms is in bounds, and out does not alias a or b (distinct borrows).
-            unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    k,
-                    n,
-                    1.0,
-                    a.as_ptr(),
-                    k as isize,
-                    1,
-                    b.data.as_ptr(),
-                    n as isize,
-                    1,
-                    1.0,
-                    out.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
+            if fused != FusedAct::None {
+                self.activation_fused(out, fused);
+            }
+        } else {
+            let epi = Epi {
+                bias: epilogue.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                residual: fused_residual.map_or(std::ptr::null(), |r| r.as_ptr()),
+                ldr: n,
+                act: fused,
+            };
+            let panels = n.div_ceil(self.nr);
+            let work = mk.saturating_mul(n);
+            let parts = if work < PAR_MIN_FMAS {
+                1
+            } else {
+                (par.parts() * 3).min(panels)
+            };
+            let f = self.gemm;
+            let ptrs = Shared((a.as_ptr(), b.data.as_ptr(), out.as_mut_ptr(), epi));
+            let run = |part: usize| {
+                let (p0, p1) = split(panels, parts, part);
+                let (ap, bp, cp, epi) = ptrs.get();
+                // SAFETY: the table's tier is available (tables are only handed out for
+                // available tiers); a is [m, k], the packed data holds `panels` panels of k*nr,
+                // out is [m, n], bias [n] and residual [m, n] were checked above; parts write
+                // disjoint column panels.
+                unsafe { f(ap, k, m, k, bp, n, cp, n, p0, p1, &epi) };
+            };
+            if parts == 1 {
+                run(0);
+            } else {
+                (0..parts).into_par_iter().for_each(run);
             }
         }
-        if let Some(act) = epilogue.activation {
+        if let Some(act) = post {
             self.activation(act, out, n)?;
-        }
-        if let Some(r) = epilogue.residual {
-            for (o, r) in out.iter_mut().zip(r) {
-                *o += r;
+            if let Some(r) = epilogue.residual {
+                for (o, r) in out.iter_mut().zip(r) {
+                    *o += r;
+                }
             }
         }
         Ok(())
     }
 
-    /// Apply an activation to rows of length `n` in place.
+    fn activation_fused(&self, x: &mut [f32], act: FusedAct) {
+        // SAFETY: the table's tier is available; x is valid for x.len() values.
+        unsafe { (self.act)(x.as_mut_ptr(), x.len(), act) }
+    }
+
+    /// Apply an activation to rows of length `n` in place: vectorised for relu, gelu,
+    /// gelu_approximate and silu; the others (and the row-wise ones) through the float64 formula.
     pub fn activation(&self, act: Activation, x: &mut [f32], n: usize) -> Result<(), KernelError> {
         if n == 0 || !x.len().is_multiple_of(n) {
             return Err(KernelError {
@@ -134,12 +271,21 @@ impl Kernels {
                 ),
             });
         }
-        if act == Activation::Linear {
+        let fused = match act {
+            Activation::Linear => return Ok(()),
+            Activation::Relu => FusedAct::Relu,
+            Activation::Gelu => FusedAct::Gelu,
+            Activation::GeluApproximate => FusedAct::GeluTanh,
+            Activation::Silu => FusedAct::Silu,
+            _ => FusedAct::None,
+        };
+        if fused != FusedAct::None {
+            self.activation_fused(x, fused);
             return Ok(());
         }
-        let mut row64 = vec![0.0f64; if act.is_rowwise() { n } else { 0 }];
-        for row in x.chunks_mut(n) {
-            if act.is_rowwise() {
+        if act.is_rowwise() {
+            let mut row64 = vec![0.0f64; n];
+            for row in x.chunks_mut(n) {
                 for (d, s) in row64.iter_mut().zip(row.iter()) {
                     *d = *s as f64;
                 }
@@ -147,17 +293,19 @@ impl Kernels {
                 for (d, s) in row.iter_mut().zip(row64.iter()) {
                     *d = *s as f32;
                 }
-            } else {
-                for v in row.iter_mut() {
-                    *v = act.eval_f64(*v as f64) as f32;
-                }
+            }
+        } else {
+            for v in x.iter_mut() {
+                *v = act.eval_f64(*v as f64) as f32;
             }
         }
         Ok(())
     }
 
-    /// LayerNorm over rows of length `n` of `t = x + residual`:
-    /// `out = (t - mean) / sqrt(var + eps) * gamma + beta`, variance from centred values.
+    /// LayerNorm over rows of length `n` of `t = x + residual` (or `t = x`):
+    /// `out = (t - mean) / sqrt(var + eps) * gamma + beta`, population variance from centred
+    /// values, statistics taken on differences from the row's first element (exact even on a
+    /// large offset). With `sum_out`, `t` itself is written there too (the pre-norm residual).
     pub fn layer_norm(
         &self,
         x: &[f32],
@@ -167,6 +315,8 @@ impl Kernels {
         beta: &[f32],
         eps: f32,
         out: &mut [f32],
+        sum_out: Option<&mut [f32]>,
+        par: Par,
     ) -> Result<(), KernelError> {
         if n == 0 || !x.len().is_multiple_of(n) {
             return Err(KernelError {
@@ -182,25 +332,57 @@ impl Kernels {
         if let Some(r) = residual {
             expect_len("layer norm residual", r.len(), x.len())?;
         }
-        let mut row = vec![0.0f64; n];
-        for (i, o) in out.chunks_mut(n).enumerate() {
-            for j in 0..n {
-                row[j] = x[i * n + j] as f64 + residual.map_or(0.0, |r| r[i * n + j] as f64);
-            }
-            let mean = row.iter().sum::<f64>() / n as f64;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
-            let inv = 1.0 / (var + eps as f64).sqrt();
-            for j in 0..n {
-                o[j] = ((row[j] - mean) * inv * gamma[j] as f64 + beta[j] as f64) as f32;
-            }
+        if let Some(s) = sum_out.as_deref() {
+            expect_len("layer norm sum output", s.len(), x.len())?;
+        }
+        let rows = x.len() / n;
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.norm;
+        let ptrs = Shared((
+            x.as_ptr(),
+            residual.map_or(std::ptr::null(), |r| r.as_ptr()),
+            out.as_mut_ptr(),
+            sum_out.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
+        ));
+        let parts = if x.len() < 1 << 16 {
+            1
+        } else {
+            par.parts().min(rows)
+        };
+        let run = |part: usize| {
+            let (r0, r1) = split(rows, parts, part);
+            let (xp, rp, op, sp) = ptrs.get();
+            let off = r0 * n;
+            // SAFETY: the tier is available; rows r0..r1 of every [rows, n] buffer are in
+            // bounds (lengths checked above) and written by this part only.
+            unsafe {
+                f(
+                    xp.add(off),
+                    if rp.is_null() { rp } else { rp.add(off) },
+                    r1 - r0,
+                    n,
+                    gamma.as_ptr(),
+                    beta.as_ptr(),
+                    eps,
+                    op.add(off),
+                    if sp.is_null() { sp } else { sp.add(off) },
+                )
+            };
+        };
+        if parts == 1 {
+            run(0);
+        } else {
+            (0..parts).into_par_iter().for_each(run);
         }
         Ok(())
     }
 
     /// Masked multi-head attention. `qkv` is `[B*S, 3*N*D]`: queries (already multiplied by
     /// `1/sqrt(D)`), keys and values side by side, head `n` at columns `n*D` of each third.
-    /// Writes the context `[B*S, N*D]` and, if given, the probabilities `[B, N, S, S]`
-    /// (before dropout). `dropout` is `(rate, seed)`.
+    /// Writes the context `[B*S, N*D]` and, if given, the probabilities `[B, N, S, S]` (before
+    /// dropout). `dropout` is `(rate, seed)`. `scratch` is reused between calls.
     pub fn attention(
         &self,
         qkv: &[f32],
@@ -209,7 +391,9 @@ impl Kernels {
         policy: MaskedRows,
         dropout: Option<(f32, u64)>,
         ctx: &mut [f32],
-        mut scores: Option<&mut [f32]>,
+        scores: Option<&mut [f32]>,
+        scratch: &mut AttentionScratch,
+        par: Par,
     ) -> Result<(), KernelError> {
         let AttentionShape {
             batch,
@@ -217,89 +401,117 @@ impl Kernels {
             heads,
             key_dim,
         } = shape;
-        let w = heads * key_dim;
-        let m = batch * seq;
-        expect_len("qkv", qkv.len(), m * 3 * w)?;
+        let w = heads
+            .checked_mul(key_dim)
+            .ok_or_else(|| overflow("attention width"))?;
+        let m = batch
+            .checked_mul(seq)
+            .ok_or_else(|| overflow("attention rows"))?;
+        let want_qkv = m
+            .checked_mul(3)
+            .and_then(|v| v.checked_mul(w))
+            .ok_or_else(|| overflow("qkv"))?;
+        expect_len("qkv", qkv.len(), want_qkv)?;
         expect_len("attention context", ctx.len(), m * w)?;
+        let nscores = batch
+            .checked_mul(heads)
+            .and_then(|v| v.checked_mul(seq))
+            .and_then(|v| v.checked_mul(seq))
+            .ok_or_else(|| overflow("attention scores"))?;
         if let Some(s) = scores.as_deref() {
-            expect_len("attention scores", s.len(), batch * heads * seq * seq)?;
+            expect_len("attention scores", s.len(), nscores)?;
         }
         mask.check(batch, seq)?;
-        ctx.fill(0.0);
-        let mut logits = vec![0.0f32; seq];
-        let mut keep = vec![false; seq];
-        for b in 0..batch {
-            for h in 0..heads {
-                for i in 0..seq {
-                    let qi = &qkv[(b * seq + i) * 3 * w + h * key_dim..][..key_dim];
-                    let mut maxv = f32::NEG_INFINITY;
-                    let mut any = false;
-                    for j in 0..seq {
-                        keep[j] = mask.keep(b, i, j, seq);
-                        if keep[j] {
-                            let kj = &qkv[(b * seq + j) * 3 * w + w + h * key_dim..][..key_dim];
-                            let l: f32 = qi.iter().zip(kj).map(|(a, c)| a * c).sum();
-                            logits[j] = l;
-                            if !any || l > maxv {
-                                maxv = l;
-                            }
-                            any = true;
-                        }
-                    }
-                    let uniform = !any && policy == MaskedRows::Uniform;
-                    if any {
-                        let mut sum = 0.0f32;
-                        for j in 0..seq {
-                            logits[j] = if keep[j] {
-                                (logits[j] - maxv).exp()
-                            } else {
-                                0.0
-                            };
-                            sum += logits[j];
-                        }
-                        let inv = 1.0 / sum;
-                        logits.iter_mut().for_each(|v| *v *= inv);
-                    } else {
-                        let fill = if uniform { 1.0 / seq as f32 } else { 0.0 };
-                        logits.iter_mut().for_each(|v| *v = fill);
-                    }
-                    let prow = (b * heads + h) * seq * seq + i * seq;
-                    if let Some(s) = scores.as_deref_mut() {
-                        s[prow..prow + seq].copy_from_slice(&logits);
-                    }
-                    let out = &mut ctx[(b * seq + i) * w + h * key_dim..][..key_dim];
-                    for j in 0..seq {
-                        if !(keep[j] || uniform) {
-                            continue;
-                        }
-                        let mut p = logits[j];
-                        if let Some((rate, seed)) = dropout {
-                            p = if crate::rng::dropout_keep(seed, 0, (prow + j) as u64, rate) {
-                                p / (1.0 - rate)
-                            } else {
-                                0.0
-                            };
-                        }
-                        if p == 0.0 {
-                            continue;
-                        }
-                        let vj = &qkv[(b * seq + j) * 3 * w + 2 * w + h * key_dim..][..key_dim];
-                        for d in 0..key_dim {
-                            out[d] += p * vj[d];
-                        }
-                    }
-                }
+        if let Some((rate, _)) = dropout
+            && !(0.0..1.0).contains(&rate)
+        {
+            return Err(KernelError {
+                message: format!("dropout rate must be in [0, 1), got {rate}"),
+            });
+        }
+        if m == 0 || w == 0 {
+            return Ok(());
+        }
+        let pairs = batch * heads;
+        let work = pairs.saturating_mul(seq * seq * key_dim);
+        let parts = if work < PAR_MIN_FMAS / 4 {
+            1
+        } else {
+            par.parts().min(pairs)
+        };
+        let len = scratch_len(seq, key_dim, self.mr, self.nr);
+        if scratch.slots.len() < parts {
+            scratch.slots.resize_with(parts, Vec::new);
+        }
+        for s in scratch.slots.iter_mut().take(parts) {
+            if s.len() < len {
+                s.resize(len, 0.0);
             }
+        }
+        let args = AttnArgs {
+            qkv: qkv.as_ptr(),
+            seq,
+            heads,
+            key_dim,
+            mask,
+            policy,
+            dropout,
+            ctx: ctx.as_mut_ptr(),
+            scores: scores.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
+        };
+        let f = self.attn;
+        let shared = Shared(&args);
+        let run = |part: usize, slot: &mut Vec<f32>| {
+            let (p0, p1) = split(pairs, parts, part);
+            // SAFETY: the tier is available; buffer lengths and the mask were checked above;
+            // each part handles distinct (batch, head) pairs, whose ctx columns and score rows
+            // are disjoint; each part has its own scratch slot of the needed length.
+            unsafe { f(shared.get(), p0, p1, &mut slot[..len]) };
+        };
+        if parts == 1 {
+            run(0, &mut scratch.slots[0]);
+        } else {
+            scratch.slots[..parts]
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(i, s)| run(i, s));
         }
         Ok(())
     }
 }
 
-/// A weight matrix packed once for [`Kernels::gemm`].
+/// Part `i` of `0..total` split into `parts` nearly equal contiguous ranges.
+fn split(total: usize, parts: usize, i: usize) -> (usize, usize) {
+    (total * i / parts, total * (i + 1) / parts)
+}
+
+#[cold]
+fn overflow(what: &str) -> KernelError {
+    KernelError {
+        message: format!("`{what}` size overflows usize"),
+    }
+}
+
+/// Per-thread scratch space for [`Kernels::attention`], grown on first use and then reused.
+#[derive(Debug, Default)]
+pub struct AttentionScratch {
+    slots: Vec<Vec<f32>>,
+}
+
+impl AttentionScratch {
+    /// Empty scratch space.
+    pub fn new() -> AttentionScratch {
+        AttentionScratch::default()
+    }
+}
+
+/// A weight matrix packed once, in the panel layout of one tier, for [`Kernels::gemm`].
 #[derive(Clone, Debug)]
 pub struct PackedMatrix {
     k: usize,
     n: usize,
+    nr: usize,
+    isa: Isa,
     data: Vec<f32>,
 }
 
@@ -311,6 +523,14 @@ impl PackedMatrix {
     /// Columns (the output size).
     pub fn n(&self) -> usize {
         self.n
+    }
+    /// The panel width.
+    pub fn panel_width(&self) -> usize {
+        self.nr
+    }
+    /// The tier whose layout this is.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 }
 
@@ -336,4 +556,41 @@ pub struct AttentionShape {
     pub heads: usize,
     /// Key (and value) size per head.
     pub key_dim: usize,
+}
+
+/// The baseline product every benchmark compares against: `matrixmultiply::sgemm` on row-major
+/// `a [m, k]` and `b [k, n]`, `out = a · b`.
+pub fn baseline_sgemm(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    expect_len("a", a.len(), m * k)?;
+    expect_len("b", b.len(), k * n)?;
+    expect_len("out", out.len(), m * n)?;
+    // SAFETY: a is [m, k] row-major (rsa = k, csa = 1), b is [k, n] (rsb = n, csb = 1), out is
+    // [m, n] (rsc = n, csc = 1); the lengths were checked above and beta = 0 means out is
+    // only written.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            out.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,148 @@
+//! Thin `#[target_feature]` shells: one per (kernel, tier), each instantiating the shared generic
+//! body of `ops/` with the tier's [`Simd`](crate::simd::Simd) vocabulary and register tile.
+//!
+//! The shells are `unsafe fn`: calling one requires the tier's CPU features, which the kernel
+//! table guarantees (a table is only handed out for an available tier).
+
+use crate::ops::attention::{AttnArgs, attention_head};
+use crate::ops::gemm::{Epi, activate, gemm_panels};
+use crate::ops::norm::layer_norm_row;
+
+/// `gemm(a, lda, m, k, packed, n, c, ldc, p0, p1, epi)`: see `ops::gemm::gemm_panels`.
+pub(crate) type GemmFn = unsafe fn(
+    *const f32,
+    usize,
+    usize,
+    usize,
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+    usize,
+    usize,
+    &Epi,
+);
+/// `layer_norm(a, r, rows, n, gamma, beta, eps, out, sum_out)` over `rows` rows.
+pub(crate) type NormFn = unsafe fn(
+    *const f32,
+    *const f32,
+    usize,
+    usize,
+    *const f32,
+    *const f32,
+    f32,
+    *mut f32,
+    *mut f32,
+);
+/// `attention(args, bh0, bh1, scratch)` for the (batch, head) pairs `bh0..bh1`.
+pub(crate) type AttnFn = unsafe fn(&AttnArgs<'_>, usize, usize, &mut [f32]);
+/// `activation(x, len, act)` in place for a fused activation.
+pub(crate) type ActFn = unsafe fn(*mut f32, usize, crate::ops::gemm::FusedAct);
+
+macro_rules! shells {
+    ($module:ident, $simd:ty, $mr:literal, $nv:literal $(, #[$attr:meta])*) => {
+        pub(crate) mod $module {
+            use super::*;
+
+            /// Register tile rows.
+            pub(crate) const MR: usize = $mr;
+            /// Register tile columns.
+            pub(crate) const NR: usize = $nv * <$simd as crate::simd::Simd>::LANES;
+
+            /// # Safety
+            /// The tier's CPU features; `gemm_panels`' contract.
+            $(#[$attr])*
+            pub(crate) unsafe fn gemm(
+                a: *const f32,
+                lda: usize,
+                m: usize,
+                k: usize,
+                packed: *const f32,
+                n: usize,
+                c: *mut f32,
+                ldc: usize,
+                p0: usize,
+                p1: usize,
+                epi: &Epi,
+            ) {
+                // SAFETY: forwarded contract; features enabled on this function.
+                unsafe { gemm_panels::<$simd, $mr, $nv>(a, lda, m, k, packed, n, c, ldc, p0, p1, epi) }
+            }
+
+            /// # Safety
+            /// The tier's CPU features; `layer_norm_row`'s contract for each of `rows` rows.
+            $(#[$attr])*
+            pub(crate) unsafe fn layer_norm(
+                a: *const f32,
+                r: *const f32,
+                rows: usize,
+                n: usize,
+                gamma: *const f32,
+                beta: *const f32,
+                eps: f32,
+                out: *mut f32,
+                sum_out: *mut f32,
+            ) {
+                for i in 0..rows {
+                    let off = i * n;
+                    // SAFETY: row i of every operand lies within the caller's [rows, n] buffers.
+                    unsafe {
+                        layer_norm_row::<$simd>(
+                            a.add(off),
+                            if r.is_null() { r } else { r.add(off) },
+                            n,
+                            gamma,
+                            beta,
+                            eps,
+                            out.add(off),
+                            if sum_out.is_null() { sum_out } else { sum_out.add(off) },
+                        )
+                    }
+                }
+            }
+
+            /// # Safety
+            /// The tier's CPU features; `attention_head`'s contract for each pair.
+            $(#[$attr])*
+            pub(crate) unsafe fn attention(args: &AttnArgs<'_>, bh0: usize, bh1: usize, scratch: &mut [f32]) {
+                for bh in bh0..bh1 {
+                    // SAFETY: forwarded contract; features enabled on this function.
+                    unsafe { attention_head::<$simd, $mr, $nv>(args, bh, scratch) }
+                }
+            }
+
+            /// # Safety
+            /// The tier's CPU features; `x` valid for `len` values.
+            $(#[$attr])*
+            pub(crate) unsafe fn activation(x: *mut f32, len: usize, act: crate::ops::gemm::FusedAct) {
+                type S = $simd;
+                let l = <S as crate::simd::Simd>::LANES;
+                let mut j = 0;
+                // SAFETY: j + LANES <= len for full vectors, the tail is a partial access.
+                unsafe {
+                    while j + l <= len {
+                        let v = <S as crate::simd::Simd>::load(x.add(j));
+                        <S as crate::simd::Simd>::store(x.add(j), activate::<S>(v, act));
+                        j += l;
+                    }
+                    if j < len {
+                        let v = <S as crate::simd::Simd>::load_partial(x.add(j), len - j);
+                        <S as crate::simd::Simd>::store_partial(x.add(j), len - j, activate::<S>(v, act));
+                    }
+                }
+            }
+        }
+    };
+}
+
+shells!(portable, crate::simd::portable::Portable, 4, 1);
+#[cfg(target_arch = "x86_64")]
+shells!(avx2, crate::simd::avx2::Avx2, 6, 2, #[target_feature(enable = "avx2,fma")]);
+#[cfg(target_arch = "x86_64")]
+shells!(
+    avx512,
+    crate::simd::avx512::Avx512,
+    8,
+    2,
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+);

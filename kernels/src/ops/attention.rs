@@ -1,0 +1,247 @@
+//! Masked softmax attention for one (batch item, head).
+//!
+//! Queries are processed `MR` rows at a time. For each block the logits of every key are formed
+//! in a per-thread scratch row block (`MR x S`, so memory per call grows with `S`, never with
+//! `S^2`), masked, normalised with a stable softmax (max subtracted, vectorised exp) and
+//! multiplied with `V`. Keys are read from a transposed copy (`D x S`, padded to the tile width)
+//! and values from a padded copy (`S x D`), both made once per (batch item, head), so every
+//! product is a register-tiled micro-kernel over contiguous rows.
+//!
+//! Masked keys get probability exactly 0. When every value of the head is finite, `0 * v = 0`
+//! and the tiled product is exact; if any value is NaN or Inf, the product instead skips masked
+//! keys one by one, so a poisoned padded position can never leak into another row.
+
+use super::gemm::{Epi, FusedAct, micro};
+use crate::simd::{Simd, exp};
+use crate::{KeepMask, MaskedRows};
+
+/// Sizes and operands of one attention call (validated by the safe wrapper).
+#[derive(Clone, Copy)]
+pub(crate) struct AttnArgs<'a> {
+    pub qkv: *const f32,
+    pub seq: usize,
+    pub heads: usize,
+    pub key_dim: usize,
+    pub mask: KeepMask<'a>,
+    pub policy: MaskedRows,
+    pub dropout: Option<(f32, u64)>,
+    pub ctx: *mut f32,
+    pub scores: *mut f32,
+}
+
+/// Scratch floats one thread needs for sequence `s`, key dim `d`, tile `mr x nr`.
+pub(crate) fn scratch_len(s: usize, d: usize, mr: usize, nr: usize) -> usize {
+    let sp = s.div_ceil(nr) * nr;
+    let dp = d.div_ceil(nr) * nr;
+    d * sp + sp * dp + mr * sp
+}
+
+/// Attention for the (batch item, head) pair `bh`.
+///
+/// # Safety
+/// * `args` describe valid buffers: `qkv` `[B*S, 3*N*D]`, `ctx` `[B*S, N*D]` (only the columns of
+///   head `h` of batch item `b` are written), `scores` `[B, N, S, S]` or null; the mask has the
+///   shape it claims. No other thread writes the same head's regions.
+/// * `scratch` holds at least [`scratch_len`] floats. `S >= 1`, `D >= 1`. S's features enabled.
+#[inline(always)]
+pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
+    args: &AttnArgs<'_>,
+    bh: usize,
+    scratch: &mut [f32],
+) {
+    let (s, d, n_heads) = (args.seq, args.key_dim, args.heads);
+    let (b, h) = (bh / n_heads, bh % n_heads);
+    let nr = NV * S::LANES;
+    let sp = s.div_ceil(nr) * nr;
+    let dp = d.div_ceil(nr) * nr;
+    let w = n_heads * d;
+    let ld3 = 3 * w;
+    let (kt, rest) = scratch.split_at_mut(d * sp);
+    let (vs, rest) = rest.split_at_mut(sp * dp);
+    let p = &mut rest[..MR * sp];
+    // SAFETY: all offsets below are within the buffers described in the contract: rows
+    // b*s..(b+1)*s of qkv/ctx, columns of head h, and the scratch extents computed above.
+    unsafe {
+        let base = args.qkv.add(b * s * ld3);
+        // Transposed keys [D, S_pad] and padded values [S_pad, D_pad].
+        let mut finite = true;
+        for j in 0..sp {
+            for dd in 0..d {
+                let (kv, vv) = if j < s {
+                    let row = base.add(j * ld3 + h * d + dd);
+                    (*row.add(w), *row.add(2 * w))
+                } else {
+                    (0.0, 0.0)
+                };
+                kt[dd * sp + j] = kv;
+                vs[j * dp + dd] = vv;
+                finite &= vv.is_finite();
+            }
+            for dd in d..dp {
+                vs[j * dp + dd] = 0.0;
+            }
+        }
+        let none = Epi {
+            bias: std::ptr::null(),
+            residual: std::ptr::null(),
+            ldr: 0,
+            act: FusedAct::None,
+        };
+        let qbase = base.add(h * d);
+        let mut i0 = 0;
+        while i0 < s {
+            let rows = MR.min(s - i0);
+            // Logits: P[rows, S_pad] = Q[i0.., :D] · K^T.
+            for jp in 0..sp / nr {
+                let cols = nr;
+                let a = qbase.add(i0 * ld3);
+                let bptr = kt.as_ptr().add(jp * nr);
+                let cptr = p.as_mut_ptr().add(jp * nr);
+                tile::<S, MR, NV>(rows, d, a, ld3, bptr, sp, cptr, sp, cols, &none);
+            }
+            for r in 0..rows {
+                let i = i0 + r;
+                let row = &mut p[r * sp..(r + 1) * sp];
+                softmax_row::<S>(row, s, |j| args.mask.keep(b, i, j, s), args.policy);
+                let prow = ((b * n_heads + h) * s + i) * s;
+                if !args.scores.is_null() {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), args.scores.add(prow), s);
+                }
+                if let Some((rate, seed)) = args.dropout {
+                    let scale = 1.0 / (1.0 - rate);
+                    for (j, v) in row[..s].iter_mut().enumerate() {
+                        *v = if crate::rng::dropout_keep(seed, 0, (prow + j) as u64, rate) {
+                            *v * scale
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+            // Context: ctx[i0.., h*D..] = P · V.
+            let cbase = args.ctx.add((b * s + i0) * w + h * d);
+            if finite {
+                for dpn in 0..dp / nr {
+                    let cols = nr.min(d - dpn * nr);
+                    let bptr = vs.as_ptr().add(dpn * nr);
+                    tile::<S, MR, NV>(
+                        rows,
+                        s,
+                        p.as_ptr(),
+                        sp,
+                        bptr,
+                        dp,
+                        cbase.add(dpn * nr),
+                        w,
+                        cols,
+                        &none,
+                    );
+                }
+            } else {
+                // Some value is NaN or Inf: skip keys a row does not use, one by one.
+                for r in 0..rows {
+                    let i = i0 + r;
+                    let all_masked = (0..s).all(|j| !args.mask.keep(b, i, j, s));
+                    let uses_all = all_masked && args.policy == MaskedRows::Uniform;
+                    let out = cbase.add(r * w);
+                    for dd in 0..d {
+                        *out.add(dd) = 0.0;
+                    }
+                    for j in 0..s {
+                        let pj = p[r * sp + j];
+                        if !(uses_all || args.mask.keep(b, i, j, s)) || pj == 0.0 {
+                            continue;
+                        }
+                        for dd in 0..d {
+                            *out.add(dd) += pj * vs[j * dp + dd];
+                        }
+                    }
+                }
+            }
+            i0 += rows;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+    rows: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: &Epi,
+) {
+    // SAFETY: forwarded contract of `micro`.
+    unsafe {
+        if rows == MR {
+            micro::<S, MR, NV>(kc, a, lda, b, ldb, c, ldc, cols, true, true, epi);
+        } else {
+            super::gemm::micro_rows::<S, NV>(
+                rows, kc, a, lda, b, ldb, c, ldc, cols, true, true, epi,
+            );
+        }
+    }
+}
+
+/// Masked softmax of one row of logits in place (`row.len()` is the padded length; entries past
+/// `s` end up 0).
+#[inline(always)]
+unsafe fn softmax_row<S: Simd>(
+    row: &mut [f32],
+    s: usize,
+    keep: impl Fn(usize) -> bool,
+    policy: MaskedRows,
+) {
+    let mut any = false;
+    for (j, v) in row.iter_mut().enumerate() {
+        if j >= s || !keep(j) {
+            *v = f32::NEG_INFINITY;
+        } else {
+            any = true;
+        }
+    }
+    if !any {
+        let fill = match policy {
+            MaskedRows::Zeros => 0.0,
+            MaskedRows::Uniform => 1.0 / s as f32,
+        };
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = if j < s { fill } else { 0.0 };
+        }
+        return;
+    }
+    let l = S::LANES;
+    let n = row.len();
+    debug_assert!(n.is_multiple_of(l));
+    let ptr = row.as_mut_ptr();
+    // SAFETY: n is a multiple of LANES and ptr is valid for n values; features by the caller.
+    unsafe {
+        let mut mx = S::splat(f32::NEG_INFINITY);
+        let mut j = 0;
+        while j < n {
+            mx = S::max(mx, S::load(ptr.add(j)));
+            j += l;
+        }
+        let m = S::reduce_max(mx);
+        let mv = S::splat(m);
+        let mut acc = S::splat(0.0);
+        let mut j = 0;
+        while j < n {
+            let e = exp::<S>(S::sub(S::load(ptr.add(j)), mv));
+            S::store(ptr.add(j), e);
+            acc = S::add(acc, e);
+            j += l;
+        }
+        let inv = S::splat(1.0 / S::reduce_sum(acc));
+        let mut j = 0;
+        while j < n {
+            S::store(ptr.add(j), S::mul(S::load(ptr.add(j)), inv));
+            j += l;
+        }
+    }
+}

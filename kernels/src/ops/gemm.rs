@@ -1,0 +1,258 @@
+//! Matrix products over weights packed once into panels, with fused epilogues.
+//!
+//! `C[m, n] = epilogue(A[m, k] · B[k, n])`. `B` is packed at load into column panels of `NR`
+//! columns (the tier's register-tile width): panel `p` holds `B[0..k, p*NR..(p+1)*NR]` row by row,
+//! zero-padded past `n`. `A` is read in place (row stride `lda`). A register tile of `MR x NR`
+//! outputs accumulates over blocks of `KC` inner indices; the first block adds the bias, the last
+//! one applies the activation and the residual. Every output element is computed by the same
+//! sequence of operations whatever the thread split, so results are bit-identical for any
+//! thread count.
+
+use crate::simd::{Simd, gelu_erf, gelu_tanh, x_sigmoid};
+
+/// Inner-dimension block: a `KC x NR` panel slice stays in L1 while the row tiles stream by.
+pub(crate) const KC: usize = 256;
+/// Row block: an `MC x KC` block of `A` stays in L2 across the panels of a task.
+pub(crate) const MC: usize = 192;
+
+/// The activations fused into the epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FusedAct {
+    None,
+    Relu,
+    Gelu,
+    GeluTanh,
+    Silu,
+}
+
+/// Raw epilogue operands (validated by the safe wrapper).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epi {
+    /// `[n]` or null.
+    pub bias: *const f32,
+    /// `[m, ldr]` (same row indexing as C) or null.
+    pub residual: *const f32,
+    pub ldr: usize,
+    pub act: FusedAct,
+}
+
+/// Apply a fused activation to one vector.
+#[inline(always)]
+pub(crate) unsafe fn activate<S: Simd>(x: S::V, act: FusedAct) -> S::V {
+    // SAFETY: the caller runs inside S's target features (Simd contract).
+    unsafe {
+        match act {
+            FusedAct::None => x,
+            // max(x, 0) keeps NaN: vmaxps returns the second operand when one is NaN.
+            FusedAct::Relu => S::max(x, S::splat(0.0)),
+            FusedAct::Gelu => gelu_erf::<S>(x),
+            FusedAct::GeluTanh => gelu_tanh::<S>(x),
+            FusedAct::Silu => x_sigmoid::<S>(x, x),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn load_n<S: Simd>(p: *const f32, n: usize) -> S::V {
+    // SAFETY: p is valid for n (< LANES) or LANES values (caller).
+    unsafe {
+        if n >= S::LANES {
+            S::load(p)
+        } else {
+            S::load_partial(p, n)
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn store_n<S: Simd>(p: *mut f32, n: usize, v: S::V) {
+    // SAFETY: p is valid for n (< LANES) or LANES values (caller).
+    unsafe {
+        if n >= S::LANES {
+            S::store(p, v)
+        } else {
+            S::store_partial(p, n, v)
+        }
+    }
+}
+
+/// One `R x (NV * LANES)` register tile: `C[0..R, 0..cols] (+)= A[0..R, 0..kc] · B[0..kc, ..]`.
+///
+/// # Safety
+/// * `a` valid for `R` rows of `kc` values at stride `lda`; `b` valid for `kc` rows of
+///   `NV * LANES` values at stride `ldb`; `c` valid for `R` rows of `cols` values at stride `ldc`.
+/// * `first`: C is overwritten with `bias + acc` (`epi.bias` offset to this tile's first column,
+///   valid for `cols`, or null). Otherwise C is read and accumulated.
+/// * `last`: the activation and the residual (`epi.residual` offset to this tile, valid for `R`
+///   rows of `cols` at stride `epi.ldr`, or null) are applied.
+#[inline(always)]
+pub(crate) unsafe fn micro<S: Simd, const R: usize, const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    first: bool,
+    last: bool,
+    epi: &Epi,
+) {
+    // SAFETY: bounds as documented above; S's features are enabled by the calling shell.
+    unsafe {
+        let zero = S::splat(0.0);
+        let mut acc = [[zero; NV]; R];
+        for kk in 0..kc {
+            let bp = b.add(kk * ldb);
+            let mut bv = [zero; NV];
+            for v in 0..NV {
+                bv[v] = S::load(bp.add(v * S::LANES));
+            }
+            for i in 0..R {
+                let av = S::splat(*a.add(i * lda + kk));
+                for v in 0..NV {
+                    acc[i][v] = S::fma(av, bv[v], acc[i][v]);
+                }
+            }
+        }
+        for i in 0..R {
+            for v in 0..NV {
+                let cc = v * S::LANES;
+                if cc >= cols {
+                    break;
+                }
+                let n = cols - cc;
+                let cp = c.add(i * ldc + cc);
+                let prev = if first {
+                    if epi.bias.is_null() {
+                        zero
+                    } else {
+                        load_n::<S>(epi.bias.add(cc), n)
+                    }
+                } else {
+                    load_n::<S>(cp, n)
+                };
+                let mut x = S::add(acc[i][v], prev);
+                if last {
+                    x = activate::<S>(x, epi.act);
+                    if !epi.residual.is_null() {
+                        x = S::add(x, load_n::<S>(epi.residual.add(i * epi.ldr + cc), n));
+                    }
+                }
+                store_n::<S>(cp, n, x);
+            }
+        }
+    }
+}
+
+/// [`micro`] for `rows < R_MAX` rows, chosen at run time.
+#[inline(always)]
+pub(crate) unsafe fn micro_rows<S: Simd, const NV: usize>(
+    rows: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    first: bool,
+    last: bool,
+    epi: &Epi,
+) {
+    macro_rules! go {
+        ($r:literal) => {
+            micro::<S, $r, NV>(kc, a, lda, b, ldb, c, ldc, cols, first, last, epi)
+        };
+    }
+    // SAFETY: forwarded from the caller (same contract as `micro` with R = rows).
+    unsafe {
+        match rows {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            4 => go!(4),
+            5 => go!(5),
+            6 => go!(6),
+            7 => go!(7),
+            8 => go!(8),
+            9 => go!(9),
+            10 => go!(10),
+            11 => go!(11),
+            _ => go!(12),
+        }
+    }
+}
+
+/// Rows `0..m` and panels `p0..p1` of `C = epilogue(A · B)`.
+///
+/// # Safety
+/// * `a`: `m` rows of `k` values at stride `lda`; `packed`: `ceil(n / NR)` panels of `k * NR`
+///   values; `c`: `m` rows of `n` values at stride `ldc`; `epi.bias`: `n` values or null;
+///   `epi.residual`: `m` rows of `n` values at stride `epi.ldr`, or null.
+/// * `k >= 1`; no other thread writes the columns of panels `p0..p1`.
+#[inline(always)]
+pub(crate) unsafe fn gemm_panels<S: Simd, const MR: usize, const NV: usize>(
+    a: *const f32,
+    lda: usize,
+    m: usize,
+    k: usize,
+    packed: *const f32,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    p0: usize,
+    p1: usize,
+    epi: &Epi,
+) {
+    let nr = NV * S::LANES;
+    // SAFETY: every pointer formed below stays inside the extents documented above.
+    unsafe {
+        let mut ic = 0;
+        while ic < m {
+            let mc = MC.min(m - ic);
+            let mut pc = 0;
+            while pc < k {
+                let kc = KC.min(k - pc);
+                let (first, last) = (pc == 0, pc + kc == k);
+                for p in p0..p1 {
+                    let col0 = p * nr;
+                    let cols = nr.min(n - col0);
+                    let bp = packed.add(p * k * nr + pc * nr);
+                    let tile_epi = Epi {
+                        bias: if epi.bias.is_null() {
+                            epi.bias
+                        } else {
+                            epi.bias.add(col0)
+                        },
+                        residual: epi.residual,
+                        ldr: epi.ldr,
+                        act: epi.act,
+                    };
+                    let mut i = ic;
+                    while i < ic + mc {
+                        let rows = MR.min(ic + mc - i);
+                        let mut e = tile_epi;
+                        if !e.residual.is_null() {
+                            e.residual = e.residual.add(i * e.ldr + col0);
+                        }
+                        let ap = a.add(i * lda + pc);
+                        let cp = c.add(i * ldc + col0);
+                        if rows == MR {
+                            micro::<S, MR, NV>(kc, ap, lda, bp, nr, cp, ldc, cols, first, last, &e);
+                        } else {
+                            micro_rows::<S, NV>(
+                                rows, kc, ap, lda, bp, nr, cp, ldc, cols, first, last, &e,
+                            );
+                        }
+                        i += rows;
+                    }
+                }
+                pc += kc;
+            }
+            ic += mc;
+        }
+    }
+}

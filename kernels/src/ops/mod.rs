@@ -1,0 +1,5 @@
+//! The kernel bodies, each written once over [`Simd`](crate::simd::Simd).
+
+pub(crate) mod attention;
+pub(crate) mod gemm;
+pub(crate) mod norm;

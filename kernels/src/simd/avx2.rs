@@ -1,0 +1,128 @@
+//! AVX2 + FMA: 8 lanes of `__m256`.
+
+use super::Simd;
+use std::arch::x86_64::*;
+
+/// The AVX2+FMA tier's vocabulary.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2;
+
+/// Evaluate an intrinsic expression under the [`Simd`] contract.
+macro_rules! intr {
+    ($e:expr) => {{
+        // SAFETY: `Simd` contract: callers run inside a function compiled with avx2+fma on a CPU
+        // that has them, and pass pointers valid for the lanes accessed.
+        unsafe { $e }
+    }};
+}
+
+#[inline(always)]
+fn tail_mask(n: usize) -> __m256i {
+    intr!(_mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+    ))
+}
+
+// Safety: every method is an AVX2/FMA intrinsic; the trait's contract makes callers enable them.
+unsafe impl Simd for Avx2 {
+    type V = __m256;
+    type M = __m256;
+    const LANES: usize = 8;
+
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        intr!(_mm256_set1_ps(x))
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        intr!(_mm256_loadu_ps(p))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        intr!(_mm256_storeu_ps(p, v))
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> __m256 {
+        // Masked-off lanes are neither read nor faulted on.
+        intr!(_mm256_maskload_ps(p, tail_mask(n)))
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, n: usize, v: __m256) {
+        intr!(_mm256_maskstore_ps(p, tail_mask(n), v))
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        intr!(_mm256_add_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+        intr!(_mm256_sub_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        intr!(_mm256_mul_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn div(a: __m256, b: __m256) -> __m256 {
+        intr!(_mm256_div_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        intr!(_mm256_fmadd_ps(a, b, c))
+    }
+    #[inline(always)]
+    unsafe fn max(a: __m256, b: __m256) -> __m256 {
+        intr!(_mm256_max_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn min(a: __m256, b: __m256) -> __m256 {
+        intr!(_mm256_min_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn round(a: __m256) -> __m256 {
+        intr!(_mm256_round_ps::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(a))
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: __m256) -> __m256 {
+        intr!(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))
+        )))
+    }
+    #[inline(always)]
+    unsafe fn lt(a: __m256, b: __m256) -> __m256 {
+        intr!(_mm256_cmp_ps::<_CMP_LT_OQ>(a, b))
+    }
+    #[inline(always)]
+    unsafe fn is_nan(a: __m256) -> __m256 {
+        intr!(_mm256_cmp_ps::<_CMP_UNORD_Q>(a, a))
+    }
+    #[inline(always)]
+    unsafe fn select(m: __m256, a: __m256, b: __m256) -> __m256 {
+        intr!(_mm256_blendv_ps(b, a, m))
+    }
+    #[inline(always)]
+    unsafe fn reduce_sum(a: __m256) -> f32 {
+        intr!({
+            let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+            _mm_cvtss_f32(s)
+        })
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(a: __m256) -> f32 {
+        intr!({
+            let s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_max_ss(s, _mm_shuffle_ps::<1>(s, s));
+            _mm_cvtss_f32(s)
+        })
+    }
+    #[inline(always)]
+    unsafe fn abs(a: __m256) -> __m256 {
+        intr!(_mm256_andnot_ps(_mm256_set1_ps(-0.0), a))
+    }
+}

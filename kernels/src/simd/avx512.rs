@@ -1,0 +1,132 @@
+//! AVX-512 F/BW/DQ/VL: 16 lanes of `__m512`, mask registers for tails.
+
+use super::Simd;
+use std::arch::x86_64::*;
+
+/// The AVX-512 tier's vocabulary.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512;
+
+/// Evaluate an intrinsic expression under the [`Simd`] contract.
+macro_rules! intr {
+    ($e:expr) => {{
+        // SAFETY: `Simd` contract: callers run inside a function compiled with avx512f/bw/dq/vl
+        // on a CPU that has them, and pass pointers valid for the lanes accessed.
+        unsafe { $e }
+    }};
+}
+
+#[inline(always)]
+fn tail_mask(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
+
+// Safety: every method is an AVX-512F intrinsic; the trait's contract makes callers enable it.
+unsafe impl Simd for Avx512 {
+    type V = __m512;
+    type M = __mmask16;
+    const LANES: usize = 16;
+
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m512 {
+        intr!(_mm512_set1_ps(x))
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        intr!(_mm512_loadu_ps(p))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        intr!(_mm512_storeu_ps(p, v))
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> __m512 {
+        // Masked-off lanes are neither read nor faulted on.
+        intr!(_mm512_maskz_loadu_ps(tail_mask(n), p))
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, n: usize, v: __m512) {
+        intr!(_mm512_mask_storeu_ps(p, tail_mask(n), v))
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        intr!(_mm512_add_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+        intr!(_mm512_sub_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        intr!(_mm512_mul_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn div(a: __m512, b: __m512) -> __m512 {
+        intr!(_mm512_div_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        intr!(_mm512_fmadd_ps(a, b, c))
+    }
+    #[inline(always)]
+    unsafe fn max(a: __m512, b: __m512) -> __m512 {
+        intr!(_mm512_max_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn min(a: __m512, b: __m512) -> __m512 {
+        intr!(_mm512_min_ps(a, b))
+    }
+    #[inline(always)]
+    unsafe fn round(a: __m512) -> __m512 {
+        intr!(_mm512_roundscale_ps::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(a))
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: __m512) -> __m512 {
+        intr!(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(
+            _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127))
+        )))
+    }
+    #[inline(always)]
+    unsafe fn lt(a: __m512, b: __m512) -> __mmask16 {
+        intr!(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b))
+    }
+    #[inline(always)]
+    unsafe fn is_nan(a: __m512) -> __mmask16 {
+        intr!(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, a))
+    }
+    #[inline(always)]
+    unsafe fn select(m: __mmask16, a: __m512, b: __m512) -> __m512 {
+        // mask_blend takes the second operand where the mask bit is set.
+        intr!(_mm512_mask_blend_ps(m, b, a))
+    }
+    #[inline(always)]
+    unsafe fn reduce_sum(a: __m512) -> f32 {
+        intr!({
+            let lo = _mm512_castps512_ps256(a);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+            let s = _mm256_add_ps(lo, hi);
+            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+            _mm_cvtss_f32(s)
+        })
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(a: __m512) -> f32 {
+        intr!({
+            let lo = _mm512_castps512_ps256(a);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+            let s = _mm256_max_ps(lo, hi);
+            let s = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+            let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_max_ss(s, _mm_shuffle_ps::<1>(s, s));
+            _mm_cvtss_f32(s)
+        })
+    }
+    #[inline(always)]
+    unsafe fn abs(a: __m512) -> __m512 {
+        intr!(_mm512_abs_ps(a))
+    }
+}
