@@ -3,3 +3,4 @@
 
 mod common;
 mod encoder;
+mod kernels;

@@ -151,19 +151,21 @@ impl<'a> Mask<'a> {
     /// Check rank, size and broadcastability against `(batch, seq)`. Returns whether the batch
     /// dimension broadcasts.
     fn check(&self, arg: &str, rank: usize, batch: usize, seq: usize) -> Result<bool> {
-        let want = if rank == 2 {
-            format!("[batch, seq] = [{batch}, {seq}] (or [1, {seq}])")
-        } else {
-            format!("[batch, seq, seq] = [{batch}, {seq}, {seq}] (or [1, {seq}, {seq}])")
+        let want = || {
+            if rank == 2 {
+                format!("[batch, seq] = [{batch}, {seq}] (or [1, {seq}])")
+            } else {
+                format!("[batch, seq, seq] = [{batch}, {seq}, {seq}] (or [1, {seq}, {seq}])")
+            }
         };
         if self.shape.rank() != rank {
-            return Err(Error::shape(arg, want, self.shape.describe()));
+            return Err(Error::shape(arg, want(), self.shape.describe()));
         }
         let b = self.shape.get(0);
         let ok_b = b == batch || b == 1;
         let ok_s = (1..rank).all(|i| self.shape.get(i) == seq);
         if !ok_b || !ok_s {
-            return Err(Error::shape(arg, want, self.shape.describe()));
+            return Err(Error::shape(arg, want(), self.shape.describe()));
         }
         let n = self.shape.elements().unwrap_or(usize::MAX);
         if self.values.len() != n {

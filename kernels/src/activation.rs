@@ -266,8 +266,15 @@ impl Activation {
             }
             Activation::Selu => SELU_SCALE * if x > 0.0 { x } else { SELU_ALPHA * x.exp_m1() },
             Activation::Gelu => 0.5 * x * erfc_f64(-x * std::f64::consts::FRAC_1_SQRT_2),
+            // 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)) exactly; the second form keeps its
+            // relative accuracy in the far negative tail, where 1 + tanh(u) cancels to 0.
             Activation::GeluApproximate => {
-                0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+                let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+                if u >= -300.0 {
+                    x / (1.0 + (-2.0 * u).exp())
+                } else {
+                    0.5 * x * (1.0 + u.tanh())
+                }
             }
             Activation::Silu => x * sigmoid_f64(x),
             Activation::Sigmoid => sigmoid_f64(x),

@@ -23,6 +23,8 @@ pub(crate) enum FusedAct {
     Gelu,
     GeluTanh,
     Silu,
+    /// Not used in products; lets the activation kernel expose the vector exp.
+    Exp,
 }
 
 /// Raw epilogue operands (validated by the safe wrapper).
@@ -48,6 +50,7 @@ pub(crate) unsafe fn activate<S: Simd>(x: S::V, act: FusedAct) -> S::V {
             FusedAct::Gelu => gelu_erf::<S>(x),
             FusedAct::GeluTanh => gelu_tanh::<S>(x),
             FusedAct::Silu => x_sigmoid::<S>(x, x),
+            FusedAct::Exp => crate::simd::exp::<S>(x),
         }
     }
 }

@@ -139,20 +139,33 @@ include!("erfcx_coeffs.rs");
 /// both tails (`1 + erf` would lose everything below x = -4).
 ///
 /// `erfc(t) = e^(-t^2) erfcx(t)`; `erfcx` comes from [`ERFCX_W`]; `e^(-t^2)` is computed as
-/// `e^(-hi) (1 - lo)` with `t^2 = hi + lo` split exactly by an FMA.
+/// `e^(-hi) (1 - lo)` with `t^2 = x^2 / 2 = hi + lo` split exactly (Dekker).
 #[inline(always)]
 pub(crate) unsafe fn gelu_erf<S: Simd>(x: S::V) -> S::V {
     // SAFETY: the caller runs inside S's target features (trait contract).
     unsafe {
-        let t = S::mul(S::abs(x), S::splat(std::f32::consts::FRAC_1_SQRT_2));
+        // Beyond |x| = 20, Phi is 0 or 1 to far below f32 resolution; clamping keeps infinities
+        // out of the tail arithmetic (gelu(inf) = inf, gelu(-inf) = -inf * 0 = NaN as in Keras).
+        let xc = S::min(S::max(x, S::splat(-20.0)), S::splat(20.0));
+        let t = S::mul(S::abs(xc), S::splat(std::f32::consts::FRAC_1_SQRT_2));
         let w = S::div(S::sub(t, S::splat(2.0)), S::add(t, S::splat(2.0)));
         let mut p = S::splat(ERFCX_W[0]);
         for &c in &ERFCX_W[1..] {
             p = S::fma(p, w, S::splat(c));
         }
         let erfcx = S::div(p, S::fma(t, S::splat(2.0), S::splat(1.0)));
-        let hi = S::mul(t, t);
-        let lo = S::fma(t, t, S::sub(S::splat(0.0), hi));
+        // t^2 = x^2 / 2 = hi + lo exactly (the 1/sqrt2 rounding of t must not enter the
+        // exponent): Dekker's split, exact with or without a fused multiply-add.
+        let xx = S::mul(xc, xc);
+        let c = S::mul(xc, S::splat(4097.0));
+        let xh = S::sub(c, S::sub(c, xc));
+        let xl = S::sub(xc, xh);
+        let err = S::add(
+            S::add(S::sub(S::mul(xh, xh), xx), S::mul(S::add(xh, xh), xl)),
+            S::mul(xl, xl),
+        );
+        let hi = S::mul(xx, S::splat(0.5));
+        let lo = S::mul(err, S::splat(0.5));
         let e = S::mul(
             exp::<S>(S::sub(S::splat(0.0), hi)),
             S::sub(S::splat(1.0), lo),

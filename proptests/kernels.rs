@@ -1,0 +1,329 @@
+//! Every fast kernel, on every tier this machine has, against the naive float64 reference.
+//!
+//! Tolerance (SPEC section 7): `|fast - ref| <= 1e-5 + 1e-4 |ref|` element-wise; for products,
+//! whose sums of `k` terms carry rounding that grows like `sqrt(k)`, the absolute part is scaled
+//! by `sqrt(k)` (inputs in [-1, 1]).
+
+use crate::common::{check_close, config, tiers, values};
+use proptest::prelude::*;
+use transformer_encoder_kernels::reference as r;
+use transformer_encoder_kernels::*;
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Sizes biased to lane and tile boundaries (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, ...) and past
+/// the blocking sizes (KC = 256, MC = 192).
+fn size(max: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![
+        1usize..=max.min(40),
+        prop::sample::select(vec![
+            1usize, 2, 5, 6, 7, 8, 9, 12, 13, 15, 16, 17, 23, 24, 25, 31, 32, 33, 47, 48, 49, 63,
+            64, 65
+        ])
+        .prop_map(move |v| v.min(max)),
+        1usize..=max,
+    ]
+}
+
+fn act() -> impl Strategy<Value = Option<Activation>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(Activation::Relu)),
+        Just(Some(Activation::Gelu)),
+        Just(Some(Activation::GeluApproximate)),
+        Just(Some(Activation::Silu)),
+        (0..Activation::ALL.len()).prop_map(|i| Some(Activation::ALL[i])),
+    ]
+}
+
+fn run_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    bias: bool,
+    resid: bool,
+    a_act: Option<Activation>,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let a = values(m * k, seed, -1.0, 1.0);
+    let w = values(k * n, seed ^ 1, -1.0, 1.0);
+    let b = values(n, seed ^ 2, -1.0, 1.0);
+    let res = values(m * n, seed ^ 3, -1.0, 1.0);
+    let mut want = if bias {
+        r::linear(&f64s(&a), &f64s(&w), &f64s(&b), m, k, n)
+    } else {
+        r::matmul(&f64s(&a), &f64s(&w), m, k, n)
+    };
+    if let Some(act) = a_act {
+        r::activation(act, &mut want, n);
+    }
+    if resid {
+        for (x, y) in want.iter_mut().zip(&res) {
+            *x += *y as f64;
+        }
+    }
+    for isa in tiers() {
+        let kern = Kernels::for_isa(isa).unwrap();
+        let packed = kern.pack(&w, k, n).unwrap();
+        let ep = Epilogue {
+            bias: bias.then_some(&b[..]),
+            activation: a_act,
+            residual: resid.then_some(&res[..]),
+        };
+        for par in [Par::Seq, Par::Threads(3)] {
+            let mut out = vec![f32::NAN; m * n];
+            kern.gemm(&a, m, &packed, &ep, &mut out, par).unwrap();
+            let atol = 1e-5 * (k as f64).sqrt();
+            check_close(
+                &out,
+                &want,
+                atol,
+                1e-4,
+                &format!("gemm {isa} m={m} k={k} n={n} {a_act:?}"),
+            )
+            .map_err(TestCaseError::fail)?;
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(48))]
+
+    #[test]
+    fn gemm_with_epilogues(m in size(70), k in size(300), n in size(100), bias in any::<bool>(), resid in any::<bool>(), a in act(), seed in any::<u64>()) {
+        run_gemm(m, k, n, bias, resid, a, seed)?;
+    }
+
+    #[test]
+    fn activation_kernel(n in size(100), rows in 1usize..4, a in act(), scale in prop_oneof![Just(1.0f32), Just(6.0), Just(30.0)], seed in any::<u64>()) {
+        let Some(a) = a else { return Ok(()) };
+        let x = values(rows * n, seed, -scale, scale);
+        let mut want = f64s(&x);
+        r::activation(a, &mut want, n);
+        for isa in tiers() {
+            let mut y = x.clone();
+            Kernels::for_isa(isa).unwrap().activation(a, &mut y, n).unwrap();
+            check_close(&y, &want, 1e-5, 1e-4, &format!("{a} on {isa}")).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    #[test]
+    fn layer_norm_kernel(n in size(800), rows in 1usize..5, resid in any::<bool>(), offset in prop_oneof![Just(0.0f32), Just(3000.0), Just(-40000.0), Just(1e5)], spread in prop_oneof![Just(1.0f32), Just(0.01), Just(100.0)], eps in prop_oneof![Just(1e-5f32), Just(1e-12)], seed in any::<u64>()) {
+        let x = values(rows * n, seed, -spread, spread);
+        let res: Vec<f32> = values(rows * n, seed ^ 9, -spread, spread).iter().map(|v| v + offset).collect();
+        let g = values(n, seed ^ 1, 0.5, 1.5);
+        let b = values(n, seed ^ 2, -0.5, 0.5);
+        let t: Vec<f64> = x.iter().zip(&res).map(|(a, c)| *a as f64 + if resid { *c as f64 } else { 0.0 }).collect();
+        // The reference normalises the exact float64 sum; with a large offset and no residual the
+        // input itself is the offset row.
+        let t = if resid { t } else { res.iter().map(|&v| v as f64).collect() };
+        let xin = if resid { x.clone() } else { res.clone() };
+        let want = r::layer_norm(&t, n, &f64s(&g), &f64s(&b), eps as f64);
+        // A constant row (n == 1, or all-equal values) normalises to beta exactly.
+        for isa in tiers() {
+            let k = Kernels::for_isa(isa).unwrap();
+            let mut out = vec![f32::NAN; rows * n];
+            let mut sum = vec![f32::NAN; rows * n];
+            k.layer_norm(&xin, resid.then_some(&res[..]), n, &g, &b, eps, &mut out, Some(&mut sum), Par::Threads(2)).unwrap();
+            check_close(&out, &want, 1e-5, 1e-4, &format!("layer_norm {isa} n={n} offset={offset} spread={spread}")).map_err(TestCaseError::fail)?;
+            for (i, s) in sum.iter().enumerate() {
+                let e = xin[i] + if resid { res[i] } else { 0.0 };
+                prop_assert_eq!(*s, e);
+            }
+        }
+    }
+
+    #[test]
+    fn attention_kernel(batch in 1usize..3, seq in size(40), heads in 1usize..4, d in size(40), mask_kind in 0u8..3, uniform in any::<bool>(), scale in prop_oneof![Just(1.0f32), Just(8.0)], drop in any::<bool>(), poison in any::<bool>(), seed in any::<u64>()) {
+        let w = heads * d;
+        let m = batch * seq;
+        let mut qkv = values(m * 3 * w, seed, -scale, scale);
+        let keys: Vec<u8> = values(m, seed ^ 5, 0.0, 1.0).iter().map(|v| (*v > 0.3) as u8).collect();
+        let full: Vec<u8> = values(m * seq, seed ^ 6, 0.0, 1.0).iter().map(|v| (*v > 0.4) as u8).collect();
+        let mask = match mask_kind {
+            0 => KeepMask::All,
+            1 => KeepMask::Keys(&keys),
+            _ => KeepMask::Full(&full),
+        };
+        // Poison masked keys' K and V with NaN / Inf: nothing may leak.
+        if poison && mask_kind == 1 {
+            for t in 0..m {
+                if keys[t] == 0 {
+                    for c in w..3 * w {
+                        qkv[t * 3 * w + c] = if c % 2 == 0 { f32::NAN } else { f32::INFINITY };
+                    }
+                }
+            }
+        }
+        let policy = if uniform { MaskedRows::Uniform } else { MaskedRows::Zeros };
+        let dropout = (drop && !uniform).then_some((0.25f32, seed));
+        let q: Vec<f64> = (0..m).flat_map(|t| (0..w).map(move |c| (t, c))).map(|(t, c)| qkv[t * 3 * w + c] as f64).collect();
+        let kk: Vec<f64> = (0..m).flat_map(|t| (0..w).map(move |c| (t, c))).map(|(t, c)| qkv[t * 3 * w + w + c] as f64).collect();
+        let v: Vec<f64> = (0..m).flat_map(|t| (0..w).map(move |c| (t, c))).map(|(t, c)| qkv[t * 3 * w + 2 * w + c] as f64).collect();
+        let shape = AttentionShape { batch, seq, heads, key_dim: d };
+        let (want_ctx, want_p) = r::attention(&q, &kk, &v, shape, mask, policy, dropout);
+        // The kernel takes queries pre-scaled by 1/sqrt(D).
+        let sc = (1.0 / (d as f64).sqrt()) as f32;
+        let mut scaled = qkv.clone();
+        for t in 0..m {
+            for c in 0..w {
+                scaled[t * 3 * w + c] *= sc;
+            }
+        }
+        let vmax = v.iter().filter(|x| x.is_finite()).fold(1.0f64, |a, b| a.max(b.abs()));
+        for isa in tiers() {
+            let k = Kernels::for_isa(isa).unwrap();
+            let mut ctx = vec![f32::NAN; m * w];
+            let mut p = vec![f32::NAN; batch * heads * seq * seq];
+            let mut scratch = AttentionScratch::new();
+            for par in [Par::Seq, Par::Threads(2)] {
+                k.attention(&scaled, shape, mask, policy, dropout, &mut ctx, Some(&mut p), &mut scratch, par).unwrap();
+                check_close(&p, &want_p, 1e-6, 1e-4, &format!("probabilities {isa}")).map_err(TestCaseError::fail)?;
+                check_close(&ctx, &want_ctx, 1e-5 * vmax * (seq as f64).sqrt(), 1e-4, &format!("context {isa}")).map_err(TestCaseError::fail)?;
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_past_the_cache_blocks() {
+    // m > MC (192), k > KC (256) and not a multiple, n with a tail on every tier's panel width.
+    run_gemm(203, 777, 131, true, true, Some(Activation::Gelu), 1).unwrap();
+    run_gemm(400, 1030, 40, true, false, None, 2).unwrap();
+    run_gemm(1, 3072, 769, true, false, Some(Activation::Silu), 3).unwrap();
+}
+
+#[test]
+fn attention_long_sequence() {
+    // A long sequence: memory per call grows with S (scratch of a few rows of S), and results
+    // still match the reference.
+    let (batch, seq, heads, d) = (1, 700, 2, 24);
+    let w = heads * d;
+    let qkv = values(seq * 3 * w, 11, -2.0, 2.0);
+    let q: Vec<f64> = (0..seq)
+        .flat_map(|t| (0..w).map(move |c| (t, c)))
+        .map(|(t, c)| qkv[t * 3 * w + c] as f64)
+        .collect();
+    let kk: Vec<f64> = (0..seq)
+        .flat_map(|t| (0..w).map(move |c| (t, c)))
+        .map(|(t, c)| qkv[t * 3 * w + w + c] as f64)
+        .collect();
+    let v: Vec<f64> = (0..seq)
+        .flat_map(|t| (0..w).map(move |c| (t, c)))
+        .map(|(t, c)| qkv[t * 3 * w + 2 * w + c] as f64)
+        .collect();
+    let shape = AttentionShape {
+        batch,
+        seq,
+        heads,
+        key_dim: d,
+    };
+    let (want, _) = r::attention(&q, &kk, &v, shape, KeepMask::All, MaskedRows::Zeros, None);
+    let sc = (1.0 / (d as f64).sqrt()) as f32;
+    let mut scaled = qkv.clone();
+    for t in 0..seq {
+        for c in 0..w {
+            scaled[t * 3 * w + c] *= sc;
+        }
+    }
+    for isa in tiers() {
+        let mut ctx = vec![0.0; seq * w];
+        let mut scratch = AttentionScratch::new();
+        Kernels::for_isa(isa)
+            .unwrap()
+            .attention(
+                &scaled,
+                shape,
+                KeepMask::All,
+                MaskedRows::Zeros,
+                None,
+                &mut ctx,
+                None,
+                &mut scratch,
+                Par::Seq,
+            )
+            .unwrap();
+        check_close(&ctx, &want, 1e-4, 1e-4, &format!("long attention {isa}")).unwrap();
+    }
+}
+
+#[test]
+fn exp_error_bound() {
+    // Stated bound: relative error <= 3e-7 where e^x >= FLT_MIN; 0 below -87.33; inf above 88.73.
+    let mut xs: Vec<f32> = (0..200_001)
+        .map(|i| -87.3 + (88.7 + 87.3) * i as f32 / 200_000.0)
+        .collect();
+    xs.extend([0.0, -0.0, 1e-30, -1e-30, 88.72]);
+    for isa in tiers() {
+        let mut y = xs.clone();
+        Kernels::for_isa(isa).unwrap().exp(&mut y);
+        let mut worst = 0.0f64;
+        for (x, v) in xs.iter().zip(&y) {
+            let want = (*x as f64).exp();
+            worst = worst.max(((*v as f64) - want).abs() / want);
+        }
+        assert!(worst <= 3e-7, "{isa}: exp relative error {worst}");
+        let mut s = [
+            -87.34f32,
+            -100.0,
+            -1e30,
+            f32::NEG_INFINITY,
+            88.73,
+            1e30,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        Kernels::for_isa(isa).unwrap().exp(&mut s);
+        assert_eq!(&s[..4], &[0.0; 4], "{isa}");
+        assert!(s[4..7].iter().all(|v| *v == f32::INFINITY), "{isa}");
+        assert!(s[7].is_nan());
+    }
+}
+
+#[test]
+fn activation_error_bounds_and_special_values() {
+    // Stated bounds, relative to the float64 formula where |ref| > 1e-35, absolute 1e-36 below:
+    // gelu 2e-6 (including the tail down to -13, where 1 + erf would have lost everything),
+    // gelu_approximate 3e-5 (the f32 rounding of its cubic argument, amplified in the tail),
+    // silu 2e-6. Special values: NaN -> NaN, +-inf -> the limits.
+    let xs: Vec<f32> = (0..100_001)
+        .map(|i| -20.0 + 40.0 * i as f32 / 100_000.0)
+        .collect();
+    for isa in tiers() {
+        let k = Kernels::for_isa(isa).unwrap();
+        for (a, bound) in [
+            (Activation::Gelu, 2e-6),
+            (Activation::GeluApproximate, 3e-5),
+            (Activation::Silu, 2e-6),
+            (Activation::Relu, 0.0),
+        ] {
+            let mut y = xs.clone();
+            k.activation(a, &mut y, 1).unwrap();
+            for (x, v) in xs.iter().zip(&y) {
+                let want = a.eval_f64(*x as f64);
+                let err = (*v as f64 - want).abs();
+                let ok = if want.abs() > 1e-35 {
+                    err <= bound * want.abs()
+                } else {
+                    err <= 1e-36
+                };
+                assert!(ok, "{a} on {isa} at {x}: {v} vs {want}");
+            }
+            // Infinities and NaN give what the float64 formula gives (NaN for gelu(-inf) =
+            // -inf * 0, exactly as Keras).
+            let sv = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+            let mut s = sv;
+            k.activation(a, &mut s, 1).unwrap();
+            for (x, v) in sv.iter().zip(&s) {
+                let want = a.eval_f64(*x as f64);
+                assert!(
+                    (want.is_nan() && v.is_nan()) || *v as f64 == want,
+                    "{a} {isa} at {x}: {v} vs {want}"
+                );
+            }
+        }
+    }
+}
