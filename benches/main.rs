@@ -1,10 +1,169 @@
-//! Criterion benchmarks: the whole layer at the seed shape (more in benches/ as kernels land).
+//! Criterion benchmarks (`cargo bench`): every kernel on every tier the CPU has, with
+//! `Throughput` in FLOPs (shown as elements/s = FLOP/s), and whole layers at the shapes the
+//! README's table uses. `TRANSFORMER_ENCODER_ISA` restricts the tiers; `BENCH_QUICK=1` keeps
+//! only the small shapes.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
+use std::sync::Arc;
 use transformer_encoder::{
-    CallOptions, EncoderConfig, Isa, TensorView, TransformerEncoder, Workspace,
+    Activation, CallOptions, EncoderConfig, EncoderWeights, Isa, TensorView, Threads,
+    TransformerEncoder, Workspace,
 };
+use transformer_encoder_kernels::{
+    AttentionScratch, AttentionShape, Epilogue, KeepMask, Kernels, MaskedRows, Par, baseline_sgemm,
+};
+
+fn tiers() -> Vec<Isa> {
+    match Isa::from_env() {
+        Ok(Some(i)) => vec![i],
+        _ => Isa::ALL
+            .iter()
+            .copied()
+            .filter(|i| i.is_available())
+            .collect(),
+    }
+}
+
+fn quick() -> bool {
+    std::env::var("BENCH_QUICK").is_ok()
+}
+
+fn vals(n: usize, seed: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| transformer_encoder_kernels::rng::uniform(seed, 1, i as u64) as f32 - 0.5)
+        .collect()
+}
+
+fn gemm(c: &mut Criterion) {
+    // The layer's products: QKV, output projection, FFN in and out (BERT-base, seq 128).
+    let shapes: &[(&str, usize, usize, usize)] = if quick() {
+        &[("seed_qkv", 20, 64, 192)]
+    } else {
+        &[
+            ("seed_qkv", 20, 64, 192),
+            ("in_cache", 48, 256, 64),
+            ("bert_qkv", 128, 768, 2304),
+            ("bert_ffn_in", 128, 768, 3072),
+            ("bert_ffn_out", 128, 3072, 768),
+        ]
+    };
+    for &(name, m, k, n) in shapes {
+        let mut g = c.benchmark_group(format!("gemm/{name}_{m}x{k}x{n}"));
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let a = vals(m * k, 1);
+        let w = vals(k * n, 2);
+        let bias = vals(n, 3);
+        let mut out = vec![0.0; m * n];
+        g.bench_function("matrixmultiply", |bch| {
+            bch.iter(|| baseline_sgemm(black_box(&a), &w, m, k, n, &mut out).unwrap())
+        });
+        for isa in tiers() {
+            let kern = Kernels::for_isa(isa).unwrap();
+            let p = kern.pack(&w, k, n).unwrap();
+            let ep = Epilogue {
+                bias: Some(&bias),
+                activation: None,
+                residual: None,
+            };
+            g.bench_function(BenchmarkId::new("bias", isa), |bch| {
+                bch.iter(|| {
+                    kern.gemm(black_box(&a), m, &p, &ep, &mut out, Par::Seq)
+                        .unwrap()
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+fn small_kernels(c: &mut Criterion) {
+    let (rows, n) = (128, 768);
+    let x = vals(rows * n, 4);
+    let r = vals(rows * n, 5);
+    let gm = vals(n, 6);
+    let bt = vals(n, 7);
+    let mut out = vec![0.0; rows * n];
+    let mut g = c.benchmark_group("layer_norm_residual/128x768");
+    g.throughput(Throughput::Elements((rows * n) as u64));
+    for isa in tiers() {
+        let k = Kernels::for_isa(isa).unwrap();
+        g.bench_function(isa.name(), |b| {
+            b.iter(|| {
+                k.layer_norm(
+                    black_box(&x),
+                    Some(&r),
+                    n,
+                    &gm,
+                    &bt,
+                    1e-5,
+                    &mut out,
+                    None,
+                    Par::Seq,
+                )
+                .unwrap()
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("activation/128x3072");
+    g.throughput(Throughput::Elements((128 * 3072) as u64));
+    let xs = vals(128 * 3072, 8);
+    let mut y = xs.clone();
+    for isa in tiers() {
+        let k = Kernels::for_isa(isa).unwrap();
+        for a in [
+            Activation::Gelu,
+            Activation::GeluApproximate,
+            Activation::Silu,
+            Activation::Relu,
+        ] {
+            g.bench_function(BenchmarkId::new(a.keras_name(), isa), |b| {
+                b.iter(|| {
+                    y.copy_from_slice(&xs);
+                    k.activation(a, black_box(&mut y), 3072).unwrap()
+                })
+            });
+        }
+    }
+    g.finish();
+    for (s, heads, d) in [(128usize, 12usize, 64usize), (512, 12, 64)] {
+        if quick() && s > 128 {
+            continue;
+        }
+        let shape = AttentionShape {
+            batch: 1,
+            seq: s,
+            heads,
+            key_dim: d,
+        };
+        let qkv = vals(s * 3 * heads * d, 9);
+        let mut ctx = vec![0.0; s * heads * d];
+        let mut g = c.benchmark_group(format!("attention/seq{s}_heads{heads}_d{d}"));
+        g.throughput(Throughput::Elements((4 * s * s * heads * d) as u64));
+        for isa in tiers() {
+            let k = Kernels::for_isa(isa).unwrap();
+            let mut scratch = AttentionScratch::new();
+            g.bench_function(isa.name(), |b| {
+                b.iter(|| {
+                    k.attention(
+                        black_box(&qkv),
+                        shape,
+                        KeepMask::All,
+                        MaskedRows::Uniform,
+                        None,
+                        &mut ctx,
+                        None,
+                        &mut scratch,
+                        Par::Seq,
+                    )
+                    .unwrap()
+                })
+            });
+        }
+        g.finish();
+    }
+}
 
 fn layer_flops(batch: usize, seq: usize, hidden: usize, heads: usize, inter: usize) -> u64 {
     let w = heads * (hidden / heads);
@@ -15,38 +174,67 @@ fn layer_flops(batch: usize, seq: usize, hidden: usize, heads: usize, inter: usi
             + 4 * seq * hidden * inter)) as u64
 }
 
-fn seed_shape(c: &mut Criterion) {
-    let mut g = c.benchmark_group("layer/seed_64x8x64_b2_s10");
-    g.throughput(Throughput::Elements(layer_flops(2, 10, 64, 8, 64)));
-    for isa in Isa::ALL.iter().copied().filter(|i| i.is_available()) {
-        let enc = TransformerEncoder::with_isa(
-            EncoderConfig::new(64, 8),
-            transformer_encoder::EncoderWeights::init(&EncoderConfig::new(64, 8), 64, 1).unwrap(),
-            isa,
-        )
-        .unwrap();
-        let x: Vec<f32> = (0..2 * 10 * 64).map(|i| (i % 17) as f32 / 17.0).collect();
-        let mut out = vec![0.0; x.len()];
-        let mut ws = Workspace::new();
-        g.bench_function(isa.name(), |b| {
-            b.iter(|| {
-                enc.forward_into(
-                    TensorView::new(black_box(&x), &[2, 10, 64]),
-                    &CallOptions::new(),
-                    &mut out,
-                    None,
-                    &mut ws,
-                )
+fn layers(c: &mut Criterion) {
+    // (name, hidden, heads, inter, batch, seq, threads)
+    let all: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+        ("seed", 64, 8, 64, 2, 10, 1),
+        ("minilm_s128_b1", 384, 12, 1536, 1, 128, 2),
+        ("bert_base_s128_b1", 768, 12, 3072, 1, 128, 2),
+        ("bert_base_s128_b1", 768, 12, 3072, 1, 128, 1),
+        ("bert_base_s512_b1", 768, 12, 3072, 1, 512, 2),
+        ("bert_base_s128_b8", 768, 12, 3072, 8, 128, 2),
+    ];
+    for &(name, h, n, f, b, s, t) in all {
+        if quick() && name != "seed" {
+            continue;
+        }
+        let mut g = c.benchmark_group(format!("layer/{name}_t{t}"));
+        g.throughput(Throughput::Elements(layer_flops(b, s, h, n, f)));
+        if h >= 768 {
+            g.sample_size(10);
+        }
+        for isa in tiers() {
+            let cfg = EncoderConfig::new(f, n).with_activation(Activation::Gelu);
+            let w = EncoderWeights::init(&cfg, h, 1).unwrap();
+            let threads = if t == 1 {
+                Threads::Single
+            } else {
+                Threads::Pool(Arc::new(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(t)
+                        .build()
+                        .unwrap(),
+                ))
+            };
+            let enc = TransformerEncoder::with_isa(cfg, w, isa)
                 .unwrap()
-            })
-        });
+                .with_threads(threads);
+            let x = vals(b * s * h, 10);
+            let mut out = vec![0.0; x.len()];
+            let mut ws = Workspace::new();
+            g.bench_function(isa.name(), |bch| {
+                bch.iter(|| {
+                    enc.forward_into(
+                        TensorView::new(black_box(&x), &[b, s, h]),
+                        &CallOptions::new(),
+                        &mut out,
+                        None,
+                        &mut ws,
+                    )
+                    .unwrap()
+                })
+            });
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = seed_shape
+    config = Criterion::default()
+        .sample_size(20)
+        .measurement_time(std::time::Duration::from_secs(2))
+        .warm_up_time(std::time::Duration::from_millis(500));
+    targets = gemm, small_kernels, layers
 }
 criterion_main!(benches);

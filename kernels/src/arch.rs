@@ -8,7 +8,7 @@ use crate::ops::attention::{AttnArgs, attention_head};
 use crate::ops::gemm::{Epi, activate, gemm_panels};
 use crate::ops::norm::layer_norm_row;
 
-/// `gemm(a, lda, m, k, packed, n, c, ldc, p0, p1, epi)`: see `ops::gemm::gemm_panels`.
+/// `gemm(a, lda, m, k, packed_b, n, c, ldc, p0, p1, epi)`: see `ops::gemm::gemm_panels`.
 pub(crate) type GemmFn = unsafe fn(
     *const f32,
     usize,

@@ -222,9 +222,15 @@ impl Kernels {
             };
             let panels = n.div_ceil(self.nr);
             let work = mk.saturating_mul(n);
-            let parts = match par {
-                Par::Threads(t) if work >= PAR_MIN_FMAS => (t.max(1) * 3).min(panels),
+            let threads = match par {
+                Par::Threads(t) if work >= PAR_MIN_FMAS => t.max(1),
                 _ => 1,
+            };
+            // A few parts per thread even out uneven panel costs; one thread means one part.
+            let parts = if threads == 1 {
+                1
+            } else {
+                (threads * 3).min(panels)
             };
             let f = self.gemm;
             let ptrs = Shared((a.as_ptr(), b.data.as_ptr(), out.as_mut_ptr(), epi));
@@ -232,7 +238,7 @@ impl Kernels {
                 let (p0, p1) = split(panels, parts, part);
                 let (ap, bp, cp, epi) = ptrs.get();
                 // SAFETY: the table's tier is available (tables are only handed out for
-                // available tiers); a is [m, k], the packed data holds `panels` panels of k*nr,
+                // available tiers); a is [m, k], the packed weights hold `panels` panels of k*nr,
                 // out is [m, n], bias [n] and residual [m, n] were checked above; parts write
                 // disjoint column panels.
                 unsafe { f(ap, k, m, k, bp, n, cp, n, p0, p1, &epi) };

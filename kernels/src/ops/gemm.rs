@@ -2,7 +2,8 @@
 //!
 //! `C[m, n] = epilogue(A[m, k] · B[k, n])`. `B` is packed at load into column panels of `NR`
 //! columns (the tier's register-tile width): panel `p` holds `B[0..k, p*NR..(p+1)*NR]` row by row,
-//! zero-padded past `n`. `A` is read in place (row stride `lda`). A register tile of `MR x NR`
+//! zero-padded past `n`. `A` is read in place (row stride `lda`; packing it as well measured no
+//! faster here). A register tile of `MR x NR`
 //! outputs accumulates over blocks of `KC` inner indices; the first block adds the bias, the last
 //! one applies the activation and the residual. Every output element is computed by the same
 //! sequence of operations whatever the thread split, so results are bit-identical for any
@@ -106,18 +107,39 @@ pub(crate) unsafe fn micro<S: Simd, const R: usize, const NV: usize>(
     unsafe {
         let zero = S::splat(0.0);
         let mut acc = [[zero; NV]; R];
-        for kk in 0..kc {
-            let bp = b.add(kk * ldb);
-            let mut bv = [zero; NV];
-            for v in 0..NV {
-                bv[v] = S::load(bp.add(v * S::LANES));
-            }
-            for i in 0..R {
-                let av = S::splat(*a.add(i * lda + kk));
+        // One step of the inner product: row i's A value times NV vectors of B.
+        macro_rules! step {
+            ($ap:expr, $bp:expr, $astride:expr) => {{
+                let bp = $bp;
+                let mut bv = [zero; NV];
                 for v in 0..NV {
-                    acc[i][v] = S::fma(av, bv[v], acc[i][v]);
+                    bv[v] = S::load(bp.add(v * S::LANES));
                 }
-            }
+                for i in 0..R {
+                    let av = S::splat(*$ap.add(i * $astride));
+                    for v in 0..NV {
+                        acc[i][v] = S::fma(av, bv[v], acc[i][v]);
+                    }
+                }
+            }};
+        }
+        // Unrolled by four: both operands advance as streams (A along each row, B by rows).
+        let (mut ap, mut bp) = (a, b);
+        let mut kk = 0;
+        while kk + 4 <= kc {
+            step!(ap, bp, lda);
+            step!(ap.add(1), bp.add(ldb), lda);
+            step!(ap.add(2), bp.add(2 * ldb), lda);
+            step!(ap.add(3), bp.add(3 * ldb), lda);
+            ap = ap.add(4);
+            bp = bp.add(4 * ldb);
+            kk += 4;
+        }
+        while kk < kc {
+            step!(ap, bp, lda);
+            ap = ap.add(1);
+            bp = bp.add(ldb);
+            kk += 1;
         }
         for i in 0..R {
             for v in 0..NV {
