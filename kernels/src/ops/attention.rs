@@ -102,7 +102,12 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
             for r in 0..rows {
                 let i = i0 + r;
                 let row = &mut p[r * sp..(r + 1) * sp];
-                softmax_row::<S>(row, s, |j| args.mask.keep(b, i, j, s), args.policy);
+                let mrow: Option<&[u8]> = match args.mask {
+                    KeepMask::All => None,
+                    KeepMask::Keys(m) => Some(&m[b * s..(b + 1) * s]),
+                    KeepMask::Full(m) => Some(&m[(b * s + i) * s..(b * s + i + 1) * s]),
+                };
+                softmax_row::<S>(row, s, mrow, args.policy);
                 let prow = ((b * n_heads + h) * s + i) * s;
                 if !args.scores.is_null() {
                     std::ptr::copy_nonoverlapping(row.as_ptr(), args.scores.add(prow), s);
@@ -189,30 +194,31 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
 }
 
 /// Masked softmax of one row of logits in place (`row.len()` is the padded length; entries past
-/// `s` end up 0).
+/// `s` end up 0). `mask` is the row's keep flags (`None`: every key kept).
 #[inline(always)]
-unsafe fn softmax_row<S: Simd>(
-    row: &mut [f32],
-    s: usize,
-    keep: impl Fn(usize) -> bool,
-    policy: MaskedRows,
-) {
-    let mut any = false;
-    for (j, v) in row.iter_mut().enumerate() {
-        if j >= s || !keep(j) {
-            *v = f32::NEG_INFINITY;
-        } else {
-            any = true;
+unsafe fn softmax_row<S: Simd>(row: &mut [f32], s: usize, mask: Option<&[u8]>, policy: MaskedRows) {
+    let any = match mask {
+        None => true,
+        Some(m) => {
+            let mut any = false;
+            for (v, &k) in row.iter_mut().zip(m) {
+                if k == 0 {
+                    *v = f32::NEG_INFINITY;
+                } else {
+                    any = true;
+                }
+            }
+            any
         }
-    }
+    };
+    row[s..].fill(f32::NEG_INFINITY);
     if !any {
         let fill = match policy {
             MaskedRows::Zeros => 0.0,
             MaskedRows::Uniform => 1.0 / s as f32,
         };
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = if j < s { fill } else { 0.0 };
-        }
+        row[..s].fill(fill);
+        row[s..].fill(0.0);
         return;
     }
     let l = S::LANES;
