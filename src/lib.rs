@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bert;
 mod config;
 pub mod conformance;
 mod encoder;
@@ -45,6 +46,7 @@ pub mod reference;
 mod stack;
 mod weights;
 
+pub use bert::{Batch, BertConfig, BertModel, Pooling, SentenceEncoder, pool};
 pub use config::{DTYPE_POLICIES, EncoderConfig, INITIALIZER_NAMES, Initializer, WeightPrecision};
 pub use encoder::{
     CallOptions, MaskedRowPolicy, TensorView, Threads, TransformerEncoder, Workspace,

@@ -56,6 +56,17 @@ impl EncoderStack {
         Ok(EncoderStack { layers })
     }
 
+    /// Set every layer's thread setting.
+    pub fn with_threads(self, threads: crate::Threads) -> EncoderStack {
+        EncoderStack {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| l.with_threads(threads.clone()))
+                .collect(),
+        }
+    }
+
     /// The layers.
     pub fn layers(&self) -> &[TransformerEncoder] {
         &self.layers

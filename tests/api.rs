@@ -730,7 +730,7 @@ fn encoder_is_send_and_sync() {
 
 #[test]
 fn weights_written_by_the_export_script_load_and_match_keras() {
-    // tests/data/export/keras_export.safetensors was written by scripts/keras_to_safetensors.py from a
+    // tests/data/export/keras_export.safetensors was written by examples/keras_to_safetensors.py from a
     // fresh keras_hub TransformerEncoder(32, 4, activation="gelu"); keras_export_io.json holds
     // Keras' own input and output for it.
     let bytes = std::fs::read(data("export/keras_export.safetensors")).unwrap();

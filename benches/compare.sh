@@ -2,7 +2,7 @@
 # Side-by-side latency: ONNX Runtime (fused BERT ops) and PyTorch against this crate, same shape and
 # thread count, one after the other in one run. Prints one line per measurement and the ratio.
 #
-#   scripts/compare.sh [SECONDS]          (default 5 s per measurement)
+#   benches/compare.sh [SECONDS]          (default 5 s per measurement)
 #
 # Needs the anchors from ../shared/tools (or ANCHORS=dir) and a Python venv with onnxruntime
 # (created in /tmp/ortenv on first use); PyTorch is measured if /tmp/torchenv has it.

@@ -1,0 +1,184 @@
+//! Text in, sentence embeddings out, from a BERT-family sentence-transformers folder:
+//!
+//! ```text
+//! cargo run --release --example embed -- --model DIR [--threads N] [--check GOLDEN] TEXT...
+//! ```
+//!
+//! Prints each text's embedding (first values and norm) and the time taken. With `--check FILE`
+//! (the format of `tests/data/minilm/`): tokenizes the file's `sentences`, requires the same
+//! `input_ids`, runs the model and compares the hidden states after the embeddings and after each
+//! layer with `hidden_states_f64/<i>`, and the final sentence embedding, printing a PASS/FAIL
+//! line for each and `N passed, N failed` last (exit 1 on any failure). Tolerance: the float32
+//! PyTorch outputs' own distance from the float64 truth, times 4, or 1e-4, whichever is larger.
+
+use std::sync::Arc;
+use std::time::Instant;
+use transformer_encoder::{Pooling, SentenceEncoder, Threads, pool};
+
+fn main() {
+    let mut model = std::env::var("TRANSFORMER_ENCODER_MODEL")
+        .unwrap_or_else(|_| "target/models/all-MiniLM-L6-v2".to_string());
+    let mut threads = 1usize;
+    let mut check: Option<String> = None;
+    let mut texts: Vec<String> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--model" => model = args.next().unwrap_or_else(|| die("--model needs a folder")),
+            "--threads" => {
+                threads = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| die("--threads needs a positive integer"))
+            }
+            "--check" => check = Some(args.next().unwrap_or_else(|| die("--check needs a file"))),
+            "-h" | "--help" => {
+                println!("usage: embed --model DIR [--threads N] [--check GOLDEN] TEXT...");
+                return;
+            }
+            _ => texts.push(a),
+        }
+    }
+    let th = if threads <= 1 {
+        Threads::Single
+    } else {
+        Threads::Pool(Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap_or_else(|e| die(&format!("thread pool: {e}"))),
+        ))
+    };
+    let t0 = Instant::now();
+    let enc = SentenceEncoder::from_dir(&model)
+        .unwrap_or_else(|e| die(&format!("cannot load the model from {model}: {e} (fetch it with .ci/fetch_model.sh)")))
+        .with_threads(th);
+    eprintln!("loaded {model} in {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+    if let Some(path) = check {
+        std::process::exit(run_check(&enc, &path));
+    }
+    if texts.is_empty() {
+        die("give some TEXT to embed, or --check GOLDEN");
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    let embs = enc.embed(&refs).unwrap_or_else(|e| die(&e.to_string()));
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    for (text, e) in texts.iter().zip(&embs) {
+        let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let head: Vec<String> = e.iter().take(6).map(|v| format!("{v:+.5}")).collect();
+        println!("{text:?}: dim={} norm={norm:.5} [{} ...]", e.len(), head.join(", "));
+    }
+    println!("{} texts in {ms:.2} ms (tokenization included)", texts.len());
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2)
+}
+
+fn run_check(enc: &SentenceEncoder, path: &str) -> i32 {
+    use safetensors::{Dtype, SafeTensors};
+    let bytes = std::fs::read(path).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+    let md = meta.metadata().clone().unwrap_or_default();
+    let sentences: Vec<String> = md
+        .get("sentences")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_else(|| die("the golden file has no `sentences` metadata"));
+    let f64s = |name: &str| -> Vec<f64> {
+        let t = st.tensor(name).unwrap_or_else(|_| die(&format!("golden file lacks `{name}`")));
+        match t.dtype() {
+            Dtype::F64 => t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::F32 => t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            Dtype::I64 => t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            Dtype::U8 => t.data().iter().map(|&b| b as f64).collect(),
+            d => die(&format!("`{name}` has unexpected dtype {d:?}")),
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    let mut verdict = |ok: bool, line: String| {
+        println!("{} {line}", if ok { "PASS" } else { "FAIL" });
+        if ok {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    };
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    let b = enc.tokenize(&refs).unwrap_or_else(|e| die(&e.to_string()));
+    let want_ids = f64s("input_ids");
+    let ids_ok = b.input_ids.len() == want_ids.len()
+        && b.input_ids.iter().zip(&want_ids).all(|(a, w)| *a as f64 == *w);
+    verdict(ids_ok, format!("input_ids shape=[{}, {}]", b.batch, b.seq));
+    if !ids_ok {
+        println!("{passed} passed, {failed} failed");
+        return 1;
+    }
+    let states = enc
+        .model()
+        .hidden_states(&b.input_ids, Some(&b.token_type_ids), &b.attention_mask, b.batch, b.seq)
+        .unwrap_or_else(|e| die(&e.to_string()));
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let max_diff = |a: &[f32], w: &[f64]| -> f64 {
+        if a.len() != w.len() {
+            return f64::INFINITY;
+        }
+        a.iter().zip(w).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) })
+    };
+    for (i, s) in states.iter().enumerate() {
+        let truth = f64s(&format!("hidden_states_f64/{i}"));
+        let torch: Vec<f32> = f64s(&format!("hidden_states/{i}")).iter().map(|v| *v as f32).collect();
+        let tol = (4.0 * max_diff(&torch, &truth)).max(1e-4);
+        let err = max_diff(s, &truth);
+        verdict(err <= tol, format!("hidden_states/{i} max_err={err:.3e} tol={tol:.3e}"));
+    }
+    // The sentence embedding: mean pooling + L2 normalisation (the model's own modules); its
+    // float64 truth is the same pooling of the float64 last hidden state.
+    let h = enc.model().config().hidden_size;
+    let last = states.last().map(Vec::as_slice).unwrap_or(&[]);
+    let ours = pool(last, &b.attention_mask, b.batch, b.seq, h, enc.pooling(), true).unwrap_or_else(|e| die(&e.to_string()));
+    let truth_last = f64s(&format!("hidden_states_f64/{}", states.len() - 1));
+    let truth = pool_f64(&truth_last, &b.attention_mask, b.batch, b.seq, h, enc.pooling());
+    let torch: Vec<f32> = f64s("sentence_embedding").iter().map(|v| *v as f32).collect();
+    let tol = (4.0 * max_diff(&torch, &truth)).max(1e-4);
+    let err = max_diff(&ours, &truth);
+    verdict(err <= tol, format!("sentence_embedding max_err={err:.3e} tol={tol:.3e}"));
+    eprintln!("tokenize + {} layers on {} sentences: {ms:.2} ms", states.len() - 1, b.batch);
+    println!("{passed} passed, {failed} failed");
+    i32::from(failed > 0)
+}
+
+fn pool_f64(hs: &[f64], mask: &[u8], batch: usize, seq: usize, h: usize, pooling: Pooling) -> Vec<f64> {
+    let mut out = vec![0.0f64; batch * h];
+    for b in 0..batch {
+        let o = &mut out[b * h..(b + 1) * h];
+        let tok = |s: usize| &hs[(b * seq + s) * h..(b * seq + s + 1) * h];
+        match pooling {
+            Pooling::Cls => o.copy_from_slice(tok(0)),
+            Pooling::Mean => {
+                let mut n = 0.0;
+                for s in (0..seq).filter(|&s| mask[b * seq + s] != 0) {
+                    n += 1.0;
+                    for (x, v) in o.iter_mut().zip(tok(s)) {
+                        *x += v;
+                    }
+                }
+                o.iter_mut().for_each(|x| *x /= f64::max(n, 1e-9));
+            }
+            Pooling::Max => {
+                o.fill(f64::NEG_INFINITY);
+                for s in (0..seq).filter(|&s| mask[b * seq + s] != 0) {
+                    for (x, v) in o.iter_mut().zip(tok(s)) {
+                        *x = x.max(*v);
+                    }
+                }
+            }
+        }
+        let norm = o.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+        o.iter_mut().for_each(|x| *x /= norm);
+    }
+    out
+}

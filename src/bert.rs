@@ -1,0 +1,683 @@
+//! BERT-family checkpoints as Hugging Face writes them (`config.json` + safetensors), the
+//! embeddings in front of the encoder stack, the poolings sentence-transformers uses, and text in
+//! through the model's `tokenizer.json`.
+//!
+//! A BERT layer is exactly a post-norm Keras `TransformerEncoder`: the loader transposes the
+//! `[out, in]` PyTorch weights into the Keras `[in, out]` layout and builds an [`EncoderStack`].
+//! The attention mask (1 = real token) is passed as a key padding mask, as BERT does.
+
+use crate::encoder::{CallOptions, TensorView, Threads, TransformerEncoder};
+use crate::error::{Error, Result, dims};
+use crate::mask::Mask;
+use crate::stack::{EncoderStack, StackWorkspace};
+use crate::weights::{EncoderWeights, WeightDims};
+use crate::{EncoderConfig, Workspace};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+use std::path::Path;
+use transformer_encoder_kernels::activation::Activation;
+use transformer_encoder_kernels::{Kernels, Par};
+
+/// The fields of a Hugging Face BERT `config.json` the model needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BertConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// FFN size.
+    pub intermediate_size: usize,
+    /// `hidden_act`: `gelu` (exact), `gelu_new` / `gelu_pytorch_tanh` / `gelu_fast` (tanh form),
+    /// `relu`, `silu` / `swish`.
+    pub hidden_act: Activation,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Position table size.
+    pub max_position_embeddings: usize,
+    /// Token type table size.
+    pub type_vocab_size: usize,
+    /// The padding token id.
+    pub pad_token_id: i64,
+}
+
+impl BertConfig {
+    /// Parse a Hugging Face `config.json`.
+    ///
+    /// ```
+    /// let c = transformer_encoder::BertConfig::from_json_str(r#"{"vocab_size": 10,
+    ///   "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+    ///   "intermediate_size": 16, "hidden_act": "gelu_new"}"#).unwrap();
+    /// assert_eq!(c.hidden_act, transformer_encoder::Activation::GeluApproximate);
+    /// assert_eq!(c.layer_norm_eps, 1e-12);
+    /// ```
+    pub fn from_json_str(s: &str) -> Result<BertConfig> {
+        let v: Value = serde_json::from_str(s)
+            .map_err(|e| Error::format("config.json", e.to_string()))?;
+        let uint = |k: &str, d: Option<usize>| -> Result<usize> {
+            match v.get(k) {
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|u| usize::try_from(u).ok())
+                    .ok_or_else(|| Error::config(k, format!("a non-negative integer, got {x}"))),
+                None => d.ok_or_else(|| Error::config(k, "present in config.json (required)")),
+            }
+        };
+        let act = match v.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu") {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluApproximate,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            other => {
+                return Err(Error::config(
+                    "hidden_act",
+                    format!("one of gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu, swish, got `{other}`"),
+                ));
+            }
+        };
+        let eps = match v.get("layer_norm_eps") {
+            None => 1e-12,
+            Some(x) => x
+                .as_f64()
+                .ok_or_else(|| Error::config("layer_norm_eps", format!("a number, got {x}")))?,
+        };
+        if let Some(t) = v.get("position_embedding_type").and_then(Value::as_str)
+            && t != "absolute"
+        {
+            return Err(Error::config(
+                "position_embedding_type",
+                format!("\"absolute\" (the only kind supported), got \"{t}\""),
+            ));
+        }
+        Ok(BertConfig {
+            vocab_size: uint("vocab_size", None)?,
+            hidden_size: uint("hidden_size", None)?,
+            num_hidden_layers: uint("num_hidden_layers", None)?,
+            num_attention_heads: uint("num_attention_heads", None)?,
+            intermediate_size: uint("intermediate_size", None)?,
+            hidden_act: act,
+            layer_norm_eps: eps,
+            max_position_embeddings: uint("max_position_embeddings", Some(512))?,
+            type_vocab_size: uint("type_vocab_size", Some(2))?,
+            pad_token_id: v.get("pad_token_id").and_then(Value::as_i64).unwrap_or(0),
+        })
+    }
+
+    /// The encoder configuration of one layer (post-norm, as BERT is).
+    pub fn layer_config(&self) -> EncoderConfig {
+        EncoderConfig::new(self.intermediate_size, self.num_attention_heads)
+            .with_activation(self.hidden_act)
+            .with_layer_norm_epsilon(self.layer_norm_eps)
+    }
+}
+
+/// Token, position and token-type embeddings followed by LayerNorm.
+#[derive(Debug)]
+struct Embeddings {
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+/// A BERT encoder: embeddings plus a stack of encoder layers.
+#[derive(Debug)]
+pub struct BertModel {
+    config: BertConfig,
+    embeddings: Embeddings,
+    stack: EncoderStack,
+    kernels: &'static Kernels,
+}
+
+/// Reads tensors by name from a safetensors buffer, as f32, with shape checks naming the tensor.
+struct Tensors<'a> {
+    st: SafeTensors<'a>,
+    prefix: &'static str,
+}
+
+impl Tensors<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let full = format!("{}{name}", self.prefix);
+        let t = self
+            .st
+            .tensor(&full)
+            .map_err(|_| Error::weights(&full, "missing from the checkpoint"))?;
+        if t.shape() != shape {
+            return Err(Error::weights(
+                &full,
+                format!("expected shape {}, got {}", dims(shape), dims(t.shape())),
+            ));
+        }
+        let d = t.data();
+        match t.dtype() {
+            Dtype::F32 => Ok(d
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()),
+            Dtype::F16 => Ok(d
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
+            Dtype::BF16 => Ok(d
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
+            other => Err(Error::weights(
+                &full,
+                format!("dtype {other:?} is not F32, F16 or BF16"),
+            )),
+        }
+    }
+
+    /// A LayerNorm's (gamma, beta), under `weight`/`bias` or the older `gamma`/`beta` names.
+    fn layer_norm(&self, base: &str, h: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let has = |n: &str| self.st.tensor(&format!("{}{base}.{n}", self.prefix)).is_ok();
+        if !has("weight") && has("gamma") {
+            Ok((
+                self.get(&format!("{base}.gamma"), &[h])?,
+                self.get(&format!("{base}.beta"), &[h])?,
+            ))
+        } else {
+            Ok((
+                self.get(&format!("{base}.weight"), &[h])?,
+                self.get(&format!("{base}.bias"), &[h])?,
+            ))
+        }
+    }
+
+    /// A linear layer's weight `[out, in]` transposed to Keras' `[in, out]`, and its bias.
+    fn linear(&self, base: &str, out: usize, inp: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let w = self.get(&format!("{base}.weight"), &[out, inp])?;
+        let b = self.get(&format!("{base}.bias"), &[out])?;
+        let mut t = vec![0.0f32; out * inp];
+        for o in 0..out {
+            for i in 0..inp {
+                t[i * out + o] = w[o * inp + i];
+            }
+        }
+        Ok((t, b))
+    }
+}
+
+impl BertModel {
+    /// Load `config.json` and `model.safetensors` from a directory.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<BertModel> {
+        let dir = dir.as_ref();
+        let read = |n: &str| {
+            let p = dir.join(n);
+            std::fs::read(&p).map_err(|e| Error::format(&p.display().to_string(), e.to_string()))
+        };
+        let cfg = String::from_utf8(read("config.json")?)
+            .map_err(|e| Error::format("config.json", e.to_string()))?;
+        BertModel::from_parts(&cfg, &read("model.safetensors")?)
+    }
+
+    /// Build from a `config.json` text and a safetensors buffer. Tensors are named as Hugging
+    /// Face names them, with or without the `bert.` prefix; a missing or mis-shaped tensor is an
+    /// error that names it.
+    pub fn from_parts(config_json: &str, safetensors: &[u8]) -> Result<BertModel> {
+        let config = BertConfig::from_json_str(config_json)?;
+        let st = SafeTensors::deserialize(safetensors)
+            .map_err(|e| Error::format("safetensors", e.to_string()))?;
+        let prefix = if st.tensor("bert.embeddings.word_embeddings.weight").is_ok() {
+            "bert."
+        } else {
+            ""
+        };
+        let t = Tensors { st, prefix };
+        let (h, f, n) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_attention_heads,
+        );
+        if n == 0 || h % n != 0 {
+            return Err(Error::config(
+                "num_attention_heads",
+                format!("a divisor of hidden_size {h}, got {n}"),
+            ));
+        }
+        let (gamma, beta) = t.layer_norm("embeddings.LayerNorm", h)?;
+        let embeddings = Embeddings {
+            word: t.get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
+            position: t.get(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, h],
+            )?,
+            token_type: t.get(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, h],
+            )?,
+            gamma,
+            beta,
+        };
+        let dims = WeightDims {
+            hidden_dim: h,
+            num_heads: n,
+            key_dim: h / n,
+            intermediate_dim: f,
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}.");
+            let (wq, bq) = t.linear(&format!("{p}attention.self.query"), h, h)?;
+            let (wk, bk) = t.linear(&format!("{p}attention.self.key"), h, h)?;
+            let (wv, bv) = t.linear(&format!("{p}attention.self.value"), h, h)?;
+            let (wo, bo) = t.linear(&format!("{p}attention.output.dense"), h, h)?;
+            let (g1, b1n) = t.layer_norm(&format!("{p}attention.output.LayerNorm"), h)?;
+            let (w1, b1) = t.linear(&format!("{p}intermediate.dense"), f, h)?;
+            let (w2, b2) = t.linear(&format!("{p}output.dense"), h, f)?;
+            let (g2, b2n) = t.layer_norm(&format!("{p}output.LayerNorm"), h)?;
+            let w = EncoderWeights::from_tensors(
+                dims,
+                vec![wq, bq, wk, bk, wv, bv, wo, bo, g1, b1n, g2, b2n, w1, b1, w2, b2],
+            )?;
+            layers.push(TransformerEncoder::new(config.layer_config(), w)?);
+        }
+        let stack = EncoderStack::new(layers)?;
+        Ok(BertModel {
+            config,
+            embeddings,
+            stack,
+            kernels: Kernels::best(),
+        })
+    }
+
+    /// Choose where the layers run their threads.
+    pub fn with_threads(self, threads: Threads) -> BertModel {
+        BertModel {
+            stack: self.stack.with_threads(threads),
+            ..self
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// The encoder layers.
+    pub fn stack(&self) -> &EncoderStack {
+        &self.stack
+    }
+
+    /// The embeddings output `[B, S, H]` (word + position + token type, then LayerNorm).
+    /// `token_type_ids` defaults to zeros.
+    pub fn embed(
+        &self,
+        input_ids: &[i64],
+        token_type_ids: Option<&[i64]>,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Vec<f32>> {
+        let h = self.config.hidden_size;
+        let n = batch
+            .checked_mul(seq)
+            .ok_or_else(|| Error::shape("input_ids", "batch * seq to fit in usize", "an overflow"))?;
+        if input_ids.len() != n {
+            return Err(Error::shape(
+                "input_ids",
+                format!("{n} ids ([{batch}, {seq}])"),
+                format!("{} ids", input_ids.len()),
+            ));
+        }
+        if let Some(tt) = token_type_ids
+            && tt.len() != n
+        {
+            return Err(Error::shape(
+                "token_type_ids",
+                format!("{n} ids ([{batch}, {seq}])"),
+                format!("{} ids", tt.len()),
+            ));
+        }
+        if seq > self.config.max_position_embeddings {
+            return Err(Error::shape(
+                "input_ids",
+                format!("at most max_position_embeddings = {} tokens", self.config.max_position_embeddings),
+                format!("{seq} tokens"),
+            ));
+        }
+        let e = &self.embeddings;
+        let mut sum = vec![0.0f32; n * h];
+        for b in 0..batch {
+            for s in 0..seq {
+                let i = b * seq + s;
+                let id = input_ids[i];
+                if id < 0 || id as u64 >= self.config.vocab_size as u64 {
+                    return Err(Error::shape(
+                        "input_ids",
+                        format!("ids in 0..{}", self.config.vocab_size),
+                        format!("{id} at position {i}"),
+                    ));
+                }
+                let tt = token_type_ids.map_or(0, |t| t[i]);
+                if tt < 0 || tt as u64 >= self.config.type_vocab_size as u64 {
+                    return Err(Error::shape(
+                        "token_type_ids",
+                        format!("ids in 0..{}", self.config.type_vocab_size),
+                        format!("{tt} at position {i}"),
+                    ));
+                }
+                let row = &mut sum[i * h..(i + 1) * h];
+                let w = &e.word[id as usize * h..][..h];
+                let p = &e.position[s * h..][..h];
+                let t = &e.token_type[tt as usize * h..][..h];
+                for j in 0..h {
+                    row[j] = (w[j] + t[j]) + p[j];
+                }
+            }
+        }
+        let mut out = vec![0.0f32; n * h];
+        if n > 0 {
+            self.kernels.layer_norm(
+                &sum,
+                None,
+                h,
+                &e.gamma,
+                &e.beta,
+                self.config.layer_norm_eps as f32,
+                &mut out,
+                None,
+                Par::Seq,
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// Hidden states after the embeddings (`[0]`) and after each layer (`[i]`), each
+    /// `[B, S, H]`. `attention_mask [B, S]` (1 = real token) masks keys, as BERT does.
+    pub fn hidden_states(
+        &self,
+        input_ids: &[i64],
+        token_type_ids: Option<&[i64]>,
+        attention_mask: &[u8],
+        batch: usize,
+        seq: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let x = self.embed(input_ids, token_type_ids, batch, seq)?;
+        let h = self.config.hidden_size;
+        let opts = CallOptions::new().padding_mask(Mask::new(attention_mask, &[batch, seq]));
+        let mut states = vec![x];
+        let mut ws = Workspace::new();
+        for layer in self.stack.layers() {
+            let mut out = vec![0.0f32; batch * seq * h];
+            let prev = states.last().map(Vec::as_slice).unwrap_or(&[]);
+            layer.forward_into(TensorView::new(prev, &[batch, seq, h]), &opts, &mut out, None, &mut ws)?;
+            states.push(out);
+        }
+        Ok(states)
+    }
+
+    /// The last hidden state `[B, S, H]`, reusing `ws` between calls.
+    pub fn forward(
+        &self,
+        input_ids: &[i64],
+        token_type_ids: Option<&[i64]>,
+        attention_mask: &[u8],
+        batch: usize,
+        seq: usize,
+        ws: &mut StackWorkspace,
+    ) -> Result<Vec<f32>> {
+        let x = self.embed(input_ids, token_type_ids, batch, seq)?;
+        let h = self.config.hidden_size;
+        let opts = CallOptions::new().padding_mask(Mask::new(attention_mask, &[batch, seq]));
+        let mut out = vec![0.0f32; x.len()];
+        self.stack
+            .forward_into(TensorView::new(&x, &[batch, seq, h]), &opts, &mut out, ws)?;
+        Ok(out)
+    }
+}
+
+/// How token states become one sentence vector (sentence-transformers' pooling modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mean over the real tokens (attention mask 1).
+    Mean,
+    /// The first token (`[CLS]`).
+    Cls,
+    /// Element-wise maximum over the real tokens.
+    Max,
+}
+
+/// Pool `hidden [B, S, H]` to `[B, H]` under `attention_mask [B, S]`, optionally L2-normalised.
+///
+/// ```
+/// use transformer_encoder::{pool, Pooling};
+/// let h = [1.0f32, 2.0, 3.0, 4.0, 100.0, 100.0]; // B = 1, S = 3, H = 2
+/// let v = pool(&h, &[1, 1, 0], 1, 3, 2, Pooling::Mean, false).unwrap();
+/// assert_eq!(v, vec![2.0, 3.0]);
+/// ```
+pub fn pool(
+    hidden: &[f32],
+    attention_mask: &[u8],
+    batch: usize,
+    seq: usize,
+    h: usize,
+    pooling: Pooling,
+    normalize: bool,
+) -> Result<Vec<f32>> {
+    if hidden.len() != batch * seq * h {
+        return Err(Error::shape(
+            "hidden",
+            format!("{} values ([{batch}, {seq}, {h}])", batch * seq * h),
+            format!("{}", hidden.len()),
+        ));
+    }
+    if attention_mask.len() != batch * seq {
+        return Err(Error::shape(
+            "attention_mask",
+            format!("{} values ([{batch}, {seq}])", batch * seq),
+            format!("{}", attention_mask.len()),
+        ));
+    }
+    let mut out = vec![0.0f32; batch * h];
+    for b in 0..batch {
+        let o = &mut out[b * h..(b + 1) * h];
+        let tok = |s: usize| &hidden[(b * seq + s) * h..(b * seq + s + 1) * h];
+        let real = (0..seq).filter(|&s| attention_mask[b * seq + s] != 0);
+        match pooling {
+            Pooling::Cls => {
+                if seq > 0 {
+                    o.copy_from_slice(tok(0));
+                }
+            }
+            Pooling::Mean => {
+                let mut acc = vec![0.0f64; h];
+                let mut count = 0usize;
+                for s in real {
+                    count += 1;
+                    for (a, v) in acc.iter_mut().zip(tok(s)) {
+                        *a += *v as f64;
+                    }
+                }
+                // sentence-transformers clamps the token count at 1e-9.
+                let c = (count as f64).max(1e-9);
+                for (x, a) in o.iter_mut().zip(&acc) {
+                    *x = (a / c) as f32;
+                }
+            }
+            Pooling::Max => {
+                let mut any = false;
+                o.fill(f32::NEG_INFINITY);
+                for s in real {
+                    any = true;
+                    for (x, v) in o.iter_mut().zip(tok(s)) {
+                        *x = x.max(*v);
+                    }
+                }
+                if !any {
+                    o.fill(0.0);
+                }
+            }
+        }
+        if normalize {
+            let norm = o.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
+            // torch.nn.functional.normalize divides by max(norm, 1e-12).
+            let d = norm.max(1e-12);
+            for x in o.iter_mut() {
+                *x = (*x as f64 / d) as f32;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Tokenized, padded input for a batch of texts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// `[B, S]` token ids (padded with the pad id).
+    pub input_ids: Vec<i64>,
+    /// `[B, S]` token type ids.
+    pub token_type_ids: Vec<i64>,
+    /// `[B, S]` 1 for real tokens.
+    pub attention_mask: Vec<u8>,
+    /// Batch size.
+    pub batch: usize,
+    /// Padded sequence length (the longest text, after truncation).
+    pub seq: usize,
+}
+
+/// A sentence-transformers model: tokenizer, BERT model, pooling and optional normalisation.
+pub struct SentenceEncoder {
+    tokenizer: tokenizers::Tokenizer,
+    model: BertModel,
+    pooling: Pooling,
+    normalize: bool,
+    max_seq_length: usize,
+}
+
+impl std::fmt::Debug for SentenceEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentenceEncoder")
+            .field("model", &self.model.config)
+            .field("pooling", &self.pooling)
+            .field("normalize", &self.normalize)
+            .field("max_seq_length", &self.max_seq_length)
+            .finish()
+    }
+}
+
+impl SentenceEncoder {
+    /// Load a sentence-transformers folder: `config.json`, `model.safetensors`,
+    /// `tokenizer.json`, and if present `1_Pooling/config.json` (default mean pooling),
+    /// `modules.json` (a `Normalize` module turns on L2 normalisation) and
+    /// `sentence_bert_config.json` (`max_seq_length`, default 512 capped by the positions).
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<SentenceEncoder> {
+        let dir = dir.as_ref();
+        let model = BertModel::from_dir(dir)?;
+        let tok_path = dir.join("tokenizer.json");
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| Error::format(&tok_path.display().to_string(), e.to_string()))?;
+        let json = |n: &str| -> Option<Value> {
+            std::fs::read_to_string(dir.join(n))
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+        };
+        let pooling = match json("1_Pooling/config.json") {
+            Some(p) if p.get("pooling_mode_cls_token").and_then(Value::as_bool) == Some(true) => {
+                Pooling::Cls
+            }
+            Some(p) if p.get("pooling_mode_max_tokens").and_then(Value::as_bool) == Some(true) => {
+                Pooling::Max
+            }
+            _ => Pooling::Mean,
+        };
+        let normalize = json("modules.json")
+            .and_then(|m| m.as_array().cloned())
+            .is_some_and(|mods| {
+                mods.iter().any(|m| {
+                    m.get("type")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| t.ends_with("Normalize"))
+                })
+            });
+        let max_seq_length = json("sentence_bert_config.json")
+            .and_then(|c| c.get("max_seq_length").and_then(Value::as_u64))
+            .map_or(512, |v| v as usize)
+            .min(model.config.max_position_embeddings);
+        // The model's own truncation (keeps the final [SEP]); padding is done per batch here.
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_seq_length,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::format("tokenizer.json", e.to_string()))?;
+        tokenizer.with_padding(None);
+        Ok(SentenceEncoder {
+            tokenizer,
+            model,
+            pooling,
+            normalize,
+            max_seq_length,
+        })
+    }
+
+    /// Choose where the layers run their threads.
+    pub fn with_threads(self, threads: Threads) -> SentenceEncoder {
+        SentenceEncoder {
+            model: self.model.with_threads(threads),
+            ..self
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &BertModel {
+        &self.model
+    }
+
+    /// The pooling mode.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// Tokenize texts (with special tokens), truncate to `max_seq_length`, pad to the longest.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Batch> {
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| Error::format("text", e.to_string()))?;
+        let seq = enc
+            .iter()
+            .map(|e| e.get_ids().len().min(self.max_seq_length))
+            .max()
+            .unwrap_or(0);
+        let batch = texts.len();
+        let pad = self.model.config.pad_token_id;
+        let mut b = Batch {
+            input_ids: vec![pad; batch * seq],
+            token_type_ids: vec![0; batch * seq],
+            attention_mask: vec![0; batch * seq],
+            batch,
+            seq,
+        };
+        for (i, e) in enc.iter().enumerate() {
+            let ids = e.get_ids();
+            let n = ids.len().min(seq);
+            for s in 0..n {
+                b.input_ids[i * seq + s] = ids[s] as i64;
+                b.token_type_ids[i * seq + s] = e.get_type_ids()[s] as i64;
+                b.attention_mask[i * seq + s] = 1;
+            }
+        }
+        Ok(b)
+    }
+
+    /// Embed texts: one vector of `hidden_size` per text.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let b = self.tokenize(texts)?;
+        let hidden = self.model.forward(
+            &b.input_ids,
+            Some(&b.token_type_ids),
+            &b.attention_mask,
+            b.batch,
+            b.seq,
+            &mut StackWorkspace::new(),
+        )?;
+        let h = self.model.config.hidden_size;
+        let pooled = pool(&hidden, &b.attention_mask, b.batch, b.seq, h, self.pooling, self.normalize)?;
+        Ok(pooled.chunks(h.max(1)).map(<[f32]>::to_vec).collect())
+    }
+}
