@@ -229,12 +229,56 @@ fn layers(c: &mut Criterion) {
     }
 }
 
+fn embedding(c: &mut Criterion) {
+    // Texts per second, tokenization included (the workloads of tools/st_anchor.py). Needs the
+    // model fetched by .ci/fetch_model.sh; skipped otherwise.
+    let dir = std::env::var("TRANSFORMER_ENCODER_MODEL")
+        .unwrap_or_else(|_| "target/models/all-MiniLM-L6-v2".into());
+    let Ok(enc) = transformer_encoder::SentenceEncoder::from_dir(&dir) else {
+        eprintln!("embedding benches skipped: no model at {dir} (run .ci/fetch_model.sh)");
+        return;
+    };
+    let enc = enc
+        .with_max_seq_length(128)
+        .unwrap()
+        .with_threads(Threads::Pool(Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap(),
+        )));
+    let pairs = [
+        ("reset", "router"),
+        ("cancel", "subscription"),
+        ("update", "invoice"),
+        ("export", "report"),
+    ];
+    let queries: Vec<String> = (0..32)
+        .map(|i| format!("how do I {} the {} {i}", pairs[i % 4].0, pairs[i % 4].1))
+        .collect();
+    let passage = "Vector units on modern server processors can multiply sixteen single precision numbers in one instruction, and matrix tiles go further still, so an encoder that keeps its weights packed and its activations in cache spends most of its time doing arithmetic rather than waiting for memory. ".repeat(3);
+    let passages: Vec<String> = (0..8).map(|i| passage[i * 7..].to_string()).collect();
+    for (name, texts) in [("32-queries", &queries), ("8-passages-128tok", &passages)] {
+        if quick() && name != "32-queries" {
+            continue;
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut g = c.benchmark_group(format!("embed/{name}_t2"));
+        g.throughput(Throughput::Elements(texts.len() as u64));
+        g.sample_size(10);
+        g.bench_function("all-MiniLM-L6-v2", |b| {
+            b.iter(|| enc.embed(black_box(&refs)).unwrap())
+        });
+        g.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .measurement_time(std::time::Duration::from_secs(2))
         .warm_up_time(std::time::Duration::from_millis(500));
-    targets = gemm, small_kernels, layers
+    targets = gemm, small_kernels, layers, embedding
 }
 criterion_main!(benches);

@@ -51,9 +51,16 @@ fn main() {
     };
     let t0 = Instant::now();
     let enc = SentenceEncoder::from_dir(&model)
-        .unwrap_or_else(|e| die(&format!("cannot load the model from {model}: {e} (fetch it with .ci/fetch_model.sh)")))
+        .unwrap_or_else(|e| {
+            die(&format!(
+                "cannot load the model from {model}: {e} (fetch it with .ci/fetch_model.sh)"
+            ))
+        })
         .with_threads(th);
-    eprintln!("loaded {model} in {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+    eprintln!(
+        "loaded {model} in {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     if let Some(path) = check {
         std::process::exit(run_check(&enc, &path));
     }
@@ -67,9 +74,16 @@ fn main() {
     for (text, e) in texts.iter().zip(&embs) {
         let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
         let head: Vec<String> = e.iter().take(6).map(|v| format!("{v:+.5}")).collect();
-        println!("{text:?}: dim={} norm={norm:.5} [{} ...]", e.len(), head.join(", "));
+        println!(
+            "{text:?}: dim={} norm={norm:.5} [{} ...]",
+            e.len(),
+            head.join(", ")
+        );
     }
-    println!("{} texts in {ms:.2} ms (tokenization included)", texts.len());
+    println!(
+        "{} texts in {ms:.2} ms (tokenization included)",
+        texts.len()
+    );
 }
 
 fn die(msg: &str) -> ! {
@@ -81,18 +95,33 @@ fn run_check(enc: &SentenceEncoder, path: &str) -> i32 {
     use safetensors::{Dtype, SafeTensors};
     let bytes = std::fs::read(path).unwrap_or_else(|e| die(&format!("{path}: {e}")));
     let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| die(&format!("{path}: {e}")));
-    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| die(&format!("{path}: {e}")));
     let md = meta.metadata().clone().unwrap_or_default();
     let sentences: Vec<String> = md
         .get("sentences")
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_else(|| die("the golden file has no `sentences` metadata"));
     let f64s = |name: &str| -> Vec<f64> {
-        let t = st.tensor(name).unwrap_or_else(|_| die(&format!("golden file lacks `{name}`")));
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| die(&format!("golden file lacks `{name}`")));
         match t.dtype() {
-            Dtype::F64 => t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
-            Dtype::F32 => t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-            Dtype::I64 => t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            Dtype::F64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
+            Dtype::I64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
             Dtype::U8 => t.data().iter().map(|&b| b as f64).collect(),
             d => die(&format!("`{name}` has unexpected dtype {d:?}")),
         }
@@ -111,7 +140,10 @@ fn run_check(enc: &SentenceEncoder, path: &str) -> i32 {
     let b = enc.tokenize(&refs).unwrap_or_else(|e| die(&e.to_string()));
     let want_ids = f64s("input_ids");
     let ids_ok = b.input_ids.len() == want_ids.len()
-        && b.input_ids.iter().zip(&want_ids).all(|(a, w)| *a as f64 == *w);
+        && b.input_ids
+            .iter()
+            .zip(&want_ids)
+            .all(|(a, w)| *a as f64 == *w);
     verdict(ids_ok, format!("input_ids shape=[{}, {}]", b.batch, b.seq));
     if !ids_ok {
         println!("{passed} passed, {failed} failed");
@@ -119,39 +151,87 @@ fn run_check(enc: &SentenceEncoder, path: &str) -> i32 {
     }
     let states = enc
         .model()
-        .hidden_states(&b.input_ids, Some(&b.token_type_ids), &b.attention_mask, b.batch, b.seq)
+        .hidden_states(
+            &b.input_ids,
+            Some(&b.token_type_ids),
+            &b.attention_mask,
+            b.batch,
+            b.seq,
+        )
         .unwrap_or_else(|e| die(&e.to_string()));
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let max_diff = |a: &[f32], w: &[f64]| -> f64 {
         if a.len() != w.len() {
             return f64::INFINITY;
         }
-        a.iter().zip(w).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) })
+        a.iter()
+            .zip(w)
+            .map(|(x, y)| (*x as f64 - y).abs())
+            .fold(0.0, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) })
     };
     for (i, s) in states.iter().enumerate() {
         let truth = f64s(&format!("hidden_states_f64/{i}"));
-        let torch: Vec<f32> = f64s(&format!("hidden_states/{i}")).iter().map(|v| *v as f32).collect();
+        let torch: Vec<f32> = f64s(&format!("hidden_states/{i}"))
+            .iter()
+            .map(|v| *v as f32)
+            .collect();
         let tol = (4.0 * max_diff(&torch, &truth)).max(1e-4);
         let err = max_diff(s, &truth);
-        verdict(err <= tol, format!("hidden_states/{i} max_err={err:.3e} tol={tol:.3e}"));
+        verdict(
+            err <= tol,
+            format!("hidden_states/{i} max_err={err:.3e} tol={tol:.3e}"),
+        );
     }
     // The sentence embedding: mean pooling + L2 normalisation (the model's own modules); its
     // float64 truth is the same pooling of the float64 last hidden state.
     let h = enc.model().config().hidden_size;
     let last = states.last().map(Vec::as_slice).unwrap_or(&[]);
-    let ours = pool(last, &b.attention_mask, b.batch, b.seq, h, enc.pooling(), true).unwrap_or_else(|e| die(&e.to_string()));
+    let ours = pool(
+        last,
+        &b.attention_mask,
+        b.batch,
+        b.seq,
+        h,
+        enc.pooling(),
+        true,
+    )
+    .unwrap_or_else(|e| die(&e.to_string()));
     let truth_last = f64s(&format!("hidden_states_f64/{}", states.len() - 1));
-    let truth = pool_f64(&truth_last, &b.attention_mask, b.batch, b.seq, h, enc.pooling());
-    let torch: Vec<f32> = f64s("sentence_embedding").iter().map(|v| *v as f32).collect();
+    let truth = pool_f64(
+        &truth_last,
+        &b.attention_mask,
+        b.batch,
+        b.seq,
+        h,
+        enc.pooling(),
+    );
+    let torch: Vec<f32> = f64s("sentence_embedding")
+        .iter()
+        .map(|v| *v as f32)
+        .collect();
     let tol = (4.0 * max_diff(&torch, &truth)).max(1e-4);
     let err = max_diff(&ours, &truth);
-    verdict(err <= tol, format!("sentence_embedding max_err={err:.3e} tol={tol:.3e}"));
-    eprintln!("tokenize + {} layers on {} sentences: {ms:.2} ms", states.len() - 1, b.batch);
+    verdict(
+        err <= tol,
+        format!("sentence_embedding max_err={err:.3e} tol={tol:.3e}"),
+    );
+    eprintln!(
+        "tokenize + {} layers on {} sentences: {ms:.2} ms",
+        states.len() - 1,
+        b.batch
+    );
     println!("{passed} passed, {failed} failed");
     i32::from(failed > 0)
 }
 
-fn pool_f64(hs: &[f64], mask: &[u8], batch: usize, seq: usize, h: usize, pooling: Pooling) -> Vec<f64> {
+fn pool_f64(
+    hs: &[f64],
+    mask: &[u8],
+    batch: usize,
+    seq: usize,
+    h: usize,
+    pooling: Pooling,
+) -> Vec<f64> {
     let mut out = vec![0.0f64; batch * h];
     for b in 0..batch {
         let o = &mut out[b * h..(b + 1) * h];

@@ -55,8 +55,8 @@ impl BertConfig {
     /// assert_eq!(c.layer_norm_eps, 1e-12);
     /// ```
     pub fn from_json_str(s: &str) -> Result<BertConfig> {
-        let v: Value = serde_json::from_str(s)
-            .map_err(|e| Error::format("config.json", e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(s).map_err(|e| Error::format("config.json", e.to_string()))?;
         let uint = |k: &str, d: Option<usize>| -> Result<usize> {
             match v.get(k) {
                 Some(x) => x
@@ -66,7 +66,11 @@ impl BertConfig {
                 None => d.ok_or_else(|| Error::config(k, "present in config.json (required)")),
             }
         };
-        let act = match v.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu") {
+        let act = match v
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu")
+        {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluApproximate,
             "relu" => Activation::Relu,
@@ -74,7 +78,9 @@ impl BertConfig {
             other => {
                 return Err(Error::config(
                     "hidden_act",
-                    format!("one of gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu, swish, got `{other}`"),
+                    format!(
+                        "one of gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu, swish, got `{other}`"
+                    ),
                 ));
             }
         };
@@ -175,7 +181,11 @@ impl Tensors<'_> {
 
     /// A LayerNorm's (gamma, beta), under `weight`/`bias` or the older `gamma`/`beta` names.
     fn layer_norm(&self, base: &str, h: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let has = |n: &str| self.st.tensor(&format!("{}{base}.{n}", self.prefix)).is_ok();
+        let has = |n: &str| {
+            self.st
+                .tensor(&format!("{}{base}.{n}", self.prefix))
+                .is_ok()
+        };
         if !has("weight") && has("gamma") {
             Ok((
                 self.get(&format!("{base}.gamma"), &[h])?,
@@ -273,7 +283,9 @@ impl BertModel {
             let (g2, b2n) = t.layer_norm(&format!("{p}output.LayerNorm"), h)?;
             let w = EncoderWeights::from_tensors(
                 dims,
-                vec![wq, bq, wk, bk, wv, bv, wo, bo, g1, b1n, g2, b2n, w1, b1, w2, b2],
+                vec![
+                    wq, bq, wk, bk, wv, bv, wo, bo, g1, b1n, g2, b2n, w1, b1, w2, b2,
+                ],
             )?;
             layers.push(TransformerEncoder::new(config.layer_config(), w)?);
         }
@@ -314,9 +326,9 @@ impl BertModel {
         seq: usize,
     ) -> Result<Vec<f32>> {
         let h = self.config.hidden_size;
-        let n = batch
-            .checked_mul(seq)
-            .ok_or_else(|| Error::shape("input_ids", "batch * seq to fit in usize", "an overflow"))?;
+        let n = batch.checked_mul(seq).ok_or_else(|| {
+            Error::shape("input_ids", "batch * seq to fit in usize", "an overflow")
+        })?;
         if input_ids.len() != n {
             return Err(Error::shape(
                 "input_ids",
@@ -336,7 +348,10 @@ impl BertModel {
         if seq > self.config.max_position_embeddings {
             return Err(Error::shape(
                 "input_ids",
-                format!("at most max_position_embeddings = {} tokens", self.config.max_position_embeddings),
+                format!(
+                    "at most max_position_embeddings = {} tokens",
+                    self.config.max_position_embeddings
+                ),
                 format!("{seq} tokens"),
             ));
         }
@@ -405,7 +420,13 @@ impl BertModel {
         for layer in self.stack.layers() {
             let mut out = vec![0.0f32; batch * seq * h];
             let prev = states.last().map(Vec::as_slice).unwrap_or(&[]);
-            layer.forward_into(TensorView::new(prev, &[batch, seq, h]), &opts, &mut out, None, &mut ws)?;
+            layer.forward_into(
+                TensorView::new(prev, &[batch, seq, h]),
+                &opts,
+                &mut out,
+                None,
+                &mut ws,
+            )?;
             states.push(out);
         }
         Ok(states)
@@ -514,7 +535,11 @@ pub fn pool(
             }
         }
         if normalize {
-            let norm = o.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
+            let norm = o
+                .iter()
+                .map(|v| (*v as f64) * (*v as f64))
+                .sum::<f64>()
+                .sqrt();
             // torch.nn.functional.normalize divides by max(norm, 1e-12).
             let d = norm.max(1e-12);
             for x in o.iter_mut() {
@@ -623,6 +648,20 @@ impl SentenceEncoder {
         }
     }
 
+    /// Truncate texts to at most `n` tokens (special tokens included), capped by the position
+    /// table.
+    pub fn with_max_seq_length(mut self, n: usize) -> Result<SentenceEncoder> {
+        let n = n.clamp(1, self.model.config.max_position_embeddings);
+        self.tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: n,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::format("tokenizer.json", e.to_string()))?;
+        self.max_seq_length = n;
+        Ok(self)
+    }
+
     /// The model.
     pub fn model(&self) -> &BertModel {
         &self.model
@@ -677,7 +716,15 @@ impl SentenceEncoder {
             &mut StackWorkspace::new(),
         )?;
         let h = self.model.config.hidden_size;
-        let pooled = pool(&hidden, &b.attention_mask, b.batch, b.seq, h, self.pooling, self.normalize)?;
+        let pooled = pool(
+            &hidden,
+            &b.attention_mask,
+            b.batch,
+            b.seq,
+            h,
+            self.pooling,
+            self.normalize,
+        )?;
         Ok(pooled.chunks(h.max(1)).map(<[f32]>::to_vec).collect())
     }
 }

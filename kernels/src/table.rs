@@ -226,22 +226,54 @@ impl Kernels {
                 Par::Threads(t) if work >= PAR_MIN_FMAS => t.max(1),
                 _ => 1,
             };
-            // A few parts per thread even out uneven panel costs; one thread means one part.
+            // Split the operand that is cheaper to read more than once: by rows when A is taller
+            // than B is wide (each part streams every weight panel past its own rows), else by
+            // column panels (each part reads only its share of the weights and all of A). A few
+            // parts per thread even out uneven costs.
+            let mr = self.mr;
+            let by_rows = threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n;
             let parts = if threads == 1 {
                 1
+            } else if by_rows {
+                (threads * 2).min(m.div_ceil(mr))
             } else {
                 (threads * 3).min(panels)
             };
             let f = self.gemm;
             let ptrs = Shared((a.as_ptr(), b.data.as_ptr(), out.as_mut_ptr(), epi));
             let run = |part: usize| {
-                let (p0, p1) = split(panels, parts, part);
-                let (ap, bp, cp, epi) = ptrs.get();
+                let (ap, bp, cp, mut epi) = ptrs.get();
+                let ((r0, r1), (p0, p1)) = if by_rows {
+                    // Row ranges on tile boundaries.
+                    let tiles = m.div_ceil(mr);
+                    let (t0, t1) = split(tiles, parts, part);
+                    ((t0 * mr, (t1 * mr).min(m)), (0, panels))
+                } else {
+                    ((0, m), split(panels, parts, part))
+                };
+                if !epi.residual.is_null() {
+                    // SAFETY: r0 < m rows of the [m, n] residual.
+                    epi.residual = unsafe { epi.residual.add(r0 * n) };
+                }
                 // SAFETY: the table's tier is available (tables are only handed out for
                 // available tiers); a is [m, k], the packed weights hold `panels` panels of k*nr,
-                // out is [m, n], bias [n] and residual [m, n] were checked above; parts write
-                // disjoint column panels.
-                unsafe { f(ap, k, m, k, bp, n, cp, n, p0, p1, &epi) };
+                // out is [m, n], bias [n] and residual [m, n] were checked above; rows r0..r1
+                // and panels p0..p1 are in range, and parts write disjoint rows or columns.
+                unsafe {
+                    f(
+                        ap.add(r0 * k),
+                        k,
+                        r1 - r0,
+                        k,
+                        bp,
+                        n,
+                        cp.add(r0 * n),
+                        n,
+                        p0,
+                        p1,
+                        &epi,
+                    )
+                };
             };
             if parts == 1 {
                 run(0);
