@@ -342,7 +342,7 @@ fn missing_or_misshaped_tensors_are_named() {
         "token type past the table"
     );
     assert!(
-        m.embed(&vec![1; P + 1], None, 1, P + 1).is_err(),
+        m.embed(&[1; P + 1], None, 1, P + 1).is_err(),
         "longer than the position table"
     );
     assert!(m.embed(&[1, 2, 3], None, 1, 2).is_err());
