@@ -256,8 +256,12 @@ impl TransformerEncoder {
         }
         match config.weight_precision()? {
             WeightPrecision::F32 => {}
-            WeightPrecision::Bf16 => weights.round_through(|v| half::bf16::from_f32(v).to_f32()),
-            WeightPrecision::F16 => weights.round_through(|v| half::f16::from_f32(v).to_f32()),
+            WeightPrecision::Bf16 => {
+                weights.round_through("bfloat16", |v| half::bf16::from_f32(v).to_f32())?
+            }
+            WeightPrecision::F16 => {
+                weights.round_through("float16", |v| half::f16::from_f32(v).to_f32())?
+            }
         }
         let (h, w, f) = (
             dims.hidden_dim,
@@ -419,7 +423,13 @@ impl TransformerEncoder {
         }
         let heads = self.dims.num_heads;
         if let Some(s) = scores.as_deref() {
-            let want = batch * heads * seq * seq;
+            let want = batch
+                .checked_mul(heads)
+                .and_then(|v| v.checked_mul(seq))
+                .and_then(|v| v.checked_mul(seq))
+                .ok_or_else(|| {
+                    Error::shape("scores", "a size that fits in usize", "an overflow")
+                })?;
             if s.len() != want {
                 return Err(Error::shape(
                     "scores",

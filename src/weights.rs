@@ -133,13 +133,23 @@ impl EncoderWeights {
     }
 
     /// Replace every value by its nearest value in a narrower storage format (applied when the
-    /// configuration's dtype stores bf16 or f16 weights).
-    pub(crate) fn round_through(&mut self, f: impl Fn(f32) -> f32) {
+    /// configuration's dtype stores bf16 or f16 weights). A finite value that the format cannot
+    /// hold (70000 in float16) is an error naming the tensor, never a silent infinity.
+    pub(crate) fn round_through(&mut self, format: &str, f: impl Fn(f32) -> f32) -> Result<()> {
+        for (i, t) in self.tensors.iter().enumerate() {
+            if let Some(v) = t.iter().find(|v| v.is_finite() && !f(**v).is_finite()) {
+                return Err(Error::weights(
+                    WEIGHT_NAMES[i],
+                    format!("value {v} overflows the {format} weight storage"),
+                ));
+            }
+        }
         for t in &mut self.tensors {
             for v in t.iter_mut() {
                 *v = f(*v);
             }
         }
+        Ok(())
     }
 
     /// Fresh weights from the configuration's initializers (as Keras builds the layer),

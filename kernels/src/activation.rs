@@ -248,7 +248,14 @@ impl Activation {
         let relu6 = |v: f64| v.clamp(0.0, 6.0);
         let softplus = |v: f64| (-v.abs()).exp().ln_1p() + v.max(0.0);
         match self {
-            Activation::Relu => x.max(0.0),
+            // NaN stays NaN (f64::max would drop it).
+            Activation::Relu => {
+                if x.is_nan() {
+                    x
+                } else {
+                    x.max(0.0)
+                }
+            }
             Activation::Relu6 => relu6(x),
             Activation::LeakyRelu => {
                 if x >= 0.0 {

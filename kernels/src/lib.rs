@@ -13,6 +13,10 @@
 //! arguments and returns [`KernelError`] instead of panicking.
 
 #![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod activation;
 pub mod isa;

@@ -7,9 +7,10 @@
 //! and values from a padded copy (`S x D`), both made once per (batch item, head), so every
 //! product is a register-tiled micro-kernel over contiguous rows.
 //!
-//! Masked keys get probability exactly 0. When every value of the head is finite, `0 * v = 0`
-//! and the tiled product is exact; if any value is NaN or Inf, the product instead skips masked
-//! keys one by one, so a poisoned padded position can never leak into another row.
+//! Masked keys get probability exactly 0. Padded keys' values are zeroed in the copy; otherwise,
+//! when every value of the head is finite, `0 * v = 0` and the tiled product is exact; if some
+//! value is NaN or Inf (with a full attention mask), the product instead skips masked keys one by
+//! one, so a poisoned masked position can never leak into another row.
 
 use super::gemm::{Epi, FusedAct, micro};
 use crate::simd::{Simd, exp};
@@ -63,13 +64,25 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
     // b*s..(b+1)*s of qkv/ctx, columns of head h, and the scratch extents computed above.
     unsafe {
         let base = args.qkv.add(b * s * ld3);
-        // Transposed keys [D, S_pad] and padded values [S_pad, D_pad].
+        // Transposed keys [D, S_pad] and padded values [S_pad, D_pad]. With a key padding mask,
+        // the values of padded keys are replaced by zeros (unless every key is padded, when the
+        // uniform policy averages them all, as Keras does): their probability is exactly 0, so
+        // nothing they hold (NaN, Inf) can reach another row, and the result is bit-identical to
+        // any other content of the padded positions.
+        let key_row: Option<&[u8]> = match args.mask {
+            KeepMask::Keys(m) => {
+                let r = &m[b * s..(b + 1) * s];
+                r.iter().any(|&k| k != 0).then_some(r)
+            }
+            _ => None,
+        };
         let mut finite = true;
         for j in 0..sp {
+            let padded = key_row.is_some_and(|r| j < s && r[j] == 0);
             for dd in 0..d {
                 let (kv, vv) = if j < s {
                     let row = base.add(j * ld3 + h * d + dd);
-                    (*row.add(w), *row.add(2 * w))
+                    (*row.add(w), if padded { 0.0 } else { *row.add(2 * w) })
                 } else {
                     (0.0, 0.0)
                 };

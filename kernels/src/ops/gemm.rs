@@ -46,8 +46,9 @@ pub(crate) unsafe fn activate<S: Simd>(x: S::V, act: FusedAct) -> S::V {
     unsafe {
         match act {
             FusedAct::None => x,
-            // max(x, 0) keeps NaN: vmaxps returns the second operand when one is NaN.
-            FusedAct::Relu => S::max(x, S::splat(0.0)),
+            // max(0, x) keeps NaN (as Keras does): the max instructions return the second
+            // operand when either is NaN.
+            FusedAct::Relu => S::max(S::splat(0.0), x),
             FusedAct::Gelu => gelu_erf::<S>(x),
             FusedAct::GeluTanh => gelu_tanh::<S>(x),
             FusedAct::Silu => x_sigmoid::<S>(x, x),

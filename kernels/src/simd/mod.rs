@@ -48,7 +48,7 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
     /// `a * b + c` (fused where the tier has FMA).
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// Lane-wise maximum (either operand when one is NaN).
+    /// Lane-wise maximum; `b` when either operand is NaN (the x86 rule, kept on every tier).
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
     /// Lane-wise minimum (either operand when one is NaN).
     unsafe fn min(a: Self::V, b: Self::V) -> Self::V;

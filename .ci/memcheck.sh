@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# AddressSanitizer over the test suite (nightly toolchain): out-of-bounds reads or writes in the
+# kernels, on every tier this CPU has (the tests force each one). Valgrind cannot run the
+# AVX-512 tier, so ASan is the memory checker here.
+#   .ci/memcheck.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RUSTFLAGS="-Zsanitizer=address"
+export RUSTDOCFLAGS="-Zsanitizer=address"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
+export PROPTEST_CASES="${PROPTEST_CASES:-32}"
+cargo +nightly test --target x86_64-unknown-linux-gnu --target-dir target/asan \
+  --test adversarial --test proptests --test api --test golden --test bert --test threads "$@"
