@@ -76,22 +76,22 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
             }
             _ => None,
         };
+        // Values: row copies (zeros for padded keys and the padding rows and columns).
+        vs.fill(0.0);
+        kt.fill(0.0);
         let mut finite = true;
-        for j in 0..sp {
-            let padded = key_row.is_some_and(|r| j < s && r[j] == 0);
-            for dd in 0..d {
-                let (kv, vv) = if j < s {
-                    let row = base.add(j * ld3 + h * d + dd);
-                    (*row.add(w), if padded { 0.0 } else { *row.add(2 * w) })
-                } else {
-                    (0.0, 0.0)
-                };
-                kt[dd * sp + j] = kv;
-                vs[j * dp + dd] = vv;
-                finite &= vv.is_finite();
+        for j in 0..s {
+            let row = base.add(j * ld3 + h * d);
+            if !key_row.is_some_and(|r| r[j] == 0) {
+                let src = std::slice::from_raw_parts(row.add(2 * w), d);
+                let dst = &mut vs[j * dp..j * dp + d];
+                dst.copy_from_slice(src);
+                finite &= src.iter().all(|v| v.is_finite());
             }
-            for dd in d..dp {
-                vs[j * dp + dd] = 0.0;
+            // Keys, transposed.
+            let src = std::slice::from_raw_parts(row.add(w), d);
+            for (dd, v) in src.iter().enumerate() {
+                kt[dd * sp + j] = *v;
             }
         }
         let none = Epi {
