@@ -82,7 +82,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
         let mut finite = true;
         for j in 0..s {
             let row = base.add(j * ld3 + h * d);
-            if !key_row.is_some_and(|r| r[j] == 0) {
+            if key_row.is_none_or(|r| r[j] != 0) {
                 let src = std::slice::from_raw_parts(row.add(2 * w), d);
                 let dst = &mut vs[j * dp..j * dp + d];
                 dst.copy_from_slice(src);
