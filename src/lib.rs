@@ -33,7 +33,6 @@
 //! `TRANSFORMER_ENCODER_ISA=avx512|avx2|portable` to force one, or use
 //! [`TransformerEncoder::with_isa`].
 
-#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(
     not(test),

@@ -1,6 +1,10 @@
 //! No heap allocation per call after warm-up: a counting global allocator sees every thread.
 //! (Its own test binary, so no other test allocates while it counts.)
 
+// A global allocator is an unsafe trait; this test is the only place of the API package that
+// needs it.
+#![allow(unsafe_code)]
+
 mod common;
 use common::{rand_vec, tiers};
 use std::alloc::{GlobalAlloc, Layout, System};
