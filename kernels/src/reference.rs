@@ -1,5 +1,9 @@
 //! The naive reference: every operation of the layer, written as plainly as possible and
 //! accumulated in float64. It is the oracle the fast kernels are tested against.
+//!
+//! These are test oracles, not service entry points: they index their arguments directly and
+//! panic on inconsistent lengths (the encoder-level oracle, `transformer_encoder::reference`,
+//! validates its input and returns errors).
 
 use crate::activation::Activation;
 use crate::{AttentionShape, KeepMask, MaskedRows};
