@@ -12,7 +12,7 @@
 //! value is NaN or Inf (with a full attention mask), the product instead skips masked keys one by
 //! one, so a poisoned masked position can never leak into another row.
 
-use super::gemm::{Epi, FusedAct, micro};
+use super::gemm::{Epi, FusedAct, tile};
 use crate::simd::{Simd, exp};
 use crate::{KeepMask, MaskedRows};
 
@@ -110,7 +110,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                 let a = qbase.add(i0 * ld3);
                 let bptr = kt.as_ptr().add(jp * nr);
                 let cptr = p.as_mut_ptr().add(jp * nr);
-                tile::<S, MR, NV>(rows, d, a, ld3, bptr, sp, cptr, sp, cols, &none);
+                tile::<S, MR, NV>(rows, d, a, ld3, bptr, sp, cptr, sp, cols, true, true, &none);
             }
             for r in 0..rows {
                 let i = i0 + r;
@@ -152,6 +152,8 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                         cbase.add(dpn * nr),
                         w,
                         cols,
+                        true,
+                        true,
                         &none,
                     );
                 }
@@ -177,31 +179,6 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                 }
             }
             i0 += rows;
-        }
-    }
-}
-
-#[inline(always)]
-unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
-    rows: usize,
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    epi: &Epi,
-) {
-    // SAFETY: forwarded contract of `micro`.
-    unsafe {
-        if rows == MR {
-            micro::<S, MR, NV>(kc, a, lda, b, ldb, c, ldc, cols, true, true, epi);
-        } else {
-            super::gemm::micro_rows::<S, NV>(
-                rows, kc, a, lda, b, ldb, c, ldc, cols, true, true, epi,
-            );
         }
     }
 }

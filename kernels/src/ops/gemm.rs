@@ -212,6 +212,36 @@ pub(crate) unsafe fn micro_rows<S: Simd, const NV: usize>(
     }
 }
 
+/// A register tile of `rows <= MR` rows: the full-size kernel when `rows == MR`, else the one
+/// monomorphised for `rows`.
+///
+/// # Safety
+/// As [`micro`] with `R = rows`.
+#[inline(always)]
+pub(crate) unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+    rows: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    first: bool,
+    last: bool,
+    epi: &Epi,
+) {
+    // SAFETY: forwarded contract of `micro`.
+    unsafe {
+        if rows == MR {
+            micro::<S, MR, NV>(kc, a, lda, b, ldb, c, ldc, cols, first, last, epi);
+        } else {
+            micro_rows::<S, NV>(rows, kc, a, lda, b, ldb, c, ldc, cols, first, last, epi);
+        }
+    }
+}
+
 /// Rows `0..m` and panels `p0..p1` of `C = epilogue(A · B)`.
 ///
 /// # Safety
@@ -266,13 +296,9 @@ pub(crate) unsafe fn gemm_panels<S: Simd, const MR: usize, const NV: usize>(
                         }
                         let ap = a.add(i * lda + pc);
                         let cp = c.add(i * ldc + col0);
-                        if rows == MR {
-                            micro::<S, MR, NV>(kc, ap, lda, bp, nr, cp, ldc, cols, first, last, &e);
-                        } else {
-                            micro_rows::<S, NV>(
-                                rows, kc, ap, lda, bp, nr, cp, ldc, cols, first, last, &e,
-                            );
-                        }
+                        tile::<S, MR, NV>(
+                            rows, kc, ap, lda, bp, nr, cp, ldc, cols, first, last, &e,
+                        );
                         i += rows;
                     }
                 }
