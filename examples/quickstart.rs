@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         transformer_encoder::Isa::best_available()
     );
 
-    let r = reference::forward(&config, encoder.weights(), view, &opts, false)?;
+    let r = reference::forward(&config, &encoder.weights(), view, &opts, false)?;
     let max_diff = y
         .iter()
         .zip(&r.output)

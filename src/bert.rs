@@ -10,7 +10,7 @@ use crate::encoder::{CallOptions, TensorView, Threads, TransformerEncoder};
 use crate::error::{Error, Result, dims};
 use crate::mask::Mask;
 use crate::stack::{EncoderStack, StackWorkspace};
-use crate::weights::{EncoderWeights, WeightDims};
+use crate::weights::{DenseWeights, EncoderWeights, NormWeights, Sublayers, WeightDims};
 use crate::{EncoderConfig, Workspace};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -281,11 +281,20 @@ impl BertModel {
             let (w1, b1) = t.linear(&format!("{p}intermediate.dense"), f, h)?;
             let (w2, b2) = t.linear(&format!("{p}output.dense"), h, f)?;
             let (g2, b2n) = t.layer_norm(&format!("{p}output.LayerNorm"), h)?;
-            let w = EncoderWeights::from_tensors(
+            let dense = |(kernel, bias)| DenseWeights { kernel, bias };
+            let norm = |(gamma, beta)| NormWeights { gamma, beta };
+            let w = EncoderWeights::new(
                 dims,
-                vec![
-                    wq, bq, wk, bk, wv, bv, wo, bo, g1, b1n, g2, b2n, w1, b1, w2, b2,
-                ],
+                Sublayers {
+                    query: dense((wq, bq)),
+                    key: dense((wk, bk)),
+                    value: dense((wv, bv)),
+                    attention_output: dense((wo, bo)),
+                    self_attention_layer_norm: norm((g1, b1n)),
+                    feedforward_layer_norm: norm((g2, b2n)),
+                    feedforward_intermediate_dense: dense((w1, b1)),
+                    feedforward_output_dense: dense((w2, b2)),
+                },
             )?;
             layers.push(TransformerEncoder::new(config.layer_config(), w)?);
         }
@@ -294,7 +303,7 @@ impl BertModel {
             config,
             embeddings,
             stack,
-            kernels: Kernels::best(),
+            kernels: Kernels::best()?,
         })
     }
 

@@ -2,12 +2,12 @@
 
 use crate::config::{EncoderConfig, WeightPrecision};
 use crate::error::{Error, Result};
-use crate::mask::{Dims, Mask, Merged, merge};
-use crate::weights::{EncoderWeights, WeightDims};
+use crate::mask::{Dims, Mask, merge};
+use crate::weights::{Dense, DenseWeights, EncoderWeights, NormWeights, Sublayers, WeightDims};
 use std::sync::Arc;
 use transformer_encoder_kernels::{
-    AttentionScratch, AttentionShape, Epilogue, Isa, KeepMask, Kernels, MaskedRows, PackedMatrix,
-    Par, rng,
+    Activation, AttentionScratch, AttentionShape, Epilogue, Isa, KeepMask, Kernels, MaskedRows,
+    PackedMatrix, Par, rng,
 };
 
 /// Where an encoder's kernels run their threads. Results are bit-identical for every choice.
@@ -104,6 +104,19 @@ pub enum MaskedRowPolicy {
     Uniform,
 }
 
+impl MaskedRowPolicy {
+    /// The kernel's behaviour for a call: Keras' scores path (taken when scores are requested or
+    /// `dropout > 0`) zeroes fully masked rows, its fused path makes them uniform.
+    pub(crate) fn resolve(self, scores_path: bool, dropout: f64) -> MaskedRows {
+        match self {
+            MaskedRowPolicy::Zeros => MaskedRows::Zeros,
+            MaskedRowPolicy::Uniform => MaskedRows::Uniform,
+            MaskedRowPolicy::Keras if scores_path || dropout > 0.0 => MaskedRows::Zeros,
+            MaskedRowPolicy::Keras => MaskedRows::Uniform,
+        }
+    }
+}
+
 /// The options of one call, as Keras' `call()` takes them.
 ///
 /// ```
@@ -182,10 +195,63 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
+/// A projection ready to run: its kernel packed once for the encoder's tier, and its bias.
+#[derive(Debug)]
+struct Projection {
+    kernel: PackedMatrix,
+    bias: Vec<f32>,
+}
+
+impl Projection {
+    fn new(k: &Kernels, kernel: &[f32], rows: usize, cols: usize, bias: Vec<f32>) -> Result<Self> {
+        Ok(Projection {
+            kernel: k.pack(kernel, rows, cols)?,
+            bias,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        self.kernel.bytes() + self.bias.capacity() * 4
+    }
+}
+
+/// Keras' `self_attention_layer` (query, key and value fused into one product) and
+/// `self_attention_layer_norm`.
+#[derive(Debug)]
+struct SelfAttention {
+    qkv: Projection,
+    output: Projection,
+    norm: NormWeights,
+}
+
+/// Keras' `feedforward_intermediate_dense`, `feedforward_output_dense` and
+/// `feedforward_layer_norm`.
+#[derive(Debug)]
+struct FeedForward {
+    intermediate: Projection,
+    output: Projection,
+    norm: NormWeights,
+}
+
+fn norm_bytes(n: &NormWeights) -> usize {
+    (n.gamma.capacity() + n.beta.capacity()) * 4
+}
+
+/// What one call does, resolved once: masks, the masked-row behaviour, dropout, threads.
+struct Call<'a> {
+    keep: KeepMask<'a>,
+    policy: MaskedRows,
+    /// `(rate, seed)` in training mode with dropout > 0.
+    dropout: Option<(f32, u64)>,
+    par: Par,
+}
+
 /// One `keras_hub.layers.TransformerEncoder` layer with its weights, ready to run.
 ///
 /// `Send + Sync`; [`forward`](TransformerEncoder::forward) takes `&self`, so one encoder serves
-/// many threads.
+/// many threads. It holds its weights once, packed for its instruction-set tier
+/// ([`held_bytes`](TransformerEncoder::held_bytes)); [`weights`](TransformerEncoder::weights)
+/// unpacks them in Keras' layout on request.
 ///
 /// ```
 /// use transformer_encoder::{CallOptions, EncoderConfig, TensorView, TransformerEncoder};
@@ -197,21 +263,18 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 #[derive(Debug)]
 pub struct TransformerEncoder {
     config: EncoderConfig,
-    weights: EncoderWeights,
     dims: WeightDims,
     kernels: &'static Kernels,
-    wqkv: PackedMatrix,
-    bqkv: Vec<f32>,
-    wo: PackedMatrix,
-    w1: PackedMatrix,
-    w2: PackedMatrix,
+    attention: SelfAttention,
+    feed_forward: FeedForward,
     threads: Threads,
 }
 
 impl TransformerEncoder {
-    /// Build from a configuration and weights, on the default tier ([`Kernels::best`]).
+    /// Build from a configuration and weights, on the default tier ([`Kernels::best`]: an error if
+    /// `TRANSFORMER_ENCODER_ISA` names a tier this CPU lacks, or no tier).
     pub fn new(config: EncoderConfig, weights: EncoderWeights) -> Result<TransformerEncoder> {
-        TransformerEncoder::build(config, weights, Kernels::best())
+        TransformerEncoder::build(config, weights, Kernels::best()?)
     }
 
     /// Build on a given instruction-set tier (an error if the CPU lacks it).
@@ -231,71 +294,55 @@ impl TransformerEncoder {
 
     fn build(
         config: EncoderConfig,
-        mut weights: EncoderWeights,
+        weights: EncoderWeights,
         kernels: &'static Kernels,
     ) -> Result<TransformerEncoder> {
         let dims = weights.dims();
-        config.validate(dims.hidden_dim)?;
-        if config.num_heads != dims.num_heads {
-            return Err(Error::weights(
-                "self_attention_layer/query/kernel",
-                format!(
-                    "the weights have {} heads but the configuration has num_heads = {}",
-                    dims.num_heads, config.num_heads
-                ),
-            ));
-        }
-        if config.intermediate_dim != dims.intermediate_dim {
-            return Err(Error::weights(
-                "feedforward_intermediate_dense/kernel",
-                format!(
-                    "the weights have intermediate size {} but the configuration has intermediate_dim = {}",
-                    dims.intermediate_dim, config.intermediate_dim
-                ),
-            ));
-        }
-        match config.weight_precision()? {
-            WeightPrecision::F32 => {}
+        check_config(&config, &dims)?;
+        let weights = match config.weight_precision()? {
+            WeightPrecision::F32 => weights,
             WeightPrecision::Bf16 => {
                 weights.round_through("bfloat16", |v| half::bf16::from_f32(v).to_f32())?
             }
             WeightPrecision::F16 => {
                 weights.round_through("float16", |v| half::f16::from_f32(v).to_f32())?
             }
-        }
-        let (h, w, f) = (
-            dims.hidden_dim,
-            dims.num_heads * dims.key_dim,
-            dims.intermediate_dim,
-        );
-        // Fused QKV: [H, 3W] = [Wq * scale | Wk | Wv]; 1/sqrt(D) folded into the query.
-        let scale = (1.0 / (dims.key_dim as f64).sqrt()) as f32;
+        };
+        let l = weights.sublayers();
+        let (h, w) = dims.matrix(Dense::Query);
+        let proj = |d: Dense| {
+            let (rows, cols) = dims.matrix(d);
+            let s = l.dense(d);
+            Projection::new(kernels, &s.kernel, rows, cols, s.bias.clone())
+        };
+        // Query, key and value as one [H, 3W] product: [Wq | Wk | Wv].
         let mut wqkv = vec![0.0f32; h * 3 * w];
-        for r in 0..h {
-            for c in 0..w {
-                wqkv[r * 3 * w + c] = weights.tensor(0)[r * w + c] * scale;
-                wqkv[r * 3 * w + w + c] = weights.tensor(2)[r * w + c];
-                wqkv[r * 3 * w + 2 * w + c] = weights.tensor(4)[r * w + c];
+        for (i, d) in [Dense::Query, Dense::Key, Dense::Value]
+            .into_iter()
+            .enumerate()
+        {
+            for (r, row) in l.dense(d).kernel.chunks_exact(w).enumerate() {
+                wqkv[r * 3 * w + i * w..][..w].copy_from_slice(row);
             }
         }
-        let mut bqkv = Vec::with_capacity(3 * w);
-        bqkv.extend(weights.tensor(1).iter().map(|b| b * scale));
-        bqkv.extend_from_slice(weights.tensor(3));
-        bqkv.extend_from_slice(weights.tensor(5));
-        let wqkv = kernels.pack(&wqkv, h, 3 * w)?;
-        let wo = kernels.pack(weights.tensor(6), w, h)?;
-        let w1 = kernels.pack(weights.tensor(12), h, f)?;
-        let w2 = kernels.pack(weights.tensor(14), f, h)?;
+        let bqkv = [&l.query.bias[..], &l.key.bias, &l.value.bias].concat();
+        let attention = SelfAttention {
+            qkv: Projection::new(kernels, &wqkv, h, 3 * w, bqkv)?,
+            output: proj(Dense::AttentionOutput)?,
+            norm: l.self_attention_layer_norm.clone(),
+        };
+        drop(wqkv);
+        let feed_forward = FeedForward {
+            intermediate: proj(Dense::Intermediate)?,
+            output: proj(Dense::Output)?,
+            norm: l.feedforward_layer_norm.clone(),
+        };
         Ok(TransformerEncoder {
             config,
-            weights,
             dims,
             kernels,
-            wqkv,
-            bqkv,
-            wo,
-            w1,
-            w2,
+            attention,
+            feed_forward,
             threads: Threads::default(),
         })
     }
@@ -316,9 +363,66 @@ impl TransformerEncoder {
         &self.config
     }
 
-    /// The weights in Keras layout (after rounding to the storage precision).
-    pub fn weights(&self) -> &EncoderWeights {
-        &self.weights
+    /// The weights in Keras layout (after rounding to the storage precision), unpacked from the
+    /// encoder's panels: exactly the values it computes with. (The encoder keeps no second copy;
+    /// this allocates.)
+    pub fn weights(&self) -> EncoderWeights {
+        let (h, w) = self.dims.matrix(Dense::Query);
+        let qkv = self.attention.qkv.kernel.unpack();
+        let split = |i: usize| -> DenseWeights {
+            let kernel = qkv
+                .chunks_exact(3 * w)
+                .flat_map(|row| row[i * w..(i + 1) * w].iter().copied())
+                .collect();
+            DenseWeights {
+                kernel,
+                bias: self.attention.qkv.bias[i * w..(i + 1) * w].to_vec(),
+            }
+        };
+        let plain = |p: &Projection| DenseWeights {
+            kernel: p.kernel.unpack(),
+            bias: p.bias.clone(),
+        };
+        debug_assert_eq!(qkv.len(), h * 3 * w);
+        let layers = Sublayers {
+            query: split(0),
+            key: split(1),
+            value: split(2),
+            attention_output: plain(&self.attention.output),
+            self_attention_layer_norm: self.attention.norm.clone(),
+            feedforward_layer_norm: self.feed_forward.norm.clone(),
+            feedforward_intermediate_dense: plain(&self.feed_forward.intermediate),
+            feedforward_output_dense: plain(&self.feed_forward.output),
+        };
+        // The sublayers came from validated weights of these sizes.
+        EncoderWeights::new(self.dims, layers)
+            .unwrap_or_else(|_| unreachable!("unpacked weights keep their validated shapes"))
+    }
+
+    /// The bytes this encoder holds on the heap (packed weights, biases, norms), plus itself.
+    pub fn held_bytes(&self) -> usize {
+        let a = &self.attention;
+        let f = &self.feed_forward;
+        std::mem::size_of::<Self>()
+            + a.qkv.bytes()
+            + a.output.bytes()
+            + norm_bytes(&a.norm)
+            + f.intermediate.bytes()
+            + f.output.bytes()
+            + norm_bytes(&f.norm)
+    }
+
+    /// The bytes of the packed weight matrices alone.
+    pub fn packed_bytes(&self) -> usize {
+        [
+            &self.attention.qkv,
+            &self.attention.output,
+            &self.feed_forward.intermediate,
+            &self.feed_forward.output,
+        ]
+        .iter()
+        .map(|p| p.kernel.bytes())
+        .sum()
     }
 
     /// The hidden size (the input's last dimension).
@@ -331,9 +435,29 @@ impl TransformerEncoder {
         self.dims.num_heads
     }
 
+    /// The sizes of the weights.
+    pub fn dims(&self) -> WeightDims {
+        self.dims
+    }
+
     /// The instruction-set tier this encoder runs on.
     pub fn isa(&self) -> Isa {
         self.kernels.isa()
+    }
+
+    /// Floating-point operations of one call on `[batch, seq, hidden]` (multiply-adds of the six
+    /// products and the two attention products, counted as two), the measure the benchmarks and
+    /// the anchors report GFLOP/s in.
+    pub fn flops(&self, batch: usize, seq: usize) -> f64 {
+        let d = self.dims;
+        let w = (d.num_heads * d.key_dim) as f64;
+        let (b, s, h, f) = (
+            batch as f64,
+            seq as f64,
+            d.hidden_dim as f64,
+            d.intermediate_dim as f64,
+        );
+        b * (2.0 * s * h * 3.0 * w + 4.0 * s * s * w + 2.0 * s * w * h + 4.0 * s * h * f)
     }
 
     /// Run the layer: `x` is `[batch, seq, hidden]`; returns `[batch, seq, hidden]`.
@@ -394,6 +518,7 @@ impl TransformerEncoder {
         }
     }
 
+    /// Check the call, then run the two blocks as Keras does.
     fn run(
         &self,
         x: TensorView<'_>,
@@ -445,133 +570,267 @@ impl TransformerEncoder {
             seq,
             &mut ws.mask,
         )?;
-        let m = batch * seq;
-        if m == 0 {
+        if batch * seq == 0 {
             return Ok(());
         }
-        let dropout = self.config.dropout as f32;
-        let train = opts.training.filter(|_| dropout > 0.0);
-        let policy = match opts.masked_rows {
-            MaskedRowPolicy::Zeros => MaskedRows::Zeros,
-            MaskedRowPolicy::Uniform => MaskedRows::Uniform,
-            MaskedRowPolicy::Keras => {
-                if scores.is_some() || self.config.dropout > 0.0 {
-                    MaskedRows::Zeros
-                } else {
-                    MaskedRows::Uniform
-                }
-            }
-        };
-        let keep = match merged {
-            Merged::None => KeepMask::All,
-            Merged::Keys => KeepMask::Keys(&ws.mask),
-            Merged::Full => KeepMask::Full(&ws.mask),
-        };
-        let (h, w, f) = (
-            hidden,
-            heads * self.dims.key_dim,
-            self.dims.intermediate_dim,
-        );
-        let k = self.kernels;
-        let eps = self.config.layer_norm_epsilon as f32;
-        let pre = self.config.normalize_first;
-        let wt = |i: usize| self.weights.tensor(i);
-        let xd = x.data;
-
-        // Attention block.
-        let normed = grow(&mut ws.normed, m * h);
-        if pre {
-            k.layer_norm(xd, None, h, wt(8), wt(9), eps, normed, None, par)?;
-        }
-        let qkv = grow(&mut ws.qkv, m * 3 * w);
-        k.gemm(
-            if pre { normed } else { xd },
-            m,
-            &self.wqkv,
-            &bias(&self.bqkv),
-            qkv,
+        let rate = self.config.dropout;
+        let call = Call {
+            keep: merged.keep(&ws.mask),
+            policy: opts.masked_rows.resolve(scores.is_some(), rate),
+            dropout: opts
+                .training
+                .filter(|_| rate > 0.0)
+                .map(|seed| (rate as f32, seed)),
             par,
-        )?;
-        let ctx = grow(&mut ws.ctx, m * w);
+        };
         let shape = AttentionShape {
             batch,
             seq,
             heads,
             key_dim: self.dims.key_dim,
         };
-        let drop = train.map(|s| (dropout, s));
-        k.attention(
-            qkv,
-            shape,
-            keep,
-            policy,
-            drop,
-            ctx,
-            scores,
-            &mut ws.scratch,
-            par,
-        )?;
-        let attn = grow(&mut ws.attn, m * h);
-        k.gemm(ctx, m, &self.wo, &bias(wt(7)), attn, par)?;
-        if let Some(seed) = train {
-            apply_dropout(attn, dropout, seed, 1);
-        }
+        let m = batch * seq;
+        let h = hidden;
         let x1 = grow(&mut ws.x1, m * h);
-        if pre {
-            // x1 = attn + x, and LN2(x1) for the feed-forward input, in one pass.
-            k.layer_norm(
-                attn,
-                Some(xd),
-                h,
-                wt(10),
-                wt(11),
-                eps,
-                normed,
-                Some(x1),
-                par,
-            )?;
-        } else {
-            k.layer_norm(attn, Some(xd), h, wt(8), wt(9), eps, x1, None, par)?;
-        }
-
-        // Feed-forward block.
-        let inter = grow(&mut ws.inter, m * f);
-        let ep1 = Epilogue {
-            bias: Some(wt(13)),
-            activation: Some(self.config.activation),
-            ..Epilogue::default()
+        let bufs = AttentionBuffers {
+            normed: grow(&mut ws.normed, m * h),
+            qkv: grow(&mut ws.qkv, m * 3 * heads * self.dims.key_dim),
+            ctx: grow(&mut ws.ctx, m * heads * self.dims.key_dim),
+            attn: grow(&mut ws.attn, m * h),
+            scratch: &mut ws.scratch,
         };
-        k.gemm(if pre { normed } else { x1 }, m, &self.w1, &ep1, inter, par)?;
-        if pre && train.is_none() {
-            let ep2 = Epilogue {
-                bias: Some(wt(15)),
-                residual: Some(x1),
-                ..Epilogue::default()
-            };
-            k.gemm(inter, m, &self.w2, &ep2, out, par)?;
-            return Ok(());
-        }
-        let ffn = grow(&mut ws.ffn, m * h);
-        k.gemm(inter, m, &self.w2, &bias(wt(15)), ffn, par)?;
-        if let Some(seed) = train {
-            apply_dropout(ffn, dropout, seed, 2);
-        }
-        if pre {
-            for ((o, a), r) in out.iter_mut().zip(ffn.iter()).zip(x1.iter()) {
-                *o = a + r;
-            }
+        self.self_attention_block(x.data, shape, &call, scores, bufs, x1)?;
+        let bufs = FeedForwardBuffers {
+            normed: grow(&mut ws.normed, m * h),
+            inter: grow(&mut ws.inter, m * self.dims.intermediate_dim),
+            ffn: grow(&mut ws.ffn, m * h),
+        };
+        self.feed_forward_block(&ws.x1[..m * h], m, &call, bufs, out)
+    }
+
+    /// `x1 = x + dropout(attention(norm?(x)))`, then `LN1(x1)` in post-norm mode.
+    fn self_attention_block(
+        &self,
+        x: &[f32],
+        shape: AttentionShape,
+        call: &Call<'_>,
+        scores: Option<&mut [f32]>,
+        b: AttentionBuffers<'_>,
+        x1: &mut [f32],
+    ) -> Result<()> {
+        let k = self.kernels;
+        let a = &self.attention;
+        let m = shape.batch * shape.seq;
+        let pre = self.config.normalize_first;
+        let eps = self.config.layer_norm_epsilon as f32;
+        let h = self.dims.hidden_dim;
+        let input = if pre {
+            k.layer_norm(
+                x,
+                None,
+                h,
+                &a.norm.gamma,
+                &a.norm.beta,
+                eps,
+                b.normed,
+                None,
+                call.par,
+            )?;
+            &*b.normed
         } else {
-            k.layer_norm(ffn, Some(x1), h, wt(10), wt(11), eps, out, None, par)?;
+            x
+        };
+        k.gemm(input, m, &a.qkv.kernel, &bias(&a.qkv.bias), b.qkv, call.par)?;
+        k.attention(
+            b.qkv,
+            shape,
+            call.keep,
+            call.policy,
+            call.dropout,
+            b.ctx,
+            scores,
+            b.scratch,
+            call.par,
+        )?;
+        if pre {
+            // x1 = x + dropout(ctx Wo + bo)
+            self.residual_projection(&a.output, b.ctx, m, x, call, 1, b.attn, x1)
+        } else {
+            // x1 = LN1(x + dropout(ctx Wo + bo))
+            k.gemm(
+                b.ctx,
+                m,
+                &a.output.kernel,
+                &bias(&a.output.bias),
+                b.attn,
+                call.par,
+            )?;
+            if let Some((rate, seed)) = call.dropout {
+                apply_dropout(b.attn, rate, seed, 1);
+            }
+            let g = &a.norm;
+            k.layer_norm(
+                b.attn,
+                Some(x),
+                h,
+                &g.gamma,
+                &g.beta,
+                eps,
+                x1,
+                None,
+                call.par,
+            )?;
+            Ok(())
+        }
+    }
+
+    /// `y = x1 + dropout(W2 act(W1 norm?(x1)))`, then `LN2(y)` in post-norm mode.
+    fn feed_forward_block(
+        &self,
+        x1: &[f32],
+        m: usize,
+        call: &Call<'_>,
+        b: FeedForwardBuffers<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let k = self.kernels;
+        let f = &self.feed_forward;
+        let pre = self.config.normalize_first;
+        let eps = self.config.layer_norm_epsilon as f32;
+        let h = self.dims.hidden_dim;
+        let input = if pre {
+            k.layer_norm(
+                x1,
+                None,
+                h,
+                &f.norm.gamma,
+                &f.norm.beta,
+                eps,
+                b.normed,
+                None,
+                call.par,
+            )?;
+            &*b.normed
+        } else {
+            x1
+        };
+        let ep1 = Epilogue {
+            bias: Some(&f.intermediate.bias),
+            activation: Some(self.config.activation),
+            residual: None,
+        };
+        k.gemm(input, m, &f.intermediate.kernel, &ep1, b.inter, call.par)?;
+        if pre {
+            self.residual_projection(&f.output, b.inter, m, x1, call, 2, b.ffn, out)
+        } else {
+            k.gemm(
+                b.inter,
+                m,
+                &f.output.kernel,
+                &bias(&f.output.bias),
+                b.ffn,
+                call.par,
+            )?;
+            if let Some((rate, seed)) = call.dropout {
+                apply_dropout(b.ffn, rate, seed, 2);
+            }
+            let g = &f.norm;
+            k.layer_norm(
+                b.ffn,
+                Some(x1),
+                h,
+                &g.gamma,
+                &g.beta,
+                eps,
+                out,
+                None,
+                call.par,
+            )?;
+            Ok(())
+        }
+    }
+
+    /// `out = residual + dropout(input P + bias)` (the residual fused into the product's
+    /// epilogue when there is no dropout between them).
+    fn residual_projection(
+        &self,
+        p: &Projection,
+        input: &[f32],
+        m: usize,
+        residual: &[f32],
+        call: &Call<'_>,
+        site: u64,
+        tmp: &mut [f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let k = self.kernels;
+        match call.dropout {
+            None => {
+                let ep = Epilogue {
+                    bias: Some(&p.bias),
+                    activation: None,
+                    residual: Some(residual),
+                };
+                k.gemm(input, m, &p.kernel, &ep, out, call.par)?;
+            }
+            Some((rate, seed)) => {
+                k.gemm(input, m, &p.kernel, &bias(&p.bias), tmp, call.par)?;
+                apply_dropout(tmp, rate, seed, site);
+                for ((o, a), r) in out.iter_mut().zip(tmp.iter()).zip(residual) {
+                    *o = a + r;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// The workspace buffers of the attention block.
+struct AttentionBuffers<'a> {
+    normed: &'a mut [f32],
+    qkv: &'a mut [f32],
+    ctx: &'a mut [f32],
+    attn: &'a mut [f32],
+    scratch: &'a mut AttentionScratch,
+}
+
+/// The workspace buffers of the feed-forward block.
+struct FeedForwardBuffers<'a> {
+    normed: &'a mut [f32],
+    inter: &'a mut [f32],
+    ffn: &'a mut [f32],
+}
+
+/// Configuration and weights must describe the same layer.
+fn check_config(config: &EncoderConfig, dims: &WeightDims) -> Result<()> {
+    config.validate(dims.hidden_dim)?;
+    if config.num_heads != dims.num_heads {
+        return Err(Error::weights(
+            "self_attention_layer/query/kernel",
+            format!(
+                "the weights have {} heads but the configuration has num_heads = {}",
+                dims.num_heads, config.num_heads
+            ),
+        ));
+    }
+    if config.intermediate_dim != dims.intermediate_dim {
+        return Err(Error::weights(
+            "feedforward_intermediate_dense/kernel",
+            format!(
+                "the weights have intermediate size {} but the configuration has intermediate_dim = {}",
+                dims.intermediate_dim, config.intermediate_dim
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An epilogue that adds a bias only.
 fn bias(t: &[f32]) -> Epilogue<'_> {
     Epilogue {
         bias: Some(t),
-        ..Epilogue::default()
+        activation: None::<Activation>,
+        residual: None,
     }
 }
 

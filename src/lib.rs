@@ -59,4 +59,6 @@ pub use mask::{Mask, MaskValues, implicit_mask_from_ids, padding_mask_from_ids};
 pub use stack::{EncoderStack, StackWorkspace};
 pub use transformer_encoder_kernels::activation::{ACCEPTED_NAMES as ACTIVATION_NAMES, Activation};
 pub use transformer_encoder_kernels::{Isa, IsaError};
-pub use weights::{EncoderWeights, WEIGHT_NAMES, WeightDims};
+pub use weights::{
+    Dense, DenseWeights, EncoderWeights, NormRole, NormWeights, Sublayers, WEIGHT_NAMES, WeightDims,
+};

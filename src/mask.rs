@@ -186,6 +186,18 @@ pub(crate) enum Merged {
     Full,
 }
 
+impl Merged {
+    /// The kernel's view of the merged mask held in `buf`.
+    pub(crate) fn keep(self, buf: &[u8]) -> transformer_encoder_kernels::KeepMask<'_> {
+        use transformer_encoder_kernels::KeepMask;
+        match self {
+            Merged::None => KeepMask::All,
+            Merged::Keys => KeepMask::Keys(buf),
+            Merged::Full => KeepMask::Full(buf),
+        }
+    }
+}
+
 /// Merge Keras-style masks into `buf` (resized as needed): `[B, S]` key keep-flags when only a
 /// padding mask is given, `[B, S, S]` when an attention mask is given.
 pub(crate) fn merge(

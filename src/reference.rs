@@ -2,12 +2,12 @@
 //! the kernel crate's reference operations.
 
 use crate::EncoderConfig;
-use crate::encoder::{CallOptions, MaskedRowPolicy, TensorView};
+use crate::encoder::{CallOptions, TensorView};
 use crate::error::{Error, Result};
-use crate::mask::{Merged, merge};
-use crate::weights::EncoderWeights;
+use crate::mask::merge;
+use crate::weights::{Dense, EncoderWeights, NormRole};
 use transformer_encoder_kernels::reference as r;
-use transformer_encoder_kernels::{AttentionShape, KeepMask, MaskedRows, rng};
+use transformer_encoder_kernels::{AttentionShape, rng};
 
 /// The reference result: output `[B, S, H]` and probabilities `[B, N, S, S]`, in float64.
 #[derive(Clone, Debug)]
@@ -57,39 +57,33 @@ pub fn forward(
         seq,
         &mut buf,
     )?;
-    let keep = match merged {
-        Merged::None => KeepMask::All,
-        Merged::Keys => KeepMask::Keys(&buf),
-        Merged::Full => KeepMask::Full(&buf),
-    };
-    let policy = match opts.masked_rows {
-        MaskedRowPolicy::Zeros => MaskedRows::Zeros,
-        MaskedRowPolicy::Uniform => MaskedRows::Uniform,
-        MaskedRowPolicy::Keras => {
-            if scores_path || config.dropout > 0.0 {
-                MaskedRows::Zeros
-            } else {
-                MaskedRows::Uniform
-            }
-        }
-    };
-    let w64 = |i: usize| -> Vec<f64> { weights.tensor(i).iter().map(|&v| v as f64).collect() };
-    let m = batch * seq;
-    let w = n * kd;
+    let keep = merged.keep(&buf);
+    let policy = opts.masked_rows.resolve(scores_path, config.dropout);
+    let l = weights.sublayers();
+    let f64s = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+    let dense = |d: Dense| (f64s(&l.dense(d).kernel), f64s(&l.dense(d).bias));
+    let norm = |n: NormRole| (f64s(&l.norm(n).gamma), f64s(&l.norm(n).beta));
     let eps = config.layer_norm_epsilon;
     let rate = config.dropout as f32;
     let train = opts.training.filter(|_| rate > 0.0);
     let xin: Vec<f64> = data.iter().map(|&v| v as f64).collect();
     let pre = config.normalize_first;
 
+    let (g1, b1) = norm(NormRole::SelfAttention);
+    let (g2, b2) = norm(NormRole::FeedForward);
     let hin = if pre {
-        r::layer_norm(&xin, h, &w64(8), &w64(9), eps)
+        r::layer_norm(&xin, h, &g1, &b1, eps)
     } else {
         xin.clone()
     };
-    let q = r::linear(&hin, &w64(0), &w64(1), m, h, w);
-    let k = r::linear(&hin, &w64(2), &w64(3), m, h, w);
-    let v = r::linear(&hin, &w64(4), &w64(5), m, h, w);
+    let project = |input: &[f64], d: Dense| {
+        let (k, b) = dense(d);
+        let (rows, cols) = weights.dims().matrix(d);
+        r::linear(input, &k, &b, input.len() / rows.max(1), rows, cols)
+    };
+    let q = project(&hin, Dense::Query);
+    let k = project(&hin, Dense::Key);
+    let v = project(&hin, Dense::Value);
     let shape = AttentionShape {
         batch,
         seq,
@@ -97,28 +91,28 @@ pub fn forward(
         key_dim: kd,
     };
     let (ctx, scores) = r::attention(&q, &k, &v, shape, keep, policy, train.map(|s| (rate, s)));
-    let mut a = r::linear(&ctx, &w64(6), &w64(7), m, w, h);
+    let mut a = project(&ctx, Dense::AttentionOutput);
     if let Some(seed) = train {
         dropout(&mut a, rate, seed, 1);
     }
     let mut x1: Vec<f64> = a.iter().zip(&xin).map(|(a, b)| a + b).collect();
     if !pre {
-        x1 = r::layer_norm(&x1, h, &w64(8), &w64(9), eps);
+        x1 = r::layer_norm(&x1, h, &g1, &b1, eps);
     }
     let h2 = if pre {
-        r::layer_norm(&x1, h, &w64(10), &w64(11), eps)
+        r::layer_norm(&x1, h, &g2, &b2, eps)
     } else {
         x1.clone()
     };
-    let mut inter = r::linear(&h2, &w64(12), &w64(13), m, h, f);
+    let mut inter = project(&h2, Dense::Intermediate);
     r::activation(config.activation, &mut inter, f);
-    let mut ff = r::linear(&inter, &w64(14), &w64(15), m, f, h);
+    let mut ff = project(&inter, Dense::Output);
     if let Some(seed) = train {
         dropout(&mut ff, rate, seed, 2);
     }
     let mut y: Vec<f64> = ff.iter().zip(&x1).map(|(a, b)| a + b).collect();
     if !pre {
-        y = r::layer_norm(&y, h, &w64(10), &w64(11), eps);
+        y = r::layer_norm(&y, h, &g2, &b2, eps);
     }
     Ok(ReferenceOutput { output: y, scores })
 }

@@ -1,5 +1,10 @@
 //! The layer's weights under their Keras names (SPEC section 2): loaded from and exported to
 //! safetensors, or drawn fresh from the Keras initializers.
+//!
+//! The layer is held as named sublayers ([`Sublayers`]): four attention projections, two
+//! feed-forward projections and two LayerNorms. Which Keras path names which sublayer is written
+//! once, in [`Dense::path`] and [`NormRole::path`]; loading, saving, initialising, the BERT
+//! loader and the encoder all go through the names.
 
 use crate::config::{EncoderConfig, Initializer};
 use crate::error::{Error, Result, dims};
@@ -42,41 +47,336 @@ pub struct WeightDims {
     pub intermediate_dim: usize,
 }
 
+/// A size a weight axis carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // One: the int8 scales
+enum Sym {
+    H,
+    N,
+    D,
+    F,
+    One,
+}
+
 impl WeightDims {
-    /// The Keras shape of weight `i` of [`WEIGHT_NAMES`].
-    pub fn shape(&self, i: usize) -> Vec<usize> {
-        let (h, n, d, f) = (
-            self.hidden_dim,
-            self.num_heads,
-            self.key_dim,
-            self.intermediate_dim,
-        );
-        match i {
-            0 | 2 | 4 => vec![h, n, d],
-            1 | 3 | 5 => vec![n, d],
-            6 => vec![n, d, h],
-            7..=11 => vec![h],
-            12 => vec![h, f],
-            13 => vec![f],
-            14 => vec![f, h],
-            _ => vec![h],
+    fn size(&self, s: Sym) -> usize {
+        match s {
+            Sym::H => self.hidden_dim,
+            Sym::N => self.num_heads,
+            Sym::D => self.key_dim,
+            Sym::F => self.intermediate_dim,
+            Sym::One => 1,
         }
     }
 
-    fn len(&self, i: usize) -> Result<usize> {
-        self.shape(i)
-            .iter()
-            .try_fold(1usize, |a, &b| a.checked_mul(b))
-            .ok_or_else(|| Error::weights(WEIGHT_NAMES[i], "shape overflows usize"))
+    fn shape_of(&self, syms: &[Sym]) -> Vec<usize> {
+        syms.iter().map(|&s| self.size(s)).collect()
+    }
+
+    /// The Keras shape of a weight by its name (see [`WEIGHT_NAMES`]), `None` for another name.
+    ///
+    /// ```
+    /// use transformer_encoder::WeightDims;
+    /// let d = WeightDims { hidden_dim: 48, num_heads: 5, key_dim: 9, intermediate_dim: 64 };
+    /// assert_eq!(d.shape("self_attention_layer/query/kernel"), Some(vec![48, 5, 9]));
+    /// assert_eq!(d.shape("feedforward_output_dense/bias"), Some(vec![48]));
+    /// ```
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        Part::ALL.iter().find_map(|p| {
+            p.tensors()
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| self.shape_of(s))
+        })
+    }
+
+    /// `(rows, columns)` of a projection's kernel as a matrix: `[in, out]`.
+    pub fn matrix(&self, d: Dense) -> (usize, usize) {
+        let w = self.num_heads * self.key_dim;
+        match d {
+            Dense::Query | Dense::Key | Dense::Value => (self.hidden_dim, w),
+            Dense::AttentionOutput => (w, self.hidden_dim),
+            Dense::Intermediate => (self.hidden_dim, self.intermediate_dim),
+            Dense::Output => (self.intermediate_dim, self.hidden_dim),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.hidden_dim == 0
+            || self.num_heads == 0
+            || self.key_dim == 0
+            || self.intermediate_dim == 0
+        {
+            return Err(Error::weights(
+                WEIGHT_NAMES[0],
+                format!("every size must be >= 1, got {self:?}"),
+            ));
+        }
+        if self.key_dim != self.hidden_dim / self.num_heads {
+            return Err(Error::weights(
+                WEIGHT_NAMES[0],
+                format!(
+                    "key_dim must be hidden_dim / num_heads (floored) = {}, got {}",
+                    self.hidden_dim / self.num_heads,
+                    self.key_dim
+                ),
+            ));
+        }
+        // Every tensor's element count must fit in usize.
+        for p in Part::ALL {
+            for (name, syms) in p.tensors() {
+                syms.iter()
+                    .try_fold(1usize, |a, &s| a.checked_mul(self.size(s)))
+                    .ok_or_else(|| Error::weights(&name, "shape overflows usize"))?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// The weights of one encoder layer, float32, in Keras layout (`[in, out]` kernels, row-major).
+/// One of the layer's six projections (Keras `EinsumDense` / `Dense` sublayers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dense {
+    /// `self_attention_layer/query`: kernel `[H, N, D]`, bias `[N, D]`.
+    Query,
+    /// `self_attention_layer/key`.
+    Key,
+    /// `self_attention_layer/value`.
+    Value,
+    /// `self_attention_layer/attention_output`: kernel `[N, D, H]`, bias `[H]`.
+    AttentionOutput,
+    /// `feedforward_intermediate_dense`: kernel `[H, F]`, bias `[F]`.
+    Intermediate,
+    /// `feedforward_output_dense`: kernel `[F, H]`, bias `[H]`.
+    Output,
+}
+
+impl Dense {
+    /// The six, in Keras' `layer.weights` order.
+    pub const ALL: [Dense; 6] = [
+        Dense::Query,
+        Dense::Key,
+        Dense::Value,
+        Dense::AttentionOutput,
+        Dense::Intermediate,
+        Dense::Output,
+    ];
+
+    /// The sublayer's Keras path: the name-to-field mapping, written once.
+    pub fn path(self) -> &'static str {
+        match self {
+            Dense::Query => "self_attention_layer/query",
+            Dense::Key => "self_attention_layer/key",
+            Dense::Value => "self_attention_layer/value",
+            Dense::AttentionOutput => "self_attention_layer/attention_output",
+            Dense::Intermediate => "feedforward_intermediate_dense",
+            Dense::Output => "feedforward_output_dense",
+        }
+    }
+
+    fn kernel_syms(self) -> &'static [Sym] {
+        match self {
+            Dense::Query | Dense::Key | Dense::Value => &[Sym::H, Sym::N, Sym::D],
+            Dense::AttentionOutput => &[Sym::N, Sym::D, Sym::H],
+            Dense::Intermediate => &[Sym::H, Sym::F],
+            Dense::Output => &[Sym::F, Sym::H],
+        }
+    }
+
+    fn bias_syms(self) -> &'static [Sym] {
+        match self {
+            Dense::Query | Dense::Key | Dense::Value => &[Sym::N, Sym::D],
+            Dense::AttentionOutput | Dense::Output => &[Sym::H],
+            Dense::Intermediate => &[Sym::F],
+        }
+    }
+
+    /// Keras' `kernel_scale` shape after `quantize("int8")`: the output axes, with the reduced
+    /// input axes kept as 1 for the einsum projections.
+    #[allow(dead_code)] // used by the int8 weights
+    pub(crate) fn scale_shape(self, d: &WeightDims) -> Vec<usize> {
+        let syms: &[Sym] = match self {
+            Dense::Query | Dense::Key | Dense::Value => &[Sym::One, Sym::One, Sym::N, Sym::D],
+            Dense::AttentionOutput => &[Sym::One, Sym::One, Sym::H],
+            Dense::Intermediate => &[Sym::F],
+            Dense::Output => &[Sym::H],
+        };
+        d.shape_of(syms)
+    }
+}
+
+/// One of the layer's two LayerNorms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NormRole {
+    /// `self_attention_layer_norm` (LN1).
+    SelfAttention,
+    /// `feedforward_layer_norm` (LN2).
+    FeedForward,
+}
+
+impl NormRole {
+    /// Both, in Keras' order.
+    pub const ALL: [NormRole; 2] = [NormRole::SelfAttention, NormRole::FeedForward];
+
+    /// The sublayer's Keras path.
+    pub fn path(self) -> &'static str {
+        match self {
+            NormRole::SelfAttention => "self_attention_layer_norm",
+            NormRole::FeedForward => "feedforward_layer_norm",
+        }
+    }
+}
+
+/// A sublayer, in Keras' `layer.weights` order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Dense(Dense),
+    Norm(NormRole),
+}
+
+impl Part {
+    const ALL: [Part; 8] = [
+        Part::Dense(Dense::Query),
+        Part::Dense(Dense::Key),
+        Part::Dense(Dense::Value),
+        Part::Dense(Dense::AttentionOutput),
+        Part::Norm(NormRole::SelfAttention),
+        Part::Norm(NormRole::FeedForward),
+        Part::Dense(Dense::Intermediate),
+        Part::Dense(Dense::Output),
+    ];
+
+    /// The float tensors of the sublayer: (full name, symbolic shape).
+    fn tensors(self) -> [(String, &'static [Sym]); 2] {
+        match self {
+            Part::Dense(d) => [
+                (format!("{}/kernel", d.path()), d.kernel_syms()),
+                (format!("{}/bias", d.path()), d.bias_syms()),
+            ],
+            Part::Norm(n) => [
+                (format!("{}/gamma", n.path()), &[Sym::H]),
+                (format!("{}/beta", n.path()), &[Sym::H]),
+            ],
+        }
+    }
+}
+
+/// A projection's float weights: `kernel` is the Keras kernel flattened to `[in, out]`, row major;
+/// `bias` is `[out]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseWeights {
+    /// `[in, out]`, row major (Keras' layout, its einsum axes flattened).
+    pub kernel: Vec<f32>,
+    /// `[out]`.
+    pub bias: Vec<f32>,
+}
+
+/// A LayerNorm's weights, `[H]` each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NormWeights {
+    /// Scale.
+    pub gamma: Vec<f32>,
+    /// Offset.
+    pub beta: Vec<f32>,
+}
+
+/// The layer's eight sublayers by name, each projection held as a `D` (float weights in
+/// [`EncoderWeights`], Keras' int8 variables in [`Int8Weights`](crate::Int8Weights)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sublayers<D> {
+    /// `self_attention_layer/query`.
+    pub query: D,
+    /// `self_attention_layer/key`.
+    pub key: D,
+    /// `self_attention_layer/value`.
+    pub value: D,
+    /// `self_attention_layer/attention_output`.
+    pub attention_output: D,
+    /// `self_attention_layer_norm`.
+    pub self_attention_layer_norm: NormWeights,
+    /// `feedforward_layer_norm`.
+    pub feedforward_layer_norm: NormWeights,
+    /// `feedforward_intermediate_dense`.
+    pub feedforward_intermediate_dense: D,
+    /// `feedforward_output_dense`.
+    pub feedforward_output_dense: D,
+}
+
+impl<D> Sublayers<D> {
+    /// A projection by role.
+    pub fn dense(&self, d: Dense) -> &D {
+        match d {
+            Dense::Query => &self.query,
+            Dense::Key => &self.key,
+            Dense::Value => &self.value,
+            Dense::AttentionOutput => &self.attention_output,
+            Dense::Intermediate => &self.feedforward_intermediate_dense,
+            Dense::Output => &self.feedforward_output_dense,
+        }
+    }
+
+    /// A projection by role, mutably.
+    pub fn dense_mut(&mut self, d: Dense) -> &mut D {
+        match d {
+            Dense::Query => &mut self.query,
+            Dense::Key => &mut self.key,
+            Dense::Value => &mut self.value,
+            Dense::AttentionOutput => &mut self.attention_output,
+            Dense::Intermediate => &mut self.feedforward_intermediate_dense,
+            Dense::Output => &mut self.feedforward_output_dense,
+        }
+    }
+
+    /// A LayerNorm by role.
+    pub fn norm(&self, n: NormRole) -> &NormWeights {
+        match n {
+            NormRole::SelfAttention => &self.self_attention_layer_norm,
+            NormRole::FeedForward => &self.feedforward_layer_norm,
+        }
+    }
+
+    /// A LayerNorm by role, mutably.
+    pub fn norm_mut(&mut self, n: NormRole) -> &mut NormWeights {
+        match n {
+            NormRole::SelfAttention => &mut self.self_attention_layer_norm,
+            NormRole::FeedForward => &mut self.feedforward_layer_norm,
+        }
+    }
+
+    /// Build every sublayer from functions of its role (in Keras' order).
+    pub fn try_build<E>(
+        mut dense: impl FnMut(Dense) -> std::result::Result<D, E>,
+        mut norm: impl FnMut(NormRole) -> std::result::Result<NormWeights, E>,
+    ) -> std::result::Result<Sublayers<D>, E> {
+        Ok(Sublayers {
+            query: dense(Dense::Query)?,
+            key: dense(Dense::Key)?,
+            value: dense(Dense::Value)?,
+            attention_output: dense(Dense::AttentionOutput)?,
+            self_attention_layer_norm: norm(NormRole::SelfAttention)?,
+            feedforward_layer_norm: norm(NormRole::FeedForward)?,
+            feedforward_intermediate_dense: dense(Dense::Intermediate)?,
+            feedforward_output_dense: dense(Dense::Output)?,
+        })
+    }
+
+    /// The same sublayers with every projection mapped.
+    pub fn try_map<D2, E>(
+        &self,
+        mut f: impl FnMut(Dense, &D) -> std::result::Result<D2, E>,
+    ) -> std::result::Result<Sublayers<D2>, E> {
+        Sublayers::try_build(|d| f(d, self.dense(d)), |n| Ok(self.norm(n).clone()))
+    }
+}
+
+/// The weights of one encoder layer, float32, in Keras layout (`[in, out]` kernels, row-major),
+/// as named sublayers.
 ///
 /// ```
 /// use transformer_encoder::{EncoderConfig, EncoderWeights};
 /// let cfg = EncoderConfig::new(32, 4);
 /// let w = EncoderWeights::init(&cfg, 16, 7).unwrap();
+/// assert_eq!(w.sublayers().query.kernel.len(), 16 * 16);
 /// let bytes = w.to_safetensors("").unwrap();
 /// let back = EncoderWeights::from_safetensors(&bytes, "").unwrap();
 /// assert_eq!(back, w);
@@ -84,34 +384,29 @@ impl WeightDims {
 #[derive(Clone, Debug, PartialEq)]
 pub struct EncoderWeights {
     dims: WeightDims,
-    tensors: Vec<Vec<f32>>,
+    layers: Sublayers<DenseWeights>,
 }
 
 impl EncoderWeights {
-    /// Build from the sixteen tensors in [`WEIGHT_NAMES`] order, checking every length.
-    pub fn from_tensors(wd: WeightDims, tensors: Vec<Vec<f32>>) -> Result<EncoderWeights> {
-        if tensors.len() != WEIGHT_NAMES.len() {
-            return Err(Error::shape(
-                "weights",
-                format!("{} tensors", WEIGHT_NAMES.len()),
-                format!("{} tensors", tensors.len()),
-            ));
-        }
-        check_dims(&wd)?;
-        for (i, t) in tensors.iter().enumerate() {
-            let want = wd.len(i)?;
-            if t.len() != want {
+    /// Build from named sublayers, checking every length against `dims`.
+    pub fn new(dims: WeightDims, layers: Sublayers<DenseWeights>) -> Result<EncoderWeights> {
+        dims.check()?;
+        let w = EncoderWeights { dims, layers };
+        for (name, t) in w.tensors() {
+            let want = dims.shape(&name).unwrap_or_default();
+            let n: usize = want.iter().product();
+            if t.len() != n {
                 return Err(Error::weights(
-                    WEIGHT_NAMES[i],
+                    &name,
                     format!(
-                        "expected shape {} ({want} values), got {} values",
-                        dims(&wd.shape(i)),
+                        "expected shape {} ({n} values), got {} values",
+                        self::dims(&want),
                         t.len()
                     ),
                 ));
             }
         }
-        Ok(EncoderWeights { dims: wd, tensors })
+        Ok(w)
     }
 
     /// The sizes.
@@ -119,37 +414,68 @@ impl EncoderWeights {
         self.dims
     }
 
-    /// A tensor by its Keras name (see [`WEIGHT_NAMES`]).
-    pub fn get(&self, name: &str) -> Option<&[f32]> {
-        WEIGHT_NAMES
-            .iter()
-            .position(|&n| n == name)
-            .map(|i| self.tensors[i].as_slice())
+    /// The sublayers.
+    pub fn sublayers(&self) -> &Sublayers<DenseWeights> {
+        &self.layers
     }
 
-    /// Tensor `i` of [`WEIGHT_NAMES`].
-    pub(crate) fn tensor(&self, i: usize) -> &[f32] {
-        &self.tensors[i]
+    /// Every tensor with its Keras name, in `layer.weights` order.
+    pub fn tensors(&self) -> Vec<(String, &[f32])> {
+        Part::ALL
+            .iter()
+            .flat_map(|&p| {
+                let [(k, _), (b, _)] = p.tensors();
+                let (x, y) = match p {
+                    Part::Dense(d) => {
+                        let w = self.layers.dense(d);
+                        (&w.kernel, &w.bias)
+                    }
+                    Part::Norm(n) => {
+                        let w = self.layers.norm(n);
+                        (&w.gamma, &w.beta)
+                    }
+                };
+                [(k, x.as_slice()), (b, y.as_slice())]
+            })
+            .collect()
+    }
+
+    /// A tensor by its Keras name (see [`WEIGHT_NAMES`]).
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.tensors()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+    }
+
+    /// Change values in place (shapes stay), tensor by tensor with its name.
+    pub fn map_values(mut self, mut f: impl FnMut(&str, &mut [f32])) -> EncoderWeights {
+        for d in Dense::ALL {
+            let w = self.layers.dense_mut(d);
+            f(&format!("{}/kernel", d.path()), &mut w.kernel);
+            f(&format!("{}/bias", d.path()), &mut w.bias);
+        }
+        for n in NormRole::ALL {
+            let w = self.layers.norm_mut(n);
+            f(&format!("{}/gamma", n.path()), &mut w.gamma);
+            f(&format!("{}/beta", n.path()), &mut w.beta);
+        }
+        self
     }
 
     /// Replace every value by its nearest value in a narrower storage format (applied when the
     /// configuration's dtype stores bf16 or f16 weights). A finite value that the format cannot
     /// hold (70000 in float16) is an error naming the tensor, never a silent infinity.
-    pub(crate) fn round_through(&mut self, format: &str, f: impl Fn(f32) -> f32) -> Result<()> {
-        for (i, t) in self.tensors.iter().enumerate() {
+    pub(crate) fn round_through(self, format: &str, f: impl Fn(f32) -> f32) -> Result<Self> {
+        for (name, t) in self.tensors() {
             if let Some(v) = t.iter().find(|v| v.is_finite() && !f(**v).is_finite()) {
                 return Err(Error::weights(
-                    WEIGHT_NAMES[i],
+                    &name,
                     format!("value {v} overflows the {format} weight storage"),
                 ));
             }
         }
-        for t in &mut self.tensors {
-            for v in t.iter_mut() {
-                *v = f(*v);
-            }
-        }
-        Ok(())
+        Ok(self.map_values(|_, t| t.iter_mut().for_each(|v| *v = f(*v))))
     }
 
     /// Fresh weights from the configuration's initializers (as Keras builds the layer),
@@ -162,36 +488,49 @@ impl EncoderWeights {
             key_dim: config.key_dim(hidden_dim),
             intermediate_dim: config.intermediate_dim,
         };
-        let (h, nd, f) = (
-            hidden_dim,
-            dims.num_heads * dims.key_dim,
-            dims.intermediate_dim,
-        );
-        let mut tensors = Vec::with_capacity(16);
-        for i in 0..WEIGHT_NAMES.len() {
-            let n = dims.len(i)?;
-            let shape = dims.shape(i);
-            let t = match i {
-                // Kernels: EinsumDense passes the true input/output axes as fans (Keras 3.15).
-                0 | 2 | 4 => draw(&config.kernel_initializer, n, h, nd, seed, i),
-                6 => draw(&config.kernel_initializer, n, nd, h, seed, i),
-                12 => draw(&config.kernel_initializer, n, h, f, seed, i),
-                14 => draw(&config.kernel_initializer, n, f, h, seed, i),
-                8 | 10 => vec![1.0; n],
-                9 | 11 => vec![0.0; n],
-                _ => {
-                    // Biases: Keras' compute_fans of the bias shape.
-                    let (fi, fo) = if shape.len() == 2 {
-                        (shape[0], shape[1])
-                    } else {
-                        (shape[0], shape[0])
-                    };
-                    draw(&config.bias_initializer, n, fi, fo, seed, i)
-                }
-            };
-            tensors.push(t);
-        }
-        EncoderWeights::from_tensors(dims, tensors)
+        dims.check()?;
+        // Each tensor draws from its own stream: its position in WEIGHT_NAMES.
+        let stream = |name: &str| WEIGHT_NAMES.iter().position(|&n| n == name).unwrap_or(0);
+        let layers = Sublayers::try_build(
+            |d| -> Result<DenseWeights> {
+                let (fan_in, fan_out) = dims.matrix(d);
+                let kname = format!("{}/kernel", d.path());
+                let bname = format!("{}/bias", d.path());
+                let bshape = dims.shape_of(d.bias_syms());
+                // Biases: Keras' compute_fans of the bias shape.
+                let (bi, bo) = if bshape.len() == 2 {
+                    (bshape[0], bshape[1])
+                } else {
+                    (bshape[0], bshape[0])
+                };
+                Ok(DenseWeights {
+                    // Kernels: EinsumDense passes the true input/output axes as fans (Keras 3.15).
+                    kernel: draw(
+                        &config.kernel_initializer,
+                        fan_in * fan_out,
+                        fan_in,
+                        fan_out,
+                        seed,
+                        stream(&kname),
+                    ),
+                    bias: draw(
+                        &config.bias_initializer,
+                        bshape.iter().product(),
+                        bi,
+                        bo,
+                        seed,
+                        stream(&bname),
+                    ),
+                })
+            },
+            |_| {
+                Ok(NormWeights {
+                    gamma: vec![1.0; hidden_dim],
+                    beta: vec![0.0; hidden_dim],
+                })
+            },
+        )?;
+        EncoderWeights::new(dims, layers)
     }
 
     /// Load from a safetensors buffer. Tensors are looked up as `prefix + name` (the golden files
@@ -200,9 +539,81 @@ impl EncoderWeights {
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<EncoderWeights> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::format("safetensors", e.to_string()))?;
+        let names: Vec<String> = WEIGHT_NAMES.iter().map(|n| n.to_string()).collect();
+        let loaded = Loaded::read(&st, prefix, &names)?;
+        let dims = loaded.dims()?;
+        let layers = Sublayers::try_build(
+            |d| -> Result<DenseWeights> {
+                Ok(DenseWeights {
+                    kernel: loaded.f32(&format!("{}/kernel", d.path()), d.kernel_syms(), &dims)?,
+                    bias: loaded.f32(&format!("{}/bias", d.path()), d.bias_syms(), &dims)?,
+                })
+            },
+            |n| {
+                Ok(NormWeights {
+                    gamma: loaded.f32(&format!("{}/gamma", n.path()), &[Sym::H], &dims)?,
+                    beta: loaded.f32(&format!("{}/beta", n.path()), &[Sym::H], &dims)?,
+                })
+            },
+        )?;
+        EncoderWeights::new(dims, layers)
+    }
+
+    /// Load from a safetensors file (see [`EncoderWeights::from_safetensors`]).
+    pub fn from_safetensors_file(path: impl AsRef<Path>, prefix: &str) -> Result<EncoderWeights> {
+        EncoderWeights::from_safetensors(&read_file(path.as_ref())?, prefix)
+    }
+
+    /// Export as a safetensors buffer (float32) with the Keras names under `prefix`.
+    pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>> {
+        let views: BTreeMap<String, TensorOut<'_>> = self
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| {
+                (
+                    format!("{prefix}{n}"),
+                    TensorOut::F32 {
+                        shape: self.dims.shape(&n).unwrap_or_default(),
+                        data: t,
+                    },
+                )
+            })
+            .collect();
+        serialize(views)
+    }
+
+    /// Export to a safetensors file.
+    pub fn save_safetensors(&self, path: impl AsRef<Path>, prefix: &str) -> Result<()> {
+        write_file(path.as_ref(), &self.to_safetensors(prefix)?)
+    }
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::format(&path.display().to_string(), e.to_string()))
+}
+
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes)
+        .map_err(|e| Error::format(&path.display().to_string(), e.to_string()))
+}
+
+/// A safetensors file's tensors under a prefix, checked against the expected names.
+pub(crate) struct Loaded<'a> {
+    prefix: String,
+    tensors: BTreeMap<String, safetensors::tensor::TensorView<'a>>,
+}
+
+impl<'a> Loaded<'a> {
+    /// Every expected name must be there; a tensor under the prefix that is not expected is an
+    /// error.
+    pub(crate) fn read(
+        st: &'a SafeTensors<'a>,
+        prefix: &str,
+        expected: &[String],
+    ) -> Result<Loaded<'a>> {
         for name in st.names() {
             if let Some(rest) = name.strip_prefix(prefix)
-                && !WEIGHT_NAMES.contains(&rest)
+                && !expected.iter().any(|e| e == rest)
             {
                 return Err(Error::weights(
                     name,
@@ -212,24 +623,44 @@ impl EncoderWeights {
                 ));
             }
         }
-        let mut loaded = Vec::with_capacity(16);
-        for name in WEIGHT_NAMES {
+        let mut tensors = BTreeMap::new();
+        for name in expected {
             let full = format!("{prefix}{name}");
             let t = st
                 .tensor(&full)
                 .map_err(|_| Error::weights(&full, "missing"))?;
-            loaded.push((
-                t.shape().to_vec(),
-                tensor_to_f32(&full, t.dtype(), t.data())?,
-            ));
+            tensors.insert(name.clone(), t);
         }
-        // Each size is read off every tensor that carries it and the most common value wins,
-        // so a single mis-shaped tensor is the one named in the error.
-        let vote = |picks: &[(usize, usize)]| -> usize {
-            let vals: Vec<usize> = picks
-                .iter()
-                .filter_map(|&(t, ax)| loaded[t].0.get(ax).copied())
-                .collect();
+        Ok(Loaded {
+            prefix: prefix.to_string(),
+            tensors,
+        })
+    }
+
+    fn get(&self, name: &str) -> Result<&safetensors::tensor::TensorView<'a>> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::weights(&format!("{}{name}", self.prefix), "missing"))
+    }
+
+    /// The sizes, read off every float tensor that carries each (the most common value wins, so a
+    /// single mis-shaped tensor is the one named in the error).
+    pub(crate) fn dims(&self) -> Result<WeightDims> {
+        let vote = |sym: Sym| -> usize {
+            let mut vals = Vec::new();
+            for p in Part::ALL {
+                for (name, syms) in p.tensors() {
+                    if let Some(t) = self.tensors.get(&name)
+                        && t.shape().len() == syms.len()
+                    {
+                        for (ax, &s) in syms.iter().enumerate() {
+                            if s == sym {
+                                vals.push(t.shape()[ax]);
+                            }
+                        }
+                    }
+                }
+            }
             let mut best = (0usize, 0usize);
             for &v in &vals {
                 let c = vals.iter().filter(|&&x| x == v).count();
@@ -239,93 +670,91 @@ impl EncoderWeights {
             }
             best.0
         };
-        let wd = WeightDims {
-            hidden_dim: vote(&[
-                (0, 0),
-                (2, 0),
-                (4, 0),
-                (6, 2),
-                (7, 0),
-                (8, 0),
-                (9, 0),
-                (10, 0),
-                (11, 0),
-                (12, 0),
-                (14, 1),
-                (15, 0),
-            ]),
-            num_heads: vote(&[(0, 1), (1, 0), (2, 1), (3, 0), (4, 1), (5, 0), (6, 0)]),
-            key_dim: vote(&[(0, 2), (1, 1), (2, 2), (3, 1), (4, 2), (5, 1), (6, 1)]),
-            intermediate_dim: vote(&[(12, 1), (13, 0), (14, 0)]),
+        let d = WeightDims {
+            hidden_dim: vote(Sym::H),
+            num_heads: vote(Sym::N),
+            key_dim: vote(Sym::D),
+            intermediate_dim: vote(Sym::F),
         };
-        check_dims(&wd)?;
-        let mut tensors = Vec::with_capacity(16);
-        for (i, (shape, data)) in loaded.into_iter().enumerate() {
-            let want = wd.shape(i);
-            if shape != want {
-                return Err(Error::weights(
-                    &format!("{prefix}{}", WEIGHT_NAMES[i]),
-                    format!("expected shape {}, got {}", dims(&want), dims(&shape)),
-                ));
-            }
-            tensors.push(data);
+        d.check()?;
+        Ok(d)
+    }
+
+    fn check_shape(&self, name: &str, want: &[usize]) -> Result<()> {
+        let t = self.get(name)?;
+        if t.shape() != want {
+            return Err(Error::weights(
+                &format!("{}{name}", self.prefix),
+                format!("expected shape {}, got {}", dims(want), dims(t.shape())),
+            ));
         }
-        EncoderWeights::from_tensors(wd, tensors)
+        Ok(())
     }
 
-    /// Load from a safetensors file (see [`EncoderWeights::from_safetensors`]).
-    pub fn from_safetensors_file(path: impl AsRef<Path>, prefix: &str) -> Result<EncoderWeights> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::format(&path.display().to_string(), e.to_string()))?;
-        EncoderWeights::from_safetensors(&bytes, prefix)
+    /// A float tensor of the given symbolic shape, as f32.
+    fn f32(&self, name: &str, syms: &[Sym], d: &WeightDims) -> Result<Vec<f32>> {
+        self.f32_shaped(name, &d.shape_of(syms))
     }
 
-    /// Export as a safetensors buffer (float32) with the Keras names under `prefix`.
-    pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>> {
-        let views: BTreeMap<String, F32View<'_>> = WEIGHT_NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                (
-                    format!("{prefix}{n}"),
-                    F32View {
-                        shape: self.dims.shape(i),
-                        data: &self.tensors[i],
-                    },
-                )
-            })
-            .collect();
-        safetensors::serialize(views, None).map_err(|e| Error::format("safetensors", e.to_string()))
+    /// A float tensor of the given shape, as f32.
+    pub(crate) fn f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.check_shape(name, shape)?;
+        let t = self.get(name)?;
+        tensor_to_f32(&format!("{}{name}", self.prefix), t.dtype(), t.data())
     }
 
-    /// Export to a safetensors file.
-    pub fn save_safetensors(&self, path: impl AsRef<Path>, prefix: &str) -> Result<()> {
-        let path = path.as_ref();
-        let bytes = self.to_safetensors(prefix)?;
-        std::fs::write(path, bytes)
-            .map_err(|e| Error::format(&path.display().to_string(), e.to_string()))
+    /// An int8 tensor of the given shape.
+    #[allow(dead_code)] // used by the int8 weights
+    pub(crate) fn i8_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<i8>> {
+        self.check_shape(name, shape)?;
+        let t = self.get(name)?;
+        if t.dtype() != Dtype::I8 {
+            return Err(Error::weights(
+                &format!("{}{name}", self.prefix),
+                format!("dtype {:?}, expected I8", t.dtype()),
+            ));
+        }
+        Ok(t.data().iter().map(|&b| b as i8).collect())
     }
 }
 
-fn check_dims(d: &WeightDims) -> Result<()> {
-    if d.hidden_dim == 0 || d.num_heads == 0 || d.key_dim == 0 || d.intermediate_dim == 0 {
-        return Err(Error::weights(
-            WEIGHT_NAMES[0],
-            format!("every size must be >= 1, got {d:?}"),
-        ));
+/// A tensor to write.
+#[allow(dead_code)] // I8: the int8 weights
+pub(crate) enum TensorOut<'a> {
+    F32 { shape: Vec<usize>, data: &'a [f32] },
+    I8 { shape: Vec<usize>, data: &'a [i8] },
+}
+
+impl View for TensorOut<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            TensorOut::F32 { .. } => Dtype::F32,
+            TensorOut::I8 { .. } => Dtype::I8,
+        }
     }
-    if d.key_dim != d.hidden_dim / d.num_heads {
-        return Err(Error::weights(
-            WEIGHT_NAMES[0],
-            format!(
-                "key_dim must be hidden_dim / num_heads (floored) = {}, got {}",
-                d.hidden_dim / d.num_heads,
-                d.key_dim
-            ),
-        ));
+    fn shape(&self) -> &[usize] {
+        match self {
+            TensorOut::F32 { shape, .. } | TensorOut::I8 { shape, .. } => shape,
+        }
     }
-    Ok(())
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            TensorOut::F32 { data, .. } => {
+                Cow::Owned(data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            TensorOut::I8 { data, .. } => Cow::Owned(data.iter().map(|&v| v as u8).collect()),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            TensorOut::F32 { data, .. } => data.len() * 4,
+            TensorOut::I8 { data, .. } => data.len(),
+        }
+    }
+}
+
+pub(crate) fn serialize(views: BTreeMap<String, TensorOut<'_>>) -> Result<Vec<u8>> {
+    safetensors::serialize(views, None).map_err(|e| Error::format("safetensors", e.to_string()))
 }
 
 fn tensor_to_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
@@ -349,26 +778,6 @@ fn tensor_to_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
             name,
             format!("dtype {other:?} is not a float type (expected F32, F64, F16 or BF16)"),
         )),
-    }
-}
-
-struct F32View<'a> {
-    shape: Vec<usize>,
-    data: &'a [f32],
-}
-
-impl View for F32View<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
-    fn data_len(&self) -> usize {
-        self.data.len() * 4
     }
 }
 
@@ -424,5 +833,19 @@ fn draw(
         Initializer::TruncatedNormal { mean, stddev, .. } => truncated(mean, stddev),
         Initializer::Zeros => vec![0.0; n],
         Initializer::Ones => vec![1.0; n],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_names_are_the_sublayer_paths_in_keras_order() {
+        let derived: Vec<String> = Part::ALL
+            .iter()
+            .flat_map(|p| p.tensors().map(|(n, _)| n))
+            .collect();
+        assert_eq!(derived, WEIGHT_NAMES.to_vec());
     }
 }

@@ -52,7 +52,7 @@ fn vs_reference(
     what: &str,
 ) {
     let xv = TensorView::new(x, shape);
-    let r = reference::forward(e.config(), e.weights(), xv, o, false).unwrap();
+    let r = reference::forward(e.config(), &e.weights(), xv, o, false).unwrap();
     let y = e.forward(xv, o).unwrap();
     let scale = r
         .output
@@ -60,7 +60,7 @@ fn vs_reference(
         .filter(|v| v.is_finite())
         .fold(1.0f64, |m, v| m.max(v.abs()));
     close(&y, &r.output, 1e-5 * scale, 1e-4, what);
-    let rs = reference::forward(e.config(), e.weights(), xv, o, true).unwrap();
+    let rs = reference::forward(e.config(), &e.weights(), xv, o, true).unwrap();
     let (y2, s) = e.forward_with_scores(xv, o).unwrap();
     close(
         &y2,
@@ -308,15 +308,8 @@ fn n6_denormal_inputs_and_weights() {
     for isa in tiers() {
         let cfg = EncoderConfig::new(32, 4).with_activation(Activation::Gelu);
         let w = EncoderWeights::init(&cfg, 16, 1).unwrap();
-        let tiny: Vec<Vec<f32>> = (0..16)
-            .map(|i| vec![1e-39f32; w.dims().shape(i).iter().product()])
-            .collect();
-        let e = TransformerEncoder::with_isa(
-            cfg.clone(),
-            EncoderWeights::from_tensors(w.dims(), tiny).unwrap(),
-            isa,
-        )
-        .unwrap();
+        let tiny = w.clone().map_values(|_, t| t.fill(1e-39));
+        let e = TransformerEncoder::with_isa(cfg.clone(), tiny, isa).unwrap();
         let x = vec![1e-39f32; 2 * 5 * 16];
         let y = e
             .forward(TensorView::new(&x, &[2, 5, 16]), &CallOptions::new())
@@ -358,22 +351,22 @@ fn n7_a7_half_precision_storage() {
     );
     let cfg = EncoderConfig::new(8, 2);
     let w = EncoderWeights::init(&cfg, 4, 1).unwrap();
-    let mut t: Vec<Vec<f32>> = (0..16)
-        .map(|i| w.get(WEIGHT_NAMES[i]).unwrap().to_vec())
-        .collect();
-    t[12][0] = 70000.0;
-    let big = EncoderWeights::from_tensors(w.dims(), t).unwrap();
+    let big = w.map_values(|name, t| {
+        if name == "feedforward_intermediate_dense/kernel" {
+            t[0] = 70000.0;
+        }
+    });
     let e = TransformerEncoder::new(cfg.clone().with_dtype("float16"), big.clone()).unwrap_err();
     assert!(
         matches!(&e, Error::Weights { name, .. } if name == "feedforward_intermediate_dense/kernel"),
         "{e}"
     );
     assert!(TransformerEncoder::new(cfg.clone().with_dtype("bfloat16"), big.clone()).is_ok());
-    let mut t2: Vec<Vec<f32>> = (0..16)
-        .map(|i| big.get(WEIGHT_NAMES[i]).unwrap().to_vec())
-        .collect();
-    t2[0][0] = f32::MAX;
-    let huge = EncoderWeights::from_tensors(w.dims(), t2).unwrap();
+    let huge = big.clone().map_values(|name, t| {
+        if name == "self_attention_layer/query/kernel" {
+            t[0] = f32::MAX;
+        }
+    });
     assert!(
         TransformerEncoder::new(cfg.with_dtype("bfloat16"), huge).is_err(),
         "f32::MAX overflows bf16"
@@ -415,18 +408,12 @@ fn n8_n9_large_values_and_nan_weights_propagate_identically() {
             pattern.push(y.iter().map(|v| v.is_nan()).collect::<Vec<_>>());
         }
         assert_eq!(pattern[0], pattern[1], "{isa}");
-        let w = e.weights();
-        let mut t: Vec<Vec<f32>> = (0..16)
-            .map(|i| w.get(WEIGHT_NAMES[i]).unwrap().to_vec())
-            .collect();
-        t[4][5] = f32::NAN;
-        t[14][3] = f32::INFINITY;
-        let e2 = TransformerEncoder::with_isa(
-            e.config().clone(),
-            EncoderWeights::from_tensors(w.dims(), t).unwrap(),
-            isa,
-        )
-        .unwrap();
+        let poisoned = e.weights().map_values(|name, t| match name {
+            "self_attention_layer/value/kernel" => t[5] = f32::NAN,
+            "feedforward_output_dense/kernel" => t[3] = f32::INFINITY,
+            _ => {}
+        });
+        let e2 = TransformerEncoder::with_isa(e.config().clone(), poisoned, isa).unwrap();
         let y = e2
             .forward(TensorView::new(&x, &[b, s, h]), &CallOptions::new())
             .unwrap();
@@ -892,6 +879,52 @@ fn u7_size_overflow_is_an_error() {
     assert!(implicit_mask_from_ids(&[1u32, 2], usize::MAX, 2, 0).is_err());
     let k = Kernels::for_isa(Isa::Portable).unwrap();
     assert!(k.pack(&[0.0; 4], usize::MAX, 2).is_err());
+    assert!(k.pack(&[0.0; 4], 2, usize::MAX).is_err());
+    // The gemm: an m whose m * k overflows, with a small packed matrix and empty buffers.
+    let p = k.pack(&[0.0; 16], 4, 4).unwrap();
+    let ep = transformer_encoder_kernels::Epilogue::default();
+    for m in [1usize << 62, usize::MAX / 4 + 1, usize::MAX] {
+        assert!(
+            k.gemm(&[], m, &p, &ep, &mut [], Par::Seq).is_err(),
+            "gemm m = {m}"
+        );
+    }
+    // The baseline product: m = 2^62, k = n = 4 once wrapped to an empty `a` and `out` and ran
+    // out of bounds; every size product is checked now.
+    for (m, kk, n, a, b, o) in [
+        (1usize << 62, 4usize, 4usize, 0usize, 16usize, 0usize),
+        (4, 1 << 62, 4, 0, 0, 16),
+        (4, 4, 1 << 62, 16, 0, 0),
+        (usize::MAX, usize::MAX, usize::MAX, 1, 1, 1),
+    ] {
+        let (a, b, mut o) = (vec![0.0f32; a], vec![0.0f32; b], vec![0.0f32; o]);
+        assert!(
+            transformer_encoder_kernels::baseline_sgemm(&a, &b, m, kk, n, &mut o).is_err(),
+            "baseline_sgemm {m} x {kk} x {n}"
+        );
+    }
+    // Activations and LayerNorm take a row length: a zero or non-dividing one is an error.
+    let mut x = [0.0f32; 6];
+    assert!(k.activation(Activation::Softmax, &mut x, 0).is_err());
+    assert!(
+        k.activation(Activation::Softmax, &mut x, usize::MAX)
+            .is_err()
+    );
+    let mut out = [0.0f32; 6];
+    assert!(
+        k.layer_norm(
+            &[0.0; 6],
+            None,
+            usize::MAX,
+            &[],
+            &[],
+            1e-5,
+            &mut out,
+            None,
+            Par::Seq
+        )
+        .is_err()
+    );
     let shape = AttentionShape {
         batch: usize::MAX,
         seq: 2,

@@ -1,5 +1,5 @@
 //! No heap allocation per call after warm-up: a counting global allocator sees every thread.
-//! (Its own test binary, so no other test allocates while it counts.)
+//! (Its own test binary, its tests one at a time, so no other test allocates while it counts.)
 
 // A global allocator is an unsafe trait; this test is the only place of the API package that
 // needs it.
@@ -15,6 +15,8 @@ use transformer_encoder::*;
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 static COUNTING: AtomicBool = AtomicBool::new(false);
+/// Bytes currently allocated (every thread).
+static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator; only counts.
 unsafe impl GlobalAlloc for Counting {
@@ -22,10 +24,12 @@ unsafe impl GlobalAlloc for Counting {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
+        LIVE.fetch_add(l.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { System.dealloc(p, l) }
     }
@@ -33,6 +37,8 @@ unsafe impl GlobalAlloc for Counting {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
+        LIVE.fetch_add(n, Ordering::Relaxed);
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(p, l, n) }
     }
@@ -50,6 +56,9 @@ fn pool(n: usize) -> Arc<rayon::ThreadPool> {
     )
 }
 
+/// The tests of this binary run one at a time: each counts every thread's allocations.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn count(f: impl FnOnce()) -> usize {
     ALLOCS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
@@ -60,17 +69,20 @@ fn count(f: impl FnOnce()) -> usize {
 
 #[test]
 fn no_allocation_per_call_after_warm_up() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (b, s, h) = (2, 40, 192);
     let x = rand_vec(b * s * h, 6, -1.0, 1.0);
     let pad: Vec<u8> = (0..b * s).map(|i| (i % s < 30) as u8).collect();
     const CALLS: usize = 100;
+    // One pool for the whole test: a pool dropped while counting would have its threads
+    // allocate as they exit.
+    let p = pool(2);
     for isa in tiers() {
         for pre in [false, true] {
             let cfg = EncoderConfig::new(384, 6)
                 .with_activation(Activation::Gelu)
                 .with_normalize_first(pre);
             let w = EncoderWeights::init(&cfg, h, 5).unwrap();
-            let p = pool(2);
             let base = TransformerEncoder::with_isa(cfg, w, isa).unwrap();
             let opts = CallOptions::new().padding_mask(Mask::new(&pad, &[b, s]));
             let xv = TensorView::new(&x, &[b, s, h]);
@@ -133,5 +145,36 @@ fn no_allocation_per_call_after_warm_up() {
                 "{isa}: dedicated pool: {n} allocations in {CALLS} warm calls"
             );
         }
+    }
+}
+
+#[test]
+fn an_encoder_holds_its_weights_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A BERT-base layer: 7.08 M parameters, 28.3 MB in float32. After construction the encoder
+    // holds the packed panels and the small vectors only (no float copy of the kernels beside
+    // them): the heap it frees on drop is at most 1.05x its packed bytes, and what
+    // `held_bytes` reports.
+    let cfg = EncoderConfig::new(3072, 12).with_activation(Activation::Gelu);
+    for isa in tiers() {
+        let w = EncoderWeights::init(&cfg, 768, 1).unwrap();
+        let params: usize = w.tensors().iter().map(|(_, t)| t.len()).sum();
+        assert_eq!(params, 7_087_872);
+        let enc = TransformerEncoder::with_isa(cfg.clone(), w, isa).unwrap();
+        let live = LIVE.load(Ordering::SeqCst);
+        let packed = enc.packed_bytes();
+        let held = enc.held_bytes();
+        drop(enc);
+        let freed = live - LIVE.load(Ordering::SeqCst);
+        // Every kernel value is packed (norms: 4 x 768, biases: 5 x 768 + 3072).
+        assert!(packed >= 4 * (params - 9 * 768 - 3072), "{isa}: {packed}");
+        assert!(
+            freed as f64 <= 1.05 * packed as f64 && held as f64 <= 1.05 * packed as f64,
+            "{isa}: frees {freed} B, reports {held} B, for {packed} B of packed weights"
+        );
+        assert!(
+            freed.abs_diff(held) < 4096,
+            "{isa}: frees {freed} B, reports {held} B"
+        );
     }
 }

@@ -199,7 +199,7 @@ fn weights_export_import_round_trip() {
     let e = TransformerEncoder::new(case.config.clone(), case.weights.clone()).unwrap();
     let bytes = e.weights().to_safetensors("").unwrap();
     let back = EncoderWeights::from_safetensors(&bytes, "").unwrap();
-    assert_eq!(&back, e.weights());
+    assert_eq!(back, e.weights());
     assert_eq!(back.dims().key_dim, 9);
     let e2 = TransformerEncoder::new(case.config.clone(), back).unwrap();
     let x = TensorView::new(&case.inputs, &case.shape);
@@ -211,7 +211,7 @@ fn weights_export_import_round_trip() {
     let p = dir.join("w.safetensors");
     e.weights().save_safetensors(&p, "layer0/").unwrap();
     assert_eq!(
-        &EncoderWeights::from_safetensors_file(&p, "layer0/").unwrap(),
+        EncoderWeights::from_safetensors_file(&p, "layer0/").unwrap(),
         e.weights()
     );
     std::fs::remove_dir_all(&dir).ok();
@@ -314,9 +314,15 @@ fn bad_weight_sets_are_refused_by_name() {
     assert!(matches!(e, Error::Weights { .. }), "{e}");
     let e = TransformerEncoder::new(EncoderConfig::new(13, 2), w.clone()).unwrap_err();
     assert!(matches!(e, Error::Weights { .. }), "{e}");
-    // Wrong tensor count / length through from_tensors.
-    assert!(EncoderWeights::from_tensors(w.dims(), vec![vec![0.0; 3]; 16]).is_err());
-    assert!(EncoderWeights::from_tensors(w.dims(), vec![]).is_err());
+    // A sublayer of the wrong length through `new`: the error names the tensor.
+    let mut parts = w.sublayers().clone();
+    parts.value.bias.pop();
+    let e = EncoderWeights::new(w.dims(), parts).unwrap_err();
+    assert_eq!(name_of(e), "self_attention_layer/value/bias");
+    let mut parts = w.sublayers().clone();
+    parts.feedforward_layer_norm.gamma.push(1.0);
+    let e = EncoderWeights::new(w.dims(), parts).unwrap_err();
+    assert_eq!(name_of(e), "feedforward_layer_norm/gamma");
 }
 
 // ---------------------------------------------------------------- call errors
@@ -422,7 +428,7 @@ fn call_errors_name_the_argument_and_write_nothing() {
     assert!(err.is_err() && out.iter().all(|&v| v == 7.0));
     // Unavailable or unknown tiers are errors, never an illegal instruction.
     for isa in Isa::ALL {
-        let r = TransformerEncoder::with_isa(EncoderConfig::new(12, 2), e.weights().clone(), isa);
+        let r = TransformerEncoder::with_isa(EncoderConfig::new(12, 2), e.weights(), isa);
         assert_eq!(r.is_ok(), isa.is_available());
     }
     assert!("sse9".parse::<Isa>().is_err());
@@ -461,7 +467,7 @@ fn reference_out(
     o: &CallOptions<'_>,
     scores: bool,
 ) -> reference::ReferenceOutput {
-    reference::forward(e.config(), e.weights(), x, o, scores).unwrap()
+    reference::forward(e.config(), &e.weights(), x, o, scores).unwrap()
 }
 
 fn close(a: &[f32], b: &[f64], tol: f64) {

@@ -292,6 +292,20 @@ impl Activation {
             Activation::Softsign => x / (1.0 + x.abs()),
             Activation::Mish => x * softplus(x).tanh(),
             Activation::Tanh => x.tanh(),
+            // x - tanh x cancels in float64 too below |x| = 0.1: its Taylor series there.
+            Activation::TanhShrink if x.abs() < 0.1 => {
+                let z = x * x;
+                let c = [
+                    1.0 / 3.0,
+                    -2.0 / 15.0,
+                    17.0 / 315.0,
+                    -62.0 / 2835.0,
+                    1382.0 / 155_925.0,
+                    -21844.0 / 6_081_075.0,
+                    929_569.0 / 638_512_875.0,
+                ];
+                x * z * c.iter().rev().fold(0.0, |acc, &ci| acc * z + ci)
+            }
             Activation::TanhShrink => x - x.tanh(),
             Activation::HardTanh => x.clamp(-1.0, 1.0),
             Activation::HardShrink => {
@@ -328,7 +342,22 @@ impl Activation {
                     (x + 1.0) / 2.0
                 }
             }
-            Activation::Squareplus => (x + (x * x + 4.0).sqrt()) / 2.0,
+            // (x + sqrt(x^2 + 4)) / 2 cancels for large negative x: 2 / (sqrt(x^2 + 4) - x)
+            // there (Keras' -inf + inf = NaN kept at -inf).
+            Activation::Squareplus => {
+                let h = if x.abs() > 1e150 {
+                    x.abs()
+                } else {
+                    (x * x + 4.0).sqrt()
+                };
+                if x == f64::NEG_INFINITY {
+                    f64::NAN
+                } else if x < 0.0 {
+                    2.0 / (h - x)
+                } else {
+                    (x + h) / 2.0
+                }
+            }
             Activation::Exponential => x.exp(),
             Activation::Linear | Activation::Softmax | Activation::LogSoftmax => x,
             Activation::Sparsemax => x,
@@ -363,6 +392,103 @@ impl Activation {
     }
 }
 
+/// How far a kernel's float32 result may be from the exact value `t` (Keras' own float64 value,
+/// rounded to f32): `|y - t| <= max(ulps * ulp(t), abs)`, where `ulp(t)` is the spacing of f32
+/// values at `t` (for `sparsemax`, at the row's largest finite magnitude). `abs` covers results so small that the kernels flush them to zero (their
+/// `e^x` never returns a subnormal). NaN and infinities must match exactly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ErrorBound {
+    /// Units in the last place of f32.
+    pub ulps: f32,
+    /// The absolute error allowed near zero.
+    pub abs: f32,
+}
+
+impl ErrorBound {
+    /// The largest error allowed for a result whose exact value is `exact`:
+    /// `max(ulps * ulp32(exact), abs)`.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::ErrorBound;
+    /// let b = ErrorBound { ulps: 2.0, abs: 0.0 };
+    /// assert_eq!(b.allowed(1.0), 2.0 * f32::EPSILON as f64);
+    /// ```
+    pub fn allowed(self, exact: f64) -> f64 {
+        (self.ulps as f64 * ulp32(exact)).max(self.abs as f64)
+    }
+
+    /// Does `got` meet the bound around `exact` (plus `slack` for the error of `exact` itself)?
+    /// NaN must meet NaN, and a value that rounds to an infinity in f32 the same infinity.
+    pub fn admits(self, got: f32, exact: f64, slack: f64) -> bool {
+        let t = exact as f32;
+        if t.is_nan() {
+            return got.is_nan();
+        }
+        if t.is_infinite() {
+            return got == t;
+        }
+        (got as f64 - exact).abs() <= self.allowed(exact) + slack
+    }
+}
+
+/// The spacing of float32 values at `|t|` (the smallest subnormal at 0 or beyond the range).
+///
+/// ```
+/// assert_eq!(transformer_encoder_kernels::activation::ulp32(1.0), f32::EPSILON as f64);
+/// ```
+pub fn ulp32(t: f64) -> f64 {
+    let a = (t as f32).abs();
+    if a == 0.0 || !a.is_finite() {
+        return f32::from_bits(1) as f64;
+    }
+    (f32::from_bits(a.to_bits() + 1) - a) as f64
+}
+
+impl Activation {
+    /// The accuracy every tier's kernel holds for this activation (tested on every tier against
+    /// Keras' values on 6,077 inputs, and against the float64 definition on random rows).
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::activation::Activation;
+    /// assert_eq!(Activation::Relu.error_bound().ulps, 0.0);
+    /// assert!(Activation::Gelu.error_bound().ulps <= 8.0);
+    /// ```
+    pub fn error_bound(self) -> ErrorBound {
+        let b = |ulps: f32, abs: f32| ErrorBound { ulps, abs };
+        // Results below this flush to zero (the vector e^x returns no subnormal; x e^x at the
+        // flush point is 1.03e-36).
+        const FLUSH: f32 = 1.2e-36;
+        match self {
+            Activation::Relu
+            | Activation::Relu6
+            | Activation::HardTanh
+            | Activation::HardShrink
+            | Activation::SoftShrink
+            | Activation::Linear => b(0.0, 0.0),
+            Activation::LeakyRelu | Activation::SparseSigmoid => b(1.0, 0.0),
+            Activation::HardSigmoid | Activation::Softsign | Activation::SparsePlus => b(2.0, 0.0),
+            Activation::HardSilu | Activation::Squareplus => b(3.0, 0.0),
+            Activation::Elu | Activation::Celu | Activation::Exponential => b(2.0, FLUSH),
+            Activation::Selu => b(3.0, FLUSH),
+            Activation::Tanh | Activation::TanhShrink => b(4.0, 0.0),
+            Activation::Sigmoid => b(4.0, FLUSH),
+            Activation::Silu | Activation::Softplus | Activation::LogSigmoid => b(5.0, FLUSH),
+            Activation::Gelu | Activation::Mish => b(8.0, FLUSH),
+            // Below x = -1, u is rounded to f32 and e^(2u) amplifies that by |2u|: the relative
+            // error grows in the tail (16 ulp at x = -3), the absolute one stays below 1e-8.
+            Activation::GeluApproximate => b(16.0, 1e-8),
+            // The rounding of x - max is amplified by |x - max| (up to 87 before e^(x - max)
+            // flushes): about 4 ulp for entries within 8 of the row's maximum, 48 at most.
+            Activation::Softmax => b(48.0, FLUSH),
+            // x - max - ln(sum): absolute error of ln(sum) near the maximum (2 ulp of 1).
+            Activation::LogSoftmax => b(4.0, 2.4e-7),
+            // x - tau: here `ulps` are those of the row's largest finite |x| (the result is a
+            // difference), absolute.
+            Activation::Sparsemax => b(4.0, 0.0),
+        }
+    }
+}
+
 impl fmt::Display for Activation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.keras_name())
@@ -383,7 +509,8 @@ fn sparsemax_f64(row: &mut [f64]) {
     if row.is_empty() {
         return;
     }
-    if row.iter().any(|v| v.is_nan()) {
+    // NaN or +inf anywhere, or no finite entry: no simplex point is defined.
+    if row.iter().any(|v| v.is_nan() || *v == f64::INFINITY) || row.iter().all(|v| !v.is_finite()) {
         row.iter_mut().for_each(|v| *v = f64::NAN);
         return;
     }

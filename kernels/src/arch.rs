@@ -4,8 +4,10 @@
 //! The shells are `unsafe fn`: calling one requires the tier's CPU features, which the kernel
 //! table guarantees (a table is only handed out for an available tier).
 
+use crate::activation::Activation;
+use crate::ops::act::{apply_slice, row};
 use crate::ops::attention::{AttnArgs, attention_head};
-use crate::ops::gemm::{Epi, activate, gemm_panels};
+use crate::ops::gemm::{Epi, gemm_panels};
 use crate::ops::norm::layer_norm_row;
 
 /// `gemm(a, lda, m, k, packed_b, n, c, ldc, p0, p1, epi)`: see `ops::gemm::gemm_panels`.
@@ -36,8 +38,11 @@ pub(crate) type NormFn = unsafe fn(
 );
 /// `attention(args, bh0, bh1, scratch)` for the (batch, head) pairs `bh0..bh1`.
 pub(crate) type AttnFn = unsafe fn(&AttnArgs<'_>, usize, usize, &mut [f32]);
-/// `activation(x, len, act)` in place for a fused activation.
-pub(crate) type ActFn = unsafe fn(*mut f32, usize, crate::ops::gemm::FusedAct);
+/// `activation(x, len, act)` in place, element-wise.
+pub(crate) type ActFn = unsafe fn(*mut f32, usize, Activation);
+/// `activation_rows(x, rows, n, act, residual)` in place: rows of a row-wise activation, then
+/// `+ residual` (null: none).
+pub(crate) type RowActFn = unsafe fn(*mut f32, usize, usize, Activation, *const f32);
 
 macro_rules! shells {
     ($module:ident, $simd:ty, $mr:literal, $nv:literal $(, #[$attr:meta])*) => {
@@ -114,20 +119,27 @@ macro_rules! shells {
             /// # Safety
             /// The tier's CPU features; `x` valid for `len` values.
             $(#[$attr])*
-            pub(crate) unsafe fn activation(x: *mut f32, len: usize, act: crate::ops::gemm::FusedAct) {
-                type S = $simd;
-                let l = <S as crate::simd::Simd>::LANES;
-                let mut j = 0;
-                // SAFETY: j + LANES <= len for full vectors, the tail is a partial access.
-                unsafe {
-                    while j + l <= len {
-                        let v = <S as crate::simd::Simd>::load(x.add(j));
-                        <S as crate::simd::Simd>::store(x.add(j), activate::<S>(v, act));
-                        j += l;
-                    }
-                    if j < len {
-                        let v = <S as crate::simd::Simd>::load_partial(x.add(j), len - j);
-                        <S as crate::simd::Simd>::store_partial(x.add(j), len - j, activate::<S>(v, act));
+            pub(crate) unsafe fn activation(x: *mut f32, len: usize, act: Activation) {
+                // SAFETY: forwarded contract; features enabled on this function.
+                unsafe { apply_slice::<$simd>(x, len, act) }
+            }
+
+            /// # Safety
+            /// The tier's CPU features; `x` valid for `rows * n` values, `residual` likewise or
+            /// null; `n >= 1`.
+            $(#[$attr])*
+            pub(crate) unsafe fn activation_rows(
+                x: *mut f32,
+                rows: usize,
+                n: usize,
+                act: Activation,
+                residual: *const f32,
+            ) {
+                for i in 0..rows {
+                    // SAFETY: row i of both [rows, n] buffers is in bounds.
+                    unsafe {
+                        let r = if residual.is_null() { residual } else { residual.add(i * n) };
+                        row::<$simd>(x.add(i * n), n, act, r)
                     }
                 }
             }

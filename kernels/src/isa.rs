@@ -1,10 +1,17 @@
 //! Instruction-set tiers, detected once, and the `TRANSFORMER_ENCODER_ISA` override.
+//!
+//! A tier names everything the kernels of one table may use: the float vector width and, for the
+//! int8 products, the dot-product instruction. The int8 dot products are a CPU feature of their
+//! own (AVX512-VNNI on Zen 4 and Ice Lake or later, AVX-VNNI on Alder Lake or later and Zen 5;
+//! none on Zen 3), so they are tiers of their own: `avx512vnni` is `avx512` plus `vpdpbusd` on
+//! zmm registers, `avx2vnni` is `avx2` plus its VEX form on ymm registers.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-/// The environment variable that forces a tier: `avx512`, `avx2` or `portable`.
+/// The environment variable that forces a tier: `avx512vnni`, `avx512`, `avx2vnni`, `avx2` or
+/// `portable`.
 pub const ISA_ENV: &str = "TRANSFORMER_ENCODER_ISA";
 
 /// An instruction-set tier. Every kernel exists on every tier.
@@ -13,83 +20,133 @@ pub const ISA_ENV: &str = "TRANSFORMER_ENCODER_ISA";
 /// use transformer_encoder_kernels::Isa;
 /// // The portable tier runs everywhere.
 /// assert!(Isa::Portable.is_available());
-/// assert!(Isa::detect().is_available());
+/// assert!(Isa::best_available().is_available());
 /// assert_eq!("avx2".parse::<Isa>().unwrap(), Isa::Avx2);
+/// assert_eq!(Isa::Avx512Vnni.float_tier(), Isa::Avx512);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Isa {
     /// Portable code (`wide` vectors; SSE2 on x86-64, NEON on aarch64).
     Portable,
-    /// AVX2 with FMA (x86-64).
+    /// AVX2 with FMA (x86-64); int8 products through `vpmaddubsw` (exact: see the int8 module).
     Avx2,
-    /// AVX-512 F/BW/DQ/VL (x86-64).
+    /// AVX2 with FMA and AVX-VNNI (`vpdpbusd` on ymm registers).
+    Avx2Vnni,
+    /// AVX-512 F/BW/DQ/VL (x86-64); int8 products through `vpmaddubsw` on zmm registers.
     Avx512,
+    /// AVX-512 F/BW/DQ/VL with AVX512-VNNI (`vpdpbusd` on zmm registers).
+    Avx512Vnni,
 }
 
 impl Isa {
-    /// All tiers, best last.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    /// All tiers, in order of preference, best last.
+    pub const ALL: [Isa; 5] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::Avx2Vnni,
+        Isa::Avx512,
+        Isa::Avx512Vnni,
+    ];
 
     /// The tier's name as the environment variable spells it.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
+            Isa::Avx2Vnni => "avx2vnni",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Vnni => "avx512vnni",
         }
+    }
+
+    /// The tier whose float kernels this tier runs (the VNNI tiers add int8 instructions only).
+    pub fn float_tier(self) -> Isa {
+        match self {
+            Isa::Avx2Vnni => Isa::Avx2,
+            Isa::Avx512Vnni => Isa::Avx512,
+            other => other,
+        }
+    }
+
+    /// Has this tier passed the whole test suite on real hardware? Only such tiers are chosen
+    /// automatically; the others can still be forced. (All five have: the README lists the CPUs.)
+    pub fn verified(self) -> bool {
+        true
     }
 
     /// Does this CPU have the features the tier needs? (Cached by std after the first call.)
     pub fn is_available(self) -> bool {
-        match self {
-            Isa::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                std::is_x86_feature_detected!("avx512f")
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 =
+                || std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            let avx512 = || {
+                avx2()
+                    && std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512bw")
                     && std::is_x86_feature_detected!("avx512dq")
                     && std::is_x86_feature_detected!("avx512vl")
-                    && std::is_x86_feature_detected!("avx2")
-                    && std::is_x86_feature_detected!("fma")
+            };
+            match self {
+                Isa::Portable => true,
+                Isa::Avx2 => avx2(),
+                Isa::Avx2Vnni => avx2() && std::is_x86_feature_detected!("avxvnni"),
+                Isa::Avx512 => avx512(),
+                Isa::Avx512Vnni => avx512() && std::is_x86_feature_detected!("avx512vnni"),
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
         }
     }
 
-    /// The best tier this CPU has, ignoring the environment.
+    /// Every tier this CPU has, best first.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL
+            .iter()
+            .rev()
+            .copied()
+            .filter(|i| i.is_available())
+            .collect()
+    }
+
+    /// The best verified tier this CPU has, ignoring the environment.
     pub fn best_available() -> Isa {
         *Isa::ALL
             .iter()
             .rev()
-            .find(|i| i.is_available())
+            .find(|i| i.is_available() && i.verified())
             .unwrap_or(&Isa::Portable)
     }
 
-    /// The tier to use by default: `TRANSFORMER_ENCODER_ISA` if set (read once), else the best
-    /// available. An invalid or unavailable forced tier is reported by [`Isa::from_env`]; here
-    /// it falls back to the best available tier so that `detect` never fails.
-    pub fn detect() -> Isa {
-        static DETECTED: OnceLock<Isa> = OnceLock::new();
-        *DETECTED.get_or_init(|| match Isa::from_env() {
-            Ok(Some(isa)) => isa,
-            _ => Isa::best_available(),
-        })
+    /// The tier to use by default: the one `TRANSFORMER_ENCODER_ISA` forces if it is set (read
+    /// once), else the best available. An unknown or unavailable forced tier is an error that
+    /// names the variable and the tiers this CPU has.
+    pub fn detect() -> Result<Isa, IsaError> {
+        static DETECTED: OnceLock<Result<Isa, IsaError>> = OnceLock::new();
+        DETECTED
+            .get_or_init(|| Ok(Isa::from_env()?.unwrap_or_else(Isa::best_available)))
+            .clone()
     }
 
-    /// The tier forced by `TRANSFORMER_ENCODER_ISA`, if any. Errors if the variable names no
-    /// tier, or a tier this CPU lacks.
+    /// The tier forced by `TRANSFORMER_ENCODER_ISA`, if any (read on every call). Errors if the
+    /// variable names no tier, or a tier this CPU lacks.
     pub fn from_env() -> Result<Option<Isa>, IsaError> {
         match std::env::var(ISA_ENV) {
-            Err(_) => Ok(None),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(v)) => Err(IsaError::Env {
+                value: v.to_string_lossy().into_owned(),
+                cause: Box::new(IsaError::Unknown(v.to_string_lossy().into_owned())),
+            }),
             Ok(v) if v.trim().is_empty() => Ok(None),
             Ok(v) => {
-                let isa: Isa = v.trim().parse()?;
-                isa.require()?;
+                let env = |cause: IsaError| IsaError::Env {
+                    value: v.clone(),
+                    cause: Box::new(cause),
+                };
+                let isa: Isa = v.trim().parse().map_err(env)?;
+                isa.require().map_err(env)?;
                 Ok(Some(isa))
             }
         }
@@ -103,6 +160,27 @@ impl Isa {
             Err(IsaError::Unavailable(self))
         }
     }
+
+    /// The tiers listed in `var` (comma-separated), each of which must be available: how the
+    /// test suites make a missing tier fail instead of being skipped
+    /// (`TRANSFORMER_ENCODER_REQUIRE_ISA=avx512vnni,avx2,portable`). Unset or empty: none.
+    pub fn required_by(var: &str) -> Result<Vec<Isa>, IsaError> {
+        let Ok(list) = std::env::var(var) else {
+            return Ok(Vec::new());
+        };
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<Isa>().and_then(Isa::require))
+            .collect()
+    }
+
+    /// The tiers a test suite runs: every available tier, after checking that the tiers
+    /// `TRANSFORMER_ENCODER_REQUIRE_ISA` lists are among them (an error otherwise).
+    pub fn under_test() -> Result<Vec<Isa>, IsaError> {
+        Isa::required_by("TRANSFORMER_ENCODER_REQUIRE_ISA")?;
+        Ok(Isa::available())
+    }
 }
 
 impl fmt::Display for Isa {
@@ -114,10 +192,12 @@ impl fmt::Display for Isa {
 impl FromStr for Isa {
     type Err = IsaError;
     fn from_str(s: &str) -> Result<Isa, IsaError> {
-        match s.to_ascii_lowercase().as_str() {
+        match s.trim().to_ascii_lowercase().as_str() {
             "portable" | "scalar" | "generic" => Ok(Isa::Portable),
             "avx2" | "avx2fma" | "fma" => Ok(Isa::Avx2),
+            "avx2vnni" | "avxvnni" | "avx-vnni" | "avx2-vnni" => Ok(Isa::Avx2Vnni),
             "avx512" | "avx-512" => Ok(Isa::Avx512),
+            "avx512vnni" | "avx512-vnni" | "avx-512-vnni" => Ok(Isa::Avx512Vnni),
             _ => Err(IsaError::Unknown(s.to_string())),
         }
     }
@@ -130,6 +210,18 @@ pub enum IsaError {
     Unknown(String),
     /// The CPU lacks the tier's features.
     Unavailable(Isa),
+    /// `TRANSFORMER_ENCODER_ISA` holds `value`, which cannot be used (`cause` says why).
+    Env {
+        /// The variable's value.
+        value: String,
+        /// Why it cannot be used.
+        cause: Box<IsaError>,
+    },
+}
+
+fn tiers_here() -> String {
+    let v: Vec<&str> = Isa::available().iter().map(|i| i.name()).collect();
+    v.join(", ")
 }
 
 impl fmt::Display for IsaError {
@@ -137,13 +229,15 @@ impl fmt::Display for IsaError {
         match self {
             IsaError::Unknown(s) => write!(
                 f,
-                "unknown instruction set `{s}` (expected avx512, avx2 or portable)"
+                "unknown instruction set `{s}` (the tiers are avx512vnni, avx512, avx2vnni, avx2 and portable; this CPU has {})",
+                tiers_here()
             ),
             IsaError::Unavailable(isa) => write!(
                 f,
-                "instruction set `{isa}` was requested but this CPU does not support it (best available: {})",
-                Isa::best_available()
+                "instruction set `{isa}` was requested but this CPU does not support it (this CPU has {})",
+                tiers_here()
             ),
+            IsaError::Env { value, cause } => write!(f, "{ISA_ENV}={value}: {cause}"),
         }
     }
 }

@@ -28,7 +28,7 @@ mod ops;
 mod simd;
 mod table;
 
-pub use activation::Activation;
+pub use activation::{Activation, ErrorBound};
 pub use isa::{Isa, IsaError};
 pub use table::{
     AttentionScratch, AttentionShape, Epilogue, Kernels, PackedMatrix, Par, baseline_sgemm,

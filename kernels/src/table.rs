@@ -1,10 +1,10 @@
 //! The kernel table: the one dispatch point. One table per instruction-set tier, chosen once.
 
 use crate::activation::Activation;
-use crate::arch::{ActFn, AttnFn, GemmFn, NormFn};
+use crate::arch::{ActFn, AttnFn, GemmFn, NormFn, RowActFn};
 use crate::isa::{Isa, IsaError};
 use crate::ops::attention::{AttnArgs, scratch_len};
-use crate::ops::gemm::{Epi, FusedAct};
+use crate::ops::gemm::Epi;
 use crate::{KeepMask, KernelError, MaskedRows, expect_len};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -34,11 +34,12 @@ impl Par {
 ///
 /// ```
 /// use transformer_encoder_kernels::{Epilogue, Isa, Kernels, Par};
-/// let k = Kernels::for_isa(Isa::Portable).unwrap();
+/// let k = Kernels::for_isa(Isa::Portable)?;
 /// let w = k.pack(&[1.0, 2.0, 3.0, 4.0], 2, 2).unwrap(); // [[1, 2], [3, 4]]
 /// let mut out = [0.0f32; 2];
 /// k.gemm(&[1.0, 1.0], 1, &w, &Epilogue::default(), &mut out, Par::Seq).unwrap();
 /// assert_eq!(out, [4.0, 6.0]);
+/// # Ok::<(), transformer_encoder_kernels::IsaError>(())
 /// ```
 #[derive(Debug)]
 pub struct Kernels {
@@ -49,6 +50,7 @@ pub struct Kernels {
     norm: NormFn,
     attn: AttnFn,
     act: ActFn,
+    act_rows: RowActFn,
 }
 
 macro_rules! table {
@@ -62,6 +64,7 @@ macro_rules! table {
             norm: t::layer_norm,
             attn: t::attention,
             act: t::activation,
+            act_rows: t::activation_rows,
         }
     }};
 }
@@ -70,7 +73,11 @@ static PORTABLE: Kernels = table!(Isa::Portable, crate::arch::portable);
 #[cfg(target_arch = "x86_64")]
 static AVX2: Kernels = table!(Isa::Avx2, crate::arch::avx2);
 #[cfg(target_arch = "x86_64")]
+static AVX2_VNNI: Kernels = table!(Isa::Avx2Vnni, crate::arch::avx2);
+#[cfg(target_arch = "x86_64")]
 static AVX512: Kernels = table!(Isa::Avx512, crate::arch::avx512);
+#[cfg(target_arch = "x86_64")]
+static AVX512_VNNI: Kernels = table!(Isa::Avx512Vnni, crate::arch::avx512);
 
 /// Work below this many multiply-adds runs on one thread (thread start-up would dominate).
 const PAR_MIN_FMAS: usize = 1 << 20;
@@ -92,10 +99,13 @@ impl<T: Copy> Shared<T> {
 }
 
 impl Kernels {
-    /// The table of [`Isa::detect`]: the best tier, or the one `TRANSFORMER_ENCODER_ISA` forces.
-    pub fn best() -> &'static Kernels {
-        static BEST: OnceLock<&'static Kernels> = OnceLock::new();
-        BEST.get_or_init(|| Kernels::table(Isa::detect()))
+    /// The table of [`Isa::detect`]: the best tier, or the one `TRANSFORMER_ENCODER_ISA` forces
+    /// (an error, naming the variable and this CPU's tiers, if it names no tier or one this CPU
+    /// lacks).
+    pub fn best() -> Result<&'static Kernels, IsaError> {
+        static BEST: OnceLock<Result<&'static Kernels, IsaError>> = OnceLock::new();
+        BEST.get_or_init(|| Isa::detect().map(Kernels::table))
+            .clone()
     }
 
     /// The table of a given tier, or an error if this CPU lacks it.
@@ -109,7 +119,11 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => &AVX2,
             #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Vnni => &AVX2_VNNI,
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => &AVX512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => &AVX512_VNNI,
             #[cfg(not(target_arch = "x86_64"))]
             _ => &PORTABLE,
         }
@@ -152,8 +166,9 @@ impl Kernels {
     }
 
     /// `out[m, n] = act(a[m, k] · B + bias) + residual`, with `B` packed by [`Kernels::pack`] of
-    /// this tier. relu, gelu, gelu_approximate and silu are fused into the product's epilogue;
-    /// other activations run as a second pass over the output.
+    /// this tier. Element-wise activations run in the product's epilogue, on each register tile
+    /// while it is in L1; the row-wise ones (`softmax`, `log_softmax`, `sparsemax`) as a row pass
+    /// over the finished rows. `k == 0` gives `act(bias) + residual`.
     pub fn gemm(
         &self,
         a: &[f32],
@@ -185,24 +200,8 @@ impl Kernels {
         if mn == 0 {
             return Ok(());
         }
-        let fused = match epilogue.activation {
-            None | Some(Activation::Linear) => FusedAct::None,
-            Some(Activation::Relu) => FusedAct::Relu,
-            Some(Activation::Gelu) => FusedAct::Gelu,
-            Some(Activation::GeluApproximate) => FusedAct::GeluTanh,
-            Some(Activation::Silu) => FusedAct::Silu,
-            Some(_) => FusedAct::None,
-        };
-        let post = match epilogue.activation {
-            Some(a) if fused == FusedAct::None && a != Activation::Linear => Some(a),
-            _ => None,
-        };
-        // A residual after a non-fused activation is added after the second pass.
-        let fused_residual = if post.is_some() {
-            None
-        } else {
-            epilogue.residual
-        };
+        let act = epilogue.activation.unwrap_or(Activation::Linear);
+        let rowwise = act.is_rowwise();
         if k == 0 {
             for row in out.chunks_mut(n) {
                 match epilogue.bias {
@@ -210,86 +209,128 @@ impl Kernels {
                     None => row.fill(0.0),
                 }
             }
-            if fused != FusedAct::None {
-                self.activation_fused(out, fused);
-            }
-        } else {
-            let epi = Epi {
-                bias: epilogue.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-                residual: fused_residual.map_or(std::ptr::null(), |r| r.as_ptr()),
-                ldr: n,
-                act: fused,
-            };
-            let panels = n.div_ceil(self.nr);
-            let work = mk.saturating_mul(n);
-            let threads = match par {
-                Par::Threads(t) if work >= PAR_MIN_FMAS => t.max(1),
-                _ => 1,
-            };
-            // Split the operand that is cheaper to read more than once: by rows when A is taller
-            // than B is wide (each part streams every weight panel past its own rows), else by
-            // column panels (each part reads only its share of the weights and all of A). A few
-            // parts per thread even out uneven costs.
-            let mr = self.mr;
-            let by_rows = threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n;
-            let parts = if threads == 1 {
-                1
-            } else if by_rows {
-                (threads * 2).min(m.div_ceil(mr))
-            } else {
-                (threads * 3).min(panels)
-            };
-            let f = self.gemm;
-            let ptrs = Shared((a.as_ptr(), b.data.as_ptr(), out.as_mut_ptr(), epi));
-            let run = |part: usize| {
-                let (ap, bp, cp, mut epi) = ptrs.get();
-                let ((r0, r1), (p0, p1)) = if by_rows {
-                    // Row ranges on tile boundaries.
-                    let tiles = m.div_ceil(mr);
-                    let (t0, t1) = split(tiles, parts, part);
-                    ((t0 * mr, (t1 * mr).min(m)), (0, panels))
-                } else {
-                    ((0, m), split(panels, parts, part))
-                };
-                if !epi.residual.is_null() {
-                    // SAFETY: r0 < m rows of the [m, n] residual.
-                    epi.residual = unsafe { epi.residual.add(r0 * n) };
-                }
-                // SAFETY: the table's tier is available (tables are only handed out for
-                // available tiers); a is [m, k], the packed weights hold `panels` panels of k*nr,
-                // out is [m, n], bias [n] and residual [m, n] were checked above; rows r0..r1
-                // and panels p0..p1 are in range, and parts write disjoint rows or columns.
-                unsafe {
-                    f(
-                        ap.add(r0 * k),
-                        k,
-                        r1 - r0,
-                        k,
-                        bp,
-                        n,
-                        cp.add(r0 * n),
-                        n,
-                        p0,
-                        p1,
-                        &epi,
-                    )
-                };
-            };
-            if parts == 1 {
-                run(0);
-            } else {
-                (0..parts).into_par_iter().for_each(run);
-            }
+            self.rows_pass(out, n, act, epilogue.residual, par);
+            return Ok(());
         }
-        if let Some(act) = post {
-            self.activation(act, out, n)?;
-            if let Some(r) = epilogue.residual {
-                for (o, r) in out.iter_mut().zip(r) {
-                    *o += r;
-                }
+        let epi = Epi {
+            bias: epilogue.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+            residual: match epilogue.residual {
+                Some(r) if !rowwise => r.as_ptr(),
+                _ => std::ptr::null(),
+            },
+            ldr: n,
+            act: if rowwise { Activation::Linear } else { act },
+        };
+        let panels = n.div_ceil(self.nr);
+        let work = mk.saturating_mul(n);
+        let threads = match par {
+            Par::Threads(t) if work >= PAR_MIN_FMAS => t.max(1),
+            _ => 1,
+        };
+        // Split the operand that is cheaper to read more than once: by rows when A is taller
+        // than B is wide (each part streams every weight panel past its own rows), else by
+        // column panels (each part reads only its share of the weights and all of A). A few
+        // parts per thread even out uneven costs.
+        let mr = self.mr;
+        let by_rows = threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n;
+        let parts = if threads == 1 {
+            1
+        } else if by_rows {
+            (threads * 2).min(m.div_ceil(mr))
+        } else {
+            (threads * 3).min(panels)
+        };
+        let f = self.gemm;
+        let ptrs = Shared((a.as_ptr(), b.data.as_ptr(), out.as_mut_ptr(), epi));
+        let run = |part: usize| {
+            let (ap, bp, cp, mut epi) = ptrs.get();
+            let ((r0, r1), (p0, p1)) = if by_rows {
+                // Row ranges on tile boundaries.
+                let tiles = m.div_ceil(mr);
+                let (t0, t1) = split(tiles, parts, part);
+                ((t0 * mr, (t1 * mr).min(m)), (0, panels))
+            } else {
+                ((0, m), split(panels, parts, part))
+            };
+            if !epi.residual.is_null() {
+                // SAFETY: r0 < m rows of the [m, n] residual.
+                epi.residual = unsafe { epi.residual.add(r0 * n) };
             }
+            // SAFETY: the table's tier is available (tables are only handed out for
+            // available tiers); a is [m, k], the packed weights hold `panels` panels of k*nr,
+            // out is [m, n], bias [n] and residual [m, n] were checked above; rows r0..r1
+            // and panels p0..p1 are in range, and parts write disjoint rows or columns.
+            unsafe {
+                f(
+                    ap.add(r0 * k),
+                    k,
+                    r1 - r0,
+                    k,
+                    bp,
+                    n,
+                    cp.add(r0 * n),
+                    n,
+                    p0,
+                    p1,
+                    &epi,
+                )
+            };
+        };
+        if parts == 1 {
+            run(0);
+        } else {
+            (0..parts).into_par_iter().for_each(run);
+        }
+        if rowwise {
+            self.rows_pass(out, n, act, epilogue.residual, par);
         }
         Ok(())
+    }
+
+    /// Rows of length `n` of `x`: `act(row) + residual` in place (any activation; row-wise ones
+    /// over the whole row), split by rows between threads.
+    fn rows_pass(
+        &self,
+        x: &mut [f32],
+        n: usize,
+        act: Activation,
+        residual: Option<&[f32]>,
+        par: Par,
+    ) {
+        let rows = x.len() / n;
+        if act == Activation::Linear && residual.is_none() {
+            return;
+        }
+        let parts = if x.len() < 1 << 15 {
+            1
+        } else {
+            par.parts().min(rows)
+        };
+        let f = self.act_rows;
+        let ptrs = Shared((
+            x.as_mut_ptr(),
+            residual.map_or(std::ptr::null(), |r| r.as_ptr()),
+        ));
+        let run = |part: usize| {
+            let (r0, r1) = split(rows, parts, part);
+            let (xp, rp) = ptrs.get();
+            // SAFETY: the tier is available; rows r0..r1 of the [rows, n] buffers (lengths
+            // checked by the callers) are in bounds and written by this part only.
+            unsafe {
+                f(
+                    xp.add(r0 * n),
+                    r1 - r0,
+                    n,
+                    act,
+                    if rp.is_null() { rp } else { rp.add(r0 * n) },
+                )
+            };
+        };
+        if parts == 1 {
+            run(0);
+        } else {
+            (0..parts).into_par_iter().for_each(run);
+        }
     }
 
     /// `e^x` in place, vectorised: relative error below 3e-7 (about 2.5 ulp) where the result is
@@ -299,22 +340,28 @@ impl Kernels {
     /// ```
     /// use transformer_encoder_kernels::Kernels;
     /// let mut x = [0.0f32, 1.0, -100.0];
-    /// Kernels::best().exp(&mut x);
+    /// Kernels::best()?.exp(&mut x);
     /// assert_eq!(x[0], 1.0);
     /// assert!((x[1] - std::f32::consts::E).abs() < 1e-6);
     /// assert_eq!(x[2], 0.0);
+    /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
     /// ```
     pub fn exp(&self, x: &mut [f32]) {
-        self.activation_fused(x, FusedAct::Exp);
-    }
-
-    fn activation_fused(&self, x: &mut [f32], act: FusedAct) {
         // SAFETY: the table's tier is available; x is valid for x.len() values.
-        unsafe { (self.act)(x.as_mut_ptr(), x.len(), act) }
+        unsafe { (self.act)(x.as_mut_ptr(), x.len(), Activation::Exponential) }
     }
 
-    /// Apply an activation to rows of length `n` in place: vectorised for relu, gelu,
-    /// gelu_approximate and silu; the others (and the row-wise ones) through the float64 formula.
+    /// Apply an activation in place to rows of length `n`: every activation has a vector kernel
+    /// on every tier (the row-wise ones as row kernels); no allocation. Accuracy:
+    /// [`Activation::error_bound`].
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Activation, Kernels};
+    /// let mut x = [1.0f32, 2.0, 3.0, -1.0];
+    /// Kernels::for_isa(transformer_encoder_kernels::Isa::Portable)?.activation(Activation::Softmax, &mut x, 2)?;
+    /// assert!((x[0] + x[1] - 1.0).abs() < 1e-6 && (x[2] + x[3] - 1.0).abs() < 1e-6);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn activation(&self, act: Activation, x: &mut [f32], n: usize) -> Result<(), KernelError> {
         if n == 0 || !x.len().is_multiple_of(n) {
             return Err(KernelError {
@@ -324,33 +371,12 @@ impl Kernels {
                 ),
             });
         }
-        let fused = match act {
-            Activation::Linear => return Ok(()),
-            Activation::Relu => FusedAct::Relu,
-            Activation::Gelu => FusedAct::Gelu,
-            Activation::GeluApproximate => FusedAct::GeluTanh,
-            Activation::Silu => FusedAct::Silu,
-            _ => FusedAct::None,
-        };
-        if fused != FusedAct::None {
-            self.activation_fused(x, fused);
-            return Ok(());
-        }
         if act.is_rowwise() {
-            let mut row64 = vec![0.0f64; n];
-            for row in x.chunks_mut(n) {
-                for (d, s) in row64.iter_mut().zip(row.iter()) {
-                    *d = *s as f64;
-                }
-                act.eval_row_f64(&mut row64);
-                for (d, s) in row.iter_mut().zip(row64.iter()) {
-                    *d = *s as f32;
-                }
-            }
+            // SAFETY: the tier is available; x holds x.len() / n rows of n values.
+            unsafe { (self.act_rows)(x.as_mut_ptr(), x.len() / n, n, act, std::ptr::null()) };
         } else {
-            for v in x.iter_mut() {
-                *v = act.eval_f64(*v as f64) as f32;
-            }
+            // SAFETY: the table's tier is available; x is valid for x.len() values.
+            unsafe { (self.act)(x.as_mut_ptr(), x.len(), act) }
         }
         Ok(())
     }
@@ -432,8 +458,9 @@ impl Kernels {
         Ok(())
     }
 
-    /// Masked multi-head attention. `qkv` is `[B*S, 3*N*D]`: queries (already multiplied by
-    /// `1/sqrt(D)`), keys and values side by side, head `n` at columns `n*D` of each third.
+    /// Masked multi-head attention. `qkv` is `[B*S, 3*N*D]`: queries, keys and values side by
+    /// side (as the projections give them), head `n` at columns `n*D` of each third; the logits
+    /// are scaled by Keras' `1/sqrt(D)` inside the softmax.
     /// Writes the context `[B*S, N*D]` and, if given, the probabilities `[B, N, S, S]` (before
     /// dropout). `dropout` is `(rate, seed)`. `scratch` is reused between calls.
     pub fn attention(
@@ -454,6 +481,13 @@ impl Kernels {
             heads,
             key_dim,
         } = shape;
+        if heads == 0 || key_dim == 0 {
+            return Err(KernelError {
+                message: format!(
+                    "attention needs heads >= 1 and key_dim >= 1, got {heads} and {key_dim}"
+                ),
+            });
+        }
         let w = heads
             .checked_mul(key_dim)
             .ok_or_else(|| overflow("attention width"))?;
@@ -585,6 +619,32 @@ impl PackedMatrix {
     pub fn isa(&self) -> Isa {
         self.isa
     }
+
+    /// The bytes the packed data holds (its heap allocation).
+    pub fn bytes(&self) -> usize {
+        self.data.capacity() * std::mem::size_of::<f32>()
+    }
+
+    /// The matrix back in row-major `[k, n]` layout (exactly the values packed).
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels};
+    /// let w: Vec<f32> = (0..15).map(|v| v as f32).collect();
+    /// let p = Kernels::for_isa(Isa::Portable)?.pack(&w, 3, 5)?;
+    /// assert_eq!(p.unpack(), w);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unpack(&self) -> Vec<f32> {
+        let (k, n, nr) = (self.k, self.n, self.nr);
+        let mut w = vec![0.0f32; k * n];
+        for p in 0..n.div_ceil(nr) {
+            let cols = nr.min(n - p * nr);
+            for r in 0..k {
+                w[r * n + p * nr..][..cols].copy_from_slice(&self.data[(p * k + r) * nr..][..cols]);
+            }
+        }
+        w
+    }
 }
 
 /// What [`Kernels::gemm`] does to each output element after the product.
@@ -621,9 +681,14 @@ pub fn baseline_sgemm(
     n: usize,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    expect_len("a", a.len(), m * k)?;
-    expect_len("b", b.len(), k * n)?;
-    expect_len("out", out.len(), m * n)?;
+    let size = |x: usize, y: usize, what: &str| x.checked_mul(y).ok_or_else(|| overflow(what));
+    expect_len("a", a.len(), size(m, k, "a")?)?;
+    expect_len("b", b.len(), size(k, n, "b")?)?;
+    expect_len("out", out.len(), size(m, n, "out")?)?;
+    // matrixmultiply takes isize strides.
+    if isize::try_from(k).is_err() || isize::try_from(n).is_err() {
+        return Err(overflow("stride"));
+    }
     // SAFETY: a is [m, k] row-major (rsa = k, csa = 1), b is [k, n] (rsb = n, csb = 1), out is
     // [m, n] (rsc = n, csc = 1); the lengths were checked above and beta = 0 means out is
     // only written.

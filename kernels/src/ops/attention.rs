@@ -1,6 +1,7 @@
 //! Masked softmax attention for one (batch item, head).
 //!
-//! Queries are processed `MR` rows at a time. For each block the logits of every key are formed
+//! Queries are processed `MR` rows at a time; the logits are `q·k` and `1/sqrt(D)` is applied in
+//! the softmax exponent (the query projection stays Keras' own). For each block the logits of every key are formed
 //! in a per-thread scratch row block (`MR x S`, so memory per call grows with `S`, never with
 //! `S^2`), masked, normalised with a stable softmax (max subtracted, vectorised exp) and
 //! multiplied with `V`. Keys are read from a transposed copy (`D x S`, padded to the tile width)
@@ -12,8 +13,9 @@
 //! value is NaN or Inf (with a full attention mask), the product instead skips masked keys one by
 //! one, so a poisoned masked position can never leak into another row.
 
-use super::gemm::{Epi, FusedAct, tile};
-use crate::simd::{Simd, exp};
+use super::gemm::{Epi, tile};
+use crate::simd::Simd;
+use crate::simd::math::exp;
 use crate::{KeepMask, MaskedRows};
 
 /// Sizes and operands of one attention call (validated by the safe wrapper).
@@ -94,12 +96,10 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                 kt[dd * sp + j] = *v;
             }
         }
-        let none = Epi {
-            bias: std::ptr::null(),
-            residual: std::ptr::null(),
-            ldr: 0,
-            act: FusedAct::None,
-        };
+        let none = Epi::NONE;
+        // Keras' 1/sqrt(key_dim), computed in double and rounded to f32, folded into the
+        // softmax exponent: p = e^((l - max) s) / sum.
+        let scale = (1.0 / (d as f64).sqrt()) as f32;
         let qbase = base.add(h * d);
         let mut i0 = 0;
         while i0 < s {
@@ -120,7 +120,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                     KeepMask::Keys(m) => Some(&m[b * s..(b + 1) * s]),
                     KeepMask::Full(m) => Some(&m[(b * s + i) * s..(b * s + i + 1) * s]),
                 };
-                softmax_row::<S>(row, s, mrow, args.policy);
+                softmax_row::<S>(row, s, mrow, args.policy, scale);
                 let prow = ((b * n_heads + h) * s + i) * s;
                 if !args.scores.is_null() {
                     std::ptr::copy_nonoverlapping(row.as_ptr(), args.scores.add(prow), s);
@@ -183,10 +183,17 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Masked softmax of one row of logits in place (`row.len()` is the padded length; entries past
-/// `s` end up 0). `mask` is the row's keep flags (`None`: every key kept).
+/// Masked softmax of one row of unscaled logits `q·k` in place, `softmax(scale · logits)`
+/// (`row.len()` is the padded length; entries past `s` end up 0). `mask` is the row's keep flags
+/// (`None`: every key kept).
 #[inline(always)]
-unsafe fn softmax_row<S: Simd>(row: &mut [f32], s: usize, mask: Option<&[u8]>, policy: MaskedRows) {
+unsafe fn softmax_row<S: Simd>(
+    row: &mut [f32],
+    s: usize,
+    mask: Option<&[u8]>,
+    policy: MaskedRows,
+    scale: f32,
+) {
     let any = match mask {
         None => true,
         Some(m) => {
@@ -225,10 +232,11 @@ unsafe fn softmax_row<S: Simd>(row: &mut [f32], s: usize, mask: Option<&[u8]>, p
         }
         let m = S::reduce_max(mx);
         let mv = S::splat(m);
+        let sv = S::splat(scale);
         let mut acc = S::splat(0.0);
         let mut j = 0;
         while j < n {
-            let e = exp::<S>(S::sub(S::load(ptr.add(j)), mv));
+            let e = exp::<S>(S::mul(S::sub(S::load(ptr.add(j)), mv), sv));
             S::store(ptr.add(j), e);
             acc = S::add(acc, e);
             j += l;

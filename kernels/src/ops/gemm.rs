@@ -9,24 +9,14 @@
 //! sequence of operations whatever the thread split, so results are bit-identical for any
 //! thread count.
 
-use crate::simd::{Simd, gelu_erf, gelu_tanh, x_sigmoid};
+use super::act::apply_tile;
+use crate::activation::Activation;
+use crate::simd::Simd;
 
 /// Inner-dimension block: a `KC x NR` panel slice stays in L1 while the row tiles stream by.
 pub(crate) const KC: usize = 256;
 /// Row block: an `MC x KC` block of `A` stays in L2 across the panels of a task.
 pub(crate) const MC: usize = 192;
-
-/// The activations fused into the epilogue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FusedAct {
-    None,
-    Relu,
-    Gelu,
-    GeluTanh,
-    Silu,
-    /// Not used in products; lets the activation kernel expose the vector exp.
-    Exp,
-}
 
 /// Raw epilogue operands (validated by the safe wrapper).
 #[derive(Clone, Copy, Debug)]
@@ -36,25 +26,18 @@ pub(crate) struct Epi {
     /// `[m, ldr]` (same row indexing as C) or null.
     pub residual: *const f32,
     pub ldr: usize,
-    pub act: FusedAct,
+    /// An element-wise activation (or `Linear`), applied after the bias, before the residual.
+    pub act: Activation,
 }
 
-/// Apply a fused activation to one vector.
-#[inline(always)]
-pub(crate) unsafe fn activate<S: Simd>(x: S::V, act: FusedAct) -> S::V {
-    // SAFETY: the caller runs inside S's target features (Simd contract).
-    unsafe {
-        match act {
-            FusedAct::None => x,
-            // max(0, x) keeps NaN (as Keras does): the max instructions return the second
-            // operand when either is NaN.
-            FusedAct::Relu => S::max(S::splat(0.0), x),
-            FusedAct::Gelu => gelu_erf::<S>(x),
-            FusedAct::GeluTanh => gelu_tanh::<S>(x),
-            FusedAct::Silu => x_sigmoid::<S>(x, x),
-            FusedAct::Exp => crate::simd::exp::<S>(x),
-        }
-    }
+impl Epi {
+    /// Bias only.
+    pub(crate) const NONE: Epi = Epi {
+        bias: std::ptr::null(),
+        residual: std::ptr::null(),
+        ldr: 0,
+        act: Activation::Linear,
+    };
 }
 
 #[inline(always)]
@@ -88,8 +71,8 @@ unsafe fn store_n<S: Simd>(p: *mut f32, n: usize, v: S::V) {
 ///   `NV * LANES` values at stride `ldb`; `c` valid for `R` rows of `cols` values at stride `ldc`.
 /// * `first`: C is overwritten with `bias + acc` (`epi.bias` offset to this tile's first column,
 ///   valid for `cols`, or null). Otherwise C is read and accumulated.
-/// * `last`: the activation and the residual (`epi.residual` offset to this tile, valid for `R`
-///   rows of `cols` at stride `epi.ldr`, or null) are applied.
+/// * `last`: the residual (`epi.residual` offset to this tile, valid for `R` rows of `cols` at
+///   stride `epi.ldr`, or null) is added. `epi.act` is not applied here (see [`gemm_panels`]).
 #[inline(always)]
 pub(crate) unsafe fn micro<S: Simd, const R: usize, const NV: usize>(
     kc: usize,
@@ -160,11 +143,8 @@ pub(crate) unsafe fn micro<S: Simd, const R: usize, const NV: usize>(
                     load_n::<S>(cp, n)
                 };
                 let mut x = S::add(acc[i][v], prev);
-                if last {
-                    x = activate::<S>(x, epi.act);
-                    if !epi.residual.is_null() {
-                        x = S::add(x, load_n::<S>(epi.residual.add(i * epi.ldr + cc), n));
-                    }
+                if last && !epi.residual.is_null() {
+                    x = S::add(x, load_n::<S>(epi.residual.add(i * epi.ldr + cc), n));
                 }
                 store_n::<S>(cp, n, x);
             }
@@ -242,7 +222,9 @@ pub(crate) unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Rows `0..m` and panels `p0..p1` of `C = epilogue(A · B)`.
+/// Rows `0..m` and panels `p0..p1` of `C = epilogue(A · B)`. Without an activation the
+/// register tile adds bias and residual; with one, the tile is written with its bias, then the
+/// activation and the residual are applied to it while it is still in L1 ([`apply_tile`]).
 ///
 /// # Safety
 /// * `a`: `m` rows of `k` values at stride `lda`; `packed`: `ceil(n / NR)` panels of `k * NR`
@@ -277,13 +259,14 @@ pub(crate) unsafe fn gemm_panels<S: Simd, const MR: usize, const NV: usize>(
                     let col0 = p * nr;
                     let cols = nr.min(n - col0);
                     let bp = packed.add(p * k * nr + pc * nr);
+                    let post = last && epi.act != Activation::Linear;
                     let tile_epi = Epi {
                         bias: if epi.bias.is_null() {
                             epi.bias
                         } else {
                             epi.bias.add(col0)
                         },
-                        residual: epi.residual,
+                        residual: if post { std::ptr::null() } else { epi.residual },
                         ldr: epi.ldr,
                         act: epi.act,
                     };
@@ -299,6 +282,14 @@ pub(crate) unsafe fn gemm_panels<S: Simd, const MR: usize, const NV: usize>(
                         tile::<S, MR, NV>(
                             rows, kc, ap, lda, bp, nr, cp, ldc, cols, first, last, &e,
                         );
+                        if post {
+                            let r = if epi.residual.is_null() {
+                                epi.residual
+                            } else {
+                                epi.residual.add(i * epi.ldr + col0)
+                            };
+                            apply_tile::<S>(cp, ldc, rows, cols, epi.act, r, epi.ldr);
+                        }
                         i += rows;
                     }
                 }

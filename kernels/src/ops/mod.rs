@@ -1,5 +1,6 @@
 //! The kernel bodies, each written once over [`Simd`](crate::simd::Simd).
 
+pub(crate) mod act;
 pub(crate) mod attention;
 pub(crate) mod gemm;
 pub(crate) mod norm;

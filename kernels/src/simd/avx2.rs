@@ -125,4 +125,16 @@ unsafe impl Simd for Avx2 {
     unsafe fn abs(a: __m256) -> __m256 {
         intr!(_mm256_andnot_ps(_mm256_set1_ps(-0.0), a))
     }
+    #[inline(always)]
+    unsafe fn sqrt(a: __m256) -> __m256 {
+        intr!(_mm256_sqrt_ps(a))
+    }
+    #[inline(always)]
+    unsafe fn le(a: __m256, b: __m256) -> __m256 {
+        intr!(_mm256_cmp_ps::<_CMP_LE_OQ>(a, b))
+    }
+    #[inline(always)]
+    unsafe fn eq(a: __m256, b: __m256) -> __m256 {
+        intr!(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, b))
+    }
 }

@@ -129,4 +129,16 @@ unsafe impl Simd for Avx512 {
     unsafe fn abs(a: __m512) -> __m512 {
         intr!(_mm512_abs_ps(a))
     }
+    #[inline(always)]
+    unsafe fn sqrt(a: __m512) -> __m512 {
+        intr!(_mm512_sqrt_ps(a))
+    }
+    #[inline(always)]
+    unsafe fn le(a: __m512, b: __m512) -> __mmask16 {
+        intr!(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(a, b))
+    }
+    #[inline(always)]
+    unsafe fn eq(a: __m512, b: __m512) -> __mmask16 {
+        intr!(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b))
+    }
 }

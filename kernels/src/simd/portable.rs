@@ -77,7 +77,7 @@ unsafe impl Simd for Portable {
     }
     #[inline(always)]
     unsafe fn round(a: f32x8) -> f32x8 {
-        a.round()
+        a.round_ties_even()
     }
     #[inline(always)]
     unsafe fn pow2i(n: f32x8) -> f32x8 {
@@ -111,5 +111,17 @@ unsafe impl Simd for Portable {
     #[inline(always)]
     unsafe fn abs(a: f32x8) -> f32x8 {
         a.abs()
+    }
+    #[inline(always)]
+    unsafe fn sqrt(a: f32x8) -> f32x8 {
+        a.sqrt()
+    }
+    #[inline(always)]
+    unsafe fn le(a: f32x8, b: f32x8) -> f32x8 {
+        a.simd_le(b)
+    }
+    #[inline(always)]
+    unsafe fn eq(a: f32x8, b: f32x8) -> f32x8 {
+        a.simd_eq(b)
     }
 }

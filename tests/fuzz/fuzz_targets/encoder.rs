@@ -92,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
     let (y, s) = res.expect("a valid call failed");
     assert_eq!(y.len(), n);
     if finite_only {
-        let r = reference::forward(&cfg, enc.weights(), xv, &opts, true).expect("reference");
+        let r = reference::forward(&cfg, &enc.weights(), xv, &opts, true).expect("reference");
         let scale = r.output.iter().fold(1.0f64, |m, v| m.max(v.abs()));
         for (i, (a, w)) in y.iter().zip(&r.output).enumerate() {
             let d = (*a as f64 - w).abs();

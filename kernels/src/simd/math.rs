@@ -1,0 +1,333 @@
+//! Vector math, written once over [`Simd`](super::Simd) so every tier evaluates the same
+//! polynomials: `exp`, `expm1`, `log1p`, `tanh`, sigmoid, the exact and tanh GELUs, and every
+//! element-wise activation of Keras 3.15 ([`activate`]). Each function states its accuracy; the
+//! activation table in `tests/data/activations/` (Keras' own float64 values) checks them on every
+//! tier, and `Activation::error_bound` documents what the tests hold.
+
+use super::Simd;
+use crate::activation::Activation;
+
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+
+/// `e^x`, flushing results below the smallest normal float to zero (so no subnormal ever enters
+/// a later product), `+inf` above 88.72, NaN for NaN. Relative error about 2 ulp.
+///
+/// Method: `x = n ln2 + r` with `|r| <= ln2/2` (Cody-Waite split of ln2), `e^r` by its degree-7
+/// Taylor polynomial (truncation error below 6e-9), scaled by `2^n` in two steps so that
+/// `n = 128` does not overflow the exponent field.
+#[inline(always)]
+pub(crate) unsafe fn exp<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let hi_lim = S::splat(88.722_84);
+        let lo_lim = S::splat(-87.33);
+        let xc = S::min(S::max(x, lo_lim), hi_lim);
+        let n = S::round(S::mul(xc, S::splat(std::f32::consts::LOG2_E)));
+        let r = S::fma(n, S::splat(-LN2_HI), xc);
+        let r = S::fma(n, S::splat(-LN2_LO), r);
+        let mut p = S::splat(1.0 / 5040.0);
+        p = S::fma(p, r, S::splat(1.0 / 720.0));
+        p = S::fma(p, r, S::splat(1.0 / 120.0));
+        p = S::fma(p, r, S::splat(1.0 / 24.0));
+        p = S::fma(p, r, S::splat(1.0 / 6.0));
+        p = S::fma(p, r, S::splat(0.5));
+        p = S::fma(p, r, S::splat(1.0));
+        p = S::fma(p, r, S::splat(1.0));
+        // 2^n = 2^(n - h) * 2^h with h = round(n / 2): both factors within the normal range.
+        let h = S::round(S::mul(n, S::splat(0.5)));
+        let res = S::mul(S::mul(p, S::pow2i(S::sub(n, h))), S::pow2i(h));
+        let res = S::select(S::lt(x, lo_lim), S::splat(0.0), res);
+        let res = S::select(S::lt(hi_lim, x), S::splat(f32::INFINITY), res);
+        S::select(S::is_nan(x), x, res)
+    }
+}
+
+/// `e^x - 1` with full relative accuracy near 0 (about 2 ulp), for `x <= 88`; `-1` below -30
+/// (where `e^x` is below half an ulp of 1), NaN for NaN. The kernels use it for `x <= 18` only.
+///
+/// Method: `x = n ln2 + r` as in [`exp`]; `expm1(r) = r + r^2 (1/2 + r/6 + ... + r^6/8!)`
+/// (truncation below 1e-9 relative), then `2^n expm1(r) + (2^n - 1)`, where `2^n - 1` is exact.
+#[inline(always)]
+pub(crate) unsafe fn expm1<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let xc = S::min(S::max(x, S::splat(-30.0)), S::splat(88.0));
+        let n = S::round(S::mul(xc, S::splat(std::f32::consts::LOG2_E)));
+        let r = S::fma(n, S::splat(-LN2_HI), xc);
+        let r = S::fma(n, S::splat(-LN2_LO), r);
+        let mut q = S::splat(1.0 / 40320.0);
+        q = S::fma(q, r, S::splat(1.0 / 5040.0));
+        q = S::fma(q, r, S::splat(1.0 / 720.0));
+        q = S::fma(q, r, S::splat(1.0 / 120.0));
+        q = S::fma(q, r, S::splat(1.0 / 24.0));
+        q = S::fma(q, r, S::splat(1.0 / 6.0));
+        q = S::fma(q, r, S::splat(0.5));
+        let p = S::fma(q, S::mul(r, r), r);
+        let s = S::pow2i(n);
+        let res = S::fma(s, p, S::sub(s, S::splat(1.0)));
+        S::select(S::is_nan(x), x, res)
+    }
+}
+
+/// `ln(1 + t)` for `t` in `[0, 1]` (or NaN), with full relative accuracy for tiny `t`: about
+/// 2 ulp.
+///
+/// Method: `u = 1 + t` rounded; `ln u = e ln2 + ln m` with `m = u` or `u / 2` in
+/// `[1/sqrt2, sqrt2]`; `ln m = 2 atanh(s)`, `s = (m - 1) / (m + 1)`, by its odd series to `s^11`
+/// (`|s| <= 0.172`, truncation below 1e-9); plus `(t - (u - 1)) / u`, the rounding error of `u`.
+#[inline(always)]
+pub(crate) unsafe fn log1p01<S: Simd>(t: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let one = S::splat(1.0);
+        let u = S::add(one, t);
+        let big = S::lt(S::splat(std::f32::consts::SQRT_2), u);
+        let m = S::select(big, S::mul(u, S::splat(0.5)), u);
+        let e = S::select(big, one, S::splat(0.0));
+        let f = S::sub(m, one);
+        let s = S::div(f, S::add(S::splat(2.0), f));
+        let z = S::mul(s, s);
+        let mut w = S::splat(2.0 / 11.0);
+        w = S::fma(w, z, S::splat(2.0 / 9.0));
+        w = S::fma(w, z, S::splat(2.0 / 7.0));
+        w = S::fma(w, z, S::splat(2.0 / 5.0));
+        w = S::fma(w, z, S::splat(2.0 / 3.0));
+        let lnm = S::fma(S::mul(s, z), w, S::add(s, s));
+        let corr = S::div(S::sub(t, S::sub(u, one)), u);
+        let lo = S::fma(e, S::splat(LN2_LO), S::add(lnm, corr));
+        S::fma(e, S::splat(LN2_HI), lo)
+    }
+}
+
+/// The logistic sigmoid `1 / (1 + e^-x)`, as `e / (1 + e)` with `e = e^x` for negative `x`, so
+/// both tails keep their relative accuracy (about 3 ulp) until `e^-|x|` underflows (`|x| > 87.3`,
+/// where the result is 0 or 1).
+#[inline(always)]
+pub(crate) unsafe fn sigmoid<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let e = exp::<S>(S::sub(S::splat(0.0), S::abs(x)));
+        let r = S::div(S::splat(1.0), S::add(S::splat(1.0), e));
+        S::select(S::lt(x, S::splat(0.0)), S::mul(e, r), r)
+    }
+}
+
+/// `tanh(x) = expm1(2|x|) / (expm1(2|x|) + 2)` with the sign of `x`; about 3 ulp, relative
+/// accuracy kept near 0; exactly `+-1` beyond `|x| = 9`.
+#[inline(always)]
+pub(crate) unsafe fn tanh<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let a = S::min(S::abs(x), S::splat(9.0));
+        let e = expm1::<S>(S::add(a, a));
+        let t = S::div(e, S::add(e, S::splat(2.0)));
+        let t = S::select(S::lt(x, S::splat(0.0)), S::sub(S::splat(0.0), t), t);
+        S::select(S::is_nan(x), x, t)
+    }
+}
+
+/// `(x - tanh x) / x^3` as a polynomial in `x^2` on `|x| <= 1.5`: a float64 least-squares fit on
+/// Chebyshev nodes against a 40-digit evaluation (`x - tanh x` itself cancels there); `x^3 P(x^2)`
+/// is within 2.7 ulp of `x - tanh x` in float32. (The digits are the fit's, as printed.)
+#[allow(clippy::excessive_precision)]
+const TANH_SHRINK: [f32; 10] = [
+    0.333_333_31,
+    -0.133_332_58,
+    0.053_957_328,
+    -0.021_805_966,
+    0.008_669_876,
+    -0.003_239_898_5,
+    0.001_040_063_1,
+    -0.000_252_769_36,
+    3.932_055_2e-5,
+    -2.848_346_4e-6,
+];
+
+/// `x - tanh(x)`: the polynomial below `|x| = 1.5`, the difference beyond (where it loses at most
+/// one bit).
+#[inline(always)]
+pub(crate) unsafe fn tanh_shrink<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let x2 = S::mul(x, x);
+        let mut p = S::splat(TANH_SHRINK[9]);
+        for &c in TANH_SHRINK[..9].iter().rev() {
+            p = S::fma(p, x2, S::splat(c));
+        }
+        let small = S::mul(S::mul(x, x2), p);
+        let large = S::sub(x, tanh::<S>(x));
+        S::select(S::lt(S::abs(x), S::splat(1.5)), small, large)
+    }
+}
+
+/// `softplus(x) = max(x, 0) + log1p(e^-|x|)`: relative accuracy in both tails.
+#[inline(always)]
+pub(crate) unsafe fn softplus<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let l = log1p01::<S>(exp::<S>(S::sub(S::splat(0.0), S::abs(x))));
+        // max(0, x) keeps a NaN x (the second operand wins).
+        S::add(S::max(S::splat(0.0), x), l)
+    }
+}
+
+/// Coefficients of `erfcx(t) * (1 + 2t)` as a polynomial in `w = (t - 2) / (t + 2)`, fitted in
+/// float64 to the scaled complementary error function on `t` in `[0, 10]` (Chebyshev nodes,
+/// least squares); highest degree first. Relative error of the fit below 2e-8.
+const ERFCX_W: [f32; 13] = ERFCX_COEFFS;
+
+include!("erfcx_coeffs.rs");
+
+/// Exact GELU, `x * Phi(x)` with `Phi(x) = erfc(-x / sqrt 2) / 2`, accurate in relative terms in
+/// both tails (`1 + erf` would lose everything below x = -4).
+///
+/// `erfc(t) = e^(-t^2) erfcx(t)`; `erfcx` comes from [`ERFCX_W`]; `e^(-t^2)` is computed as
+/// `e^(-hi) (1 - lo)` with `t^2 = x^2 / 2 = hi + lo` split exactly (Dekker).
+#[inline(always)]
+pub(crate) unsafe fn gelu_erf<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        // Beyond |x| = 20, Phi is 0 or 1 to far below f32 resolution; clamping keeps infinities
+        // out of the tail arithmetic (gelu(inf) = inf, gelu(-inf) = -inf * 0 = NaN as in Keras).
+        let xc = S::min(S::max(x, S::splat(-20.0)), S::splat(20.0));
+        let t = S::mul(S::abs(xc), S::splat(std::f32::consts::FRAC_1_SQRT_2));
+        let w = S::div(S::sub(t, S::splat(2.0)), S::add(t, S::splat(2.0)));
+        let mut p = S::splat(ERFCX_W[0]);
+        for &c in &ERFCX_W[1..] {
+            p = S::fma(p, w, S::splat(c));
+        }
+        let erfcx = S::div(p, S::fma(t, S::splat(2.0), S::splat(1.0)));
+        // t^2 = x^2 / 2 = hi + lo exactly (the 1/sqrt2 rounding of t must not enter the
+        // exponent): Dekker's split, exact with or without a fused multiply-add.
+        let xx = S::mul(xc, xc);
+        let c = S::mul(xc, S::splat(4097.0));
+        let xh = S::sub(c, S::sub(c, xc));
+        let xl = S::sub(xc, xh);
+        let err = S::add(
+            S::add(S::sub(S::mul(xh, xh), xx), S::mul(S::add(xh, xh), xl)),
+            S::mul(xl, xl),
+        );
+        let hi = S::mul(xx, S::splat(0.5));
+        let lo = S::mul(err, S::splat(0.5));
+        let e = S::mul(
+            exp::<S>(S::sub(S::splat(0.0), hi)),
+            S::sub(S::splat(1.0), lo),
+        );
+        // q = erfc(t) / 2 = P(X > |x|) for a standard normal X.
+        let q = S::mul(S::mul(e, erfcx), S::splat(0.5));
+        let phi = S::select(S::lt(x, S::splat(0.0)), q, S::sub(S::splat(1.0), q));
+        S::mul(x, phi)
+    }
+}
+
+/// `x sigmoid(2u)` with `u = sqrt(2/pi) (x + 0.044715 x^3)`: identical to Keras'
+/// `0.5 x (1 + tanh(u))`, with full relative accuracy in both tails.
+#[inline(always)]
+pub(crate) unsafe fn gelu_tanh<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let x2 = S::mul(x, x);
+        let inner = S::fma(S::mul(x2, S::splat(0.044_715)), x, x);
+        let two_u = S::mul(inner, S::splat(2.0 * 0.797_884_6));
+        S::mul(x, sigmoid::<S>(two_u))
+    }
+}
+
+const SELU_SCALE: f32 = 1.050_701;
+const SELU_ALPHA: f32 = 1.673_263_2;
+
+/// One element-wise activation of one vector. Row-wise activations (softmax, log_softmax,
+/// sparsemax) return `x` unchanged: they run as row kernels. Special values follow Keras 3.15
+/// (checked against its table): NaN stays NaN except where Keras' `where` maps it to 0
+/// (`hard_shrink`, `soft_shrink`); `-inf` gives NaN where Keras multiplies it by 0 (`gelu`,
+/// `gelu_approximate`, `silu`, `hard_silu`, `mish`, `squareplus`).
+#[inline(always)]
+pub(crate) unsafe fn activate<S: Simd>(x: S::V, act: Activation) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let zero = S::splat(0.0);
+        let one = S::splat(1.0);
+        // clip(v, lo, hi) keeping a NaN v: the second operand of max/min wins on NaN.
+        let clip = |v: S::V, lo: f32, hi: f32| S::min(S::splat(hi), S::max(S::splat(lo), v));
+        match act {
+            Activation::Linear
+            | Activation::Softmax
+            | Activation::LogSoftmax
+            | Activation::Sparsemax => x,
+            Activation::Relu => S::max(zero, x),
+            Activation::Relu6 => clip(x, 0.0, 6.0),
+            Activation::LeakyRelu => S::select(S::lt(x, zero), S::mul(x, S::splat(0.2)), x),
+            Activation::Elu | Activation::Celu => S::select(S::lt(zero, x), x, expm1::<S>(x)),
+            Activation::Selu => S::mul(
+                S::splat(SELU_SCALE),
+                S::select(
+                    S::lt(zero, x),
+                    x,
+                    S::mul(S::splat(SELU_ALPHA), expm1::<S>(x)),
+                ),
+            ),
+            Activation::Gelu => gelu_erf::<S>(x),
+            Activation::GeluApproximate => gelu_tanh::<S>(x),
+            Activation::Silu => S::mul(x, sigmoid::<S>(x)),
+            Activation::Sigmoid => sigmoid::<S>(x),
+            Activation::HardSigmoid => S::mul(
+                clip(S::add(x, S::splat(3.0)), 0.0, 6.0),
+                S::splat(1.0 / 6.0),
+            ),
+            Activation::HardSilu => S::mul(
+                x,
+                S::mul(
+                    clip(S::add(x, S::splat(3.0)), 0.0, 6.0),
+                    S::splat(1.0 / 6.0),
+                ),
+            ),
+            Activation::LogSigmoid => {
+                let l = log1p01::<S>(exp::<S>(S::sub(zero, S::abs(x))));
+                S::sub(S::min(zero, x), l)
+            }
+            Activation::Softplus => softplus::<S>(x),
+            Activation::Softsign => S::div(x, S::add(one, S::abs(x))),
+            Activation::Mish => S::mul(x, tanh::<S>(softplus::<S>(x))),
+            Activation::Tanh => tanh::<S>(x),
+            Activation::TanhShrink => tanh_shrink::<S>(x),
+            Activation::HardTanh => clip(x, -1.0, 1.0),
+            Activation::HardShrink => S::select(S::lt(S::splat(0.5), S::abs(x)), x, zero),
+            Activation::SoftShrink => S::select(
+                S::lt(S::splat(0.5), x),
+                S::sub(x, S::splat(0.5)),
+                S::select(S::lt(x, S::splat(-0.5)), S::add(x, S::splat(0.5)), zero),
+            ),
+            Activation::SparsePlus => {
+                let p1 = S::add(x, one);
+                S::select(
+                    S::le(x, S::splat(-1.0)),
+                    zero,
+                    S::select(S::le(one, x), x, S::mul(S::mul(p1, p1), S::splat(0.25))),
+                )
+            }
+            Activation::SparseSigmoid => S::select(
+                S::le(x, S::splat(-1.0)),
+                zero,
+                S::select(S::le(one, x), one, S::mul(S::add(x, one), S::splat(0.5))),
+            ),
+            Activation::Squareplus => {
+                // (x + sqrt(x^2 + 4)) / 2, as 2 / (sqrt(x^2 + 4) - x) for negative x (no
+                // cancellation); beyond |x| = 1e18 the root is |x| (x^2 would overflow).
+                let a = S::abs(x);
+                let h = S::select(
+                    S::lt(S::splat(1e18), a),
+                    a,
+                    S::sqrt(S::fma(x, x, S::splat(4.0))),
+                );
+                let pos = S::fma(x, S::splat(0.5), S::mul(h, S::splat(0.5)));
+                // 1 / (h/2 - x/2): the halves keep -x + h finite at x = -f32::MAX.
+                let neg = S::div(one, S::fma(h, S::splat(0.5), S::mul(x, S::splat(-0.5))));
+                let r = S::select(S::lt(x, zero), neg, pos);
+                // Keras: -inf + inf = NaN.
+                S::select(S::eq(x, S::splat(f32::NEG_INFINITY)), S::splat(f32::NAN), r)
+            }
+            Activation::Exponential => exp::<S>(x),
+        }
+    }
+}
