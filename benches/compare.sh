@@ -4,12 +4,12 @@
 #
 #   benches/compare.sh [SECONDS]          (default 5 s per measurement)
 #
-# Needs the anchors from ../shared/tools (or ANCHORS=dir) and a Python venv with onnxruntime
+# Needs the anchors in tools/ (or ANCHORS=dir) and a Python venv with onnxruntime
 # (created in /tmp/ortenv on first use); PyTorch is measured if /tmp/torchenv has it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"
-anchors="${ANCHORS:-../shared/tools}"
+anchors="${ANCHORS:-tools}"
 if [ ! -x /tmp/ortenv/bin/python ]; then
   python3 -m venv /tmp/ortenv && /tmp/ortenv/bin/pip install -q onnxruntime onnx numpy
 fi

@@ -14,15 +14,12 @@ use transformer_encoder_kernels::{
     AttentionScratch, AttentionShape, Epilogue, KeepMask, Kernels, MaskedRows, Par, baseline_sgemm,
 };
 
+#[path = "../examples/common/mod.rs"]
+mod common;
+
+/// The tiers to measure: the one `TRANSFORMER_ENCODER_ISA` forces, else every available one.
 fn tiers() -> Vec<Isa> {
-    match Isa::from_env() {
-        Ok(Some(i)) => vec![i],
-        _ => Isa::ALL
-            .iter()
-            .copied()
-            .filter(|i| i.is_available())
-            .collect(),
-    }
+    Isa::under_test().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn quick() -> bool {
@@ -106,27 +103,35 @@ fn small_kernels(c: &mut Criterion) {
         });
     }
     g.finish();
-    let mut g = c.benchmark_group("activation/128x3072");
-    g.throughput(Throughput::Elements((128 * 3072) as u64));
-    let xs = vals(128 * 3072, 8);
+    // Every activation on every tier (elements per second), on the FFN shape of BERT-base
+    // (128 x 3072; the row-wise ones over rows of 3072). BENCH_QUICK keeps the four common ones.
+    let xs: Vec<f32> = vals(128 * 3072, 8).iter().map(|v| 8.0 * v).collect();
     let mut y = xs.clone();
-    for isa in tiers() {
-        let k = Kernels::for_isa(isa).unwrap();
-        for a in [
+    let acts: Vec<Activation> = if quick() {
+        vec![
             Activation::Gelu,
             Activation::GeluApproximate,
             Activation::Silu,
             Activation::Relu,
-        ] {
-            g.bench_function(BenchmarkId::new(a.keras_name(), isa), |b| {
+        ]
+    } else {
+        Activation::ALL.to_vec()
+    };
+    for a in acts {
+        let mut g = c.benchmark_group(format!("activation/{}/128x3072", a.keras_name()));
+        g.throughput(Throughput::Elements((128 * 3072) as u64));
+        g.sample_size(10);
+        for isa in tiers() {
+            let k = Kernels::for_isa(isa).unwrap();
+            g.bench_function(isa.name(), |b| {
                 b.iter(|| {
                     y.copy_from_slice(&xs);
                     k.activation(a, black_box(&mut y), 3072).unwrap()
                 })
             });
         }
+        g.finish();
     }
-    g.finish();
     for (s, heads, d) in [(128usize, 12usize, 64usize), (512, 12, 64)] {
         if quick() && s > 128 {
             continue;
@@ -165,15 +170,6 @@ fn small_kernels(c: &mut Criterion) {
     }
 }
 
-fn layer_flops(batch: usize, seq: usize, hidden: usize, heads: usize, inter: usize) -> u64 {
-    let w = heads * (hidden / heads);
-    (batch
-        * (2 * seq * hidden * 3 * w
-            + 4 * seq * seq * w
-            + 2 * seq * w * hidden
-            + 4 * seq * hidden * inter)) as u64
-}
-
 fn layers(c: &mut Criterion) {
     // (name, hidden, heads, inter, batch, seq, threads)
     let all: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
@@ -189,7 +185,6 @@ fn layers(c: &mut Criterion) {
             continue;
         }
         let mut g = c.benchmark_group(format!("layer/{name}_t{t}"));
-        g.throughput(Throughput::Elements(layer_flops(b, s, h, n, f)));
         if h >= 768 {
             g.sample_size(10);
         }
@@ -209,6 +204,7 @@ fn layers(c: &mut Criterion) {
             let enc = TransformerEncoder::with_isa(cfg, w, isa)
                 .unwrap()
                 .with_threads(threads);
+            g.throughput(Throughput::Elements(enc.flops(b, s) as u64));
             let x = vals(b * s * h, 10);
             let mut out = vec![0.0; x.len()];
             let mut ws = Workspace::new();
@@ -229,6 +225,7 @@ fn layers(c: &mut Criterion) {
     }
 }
 
+#[cfg(feature = "bert")]
 fn embedding(c: &mut Criterion) {
     // Texts per second, tokenization included (the workloads of tools/st_anchor.py). Needs the
     // model fetched by .ci/fetch_model.sh; skipped otherwise.
@@ -247,18 +244,7 @@ fn embedding(c: &mut Criterion) {
                 .build()
                 .unwrap(),
         )));
-    let pairs = [
-        ("reset", "router"),
-        ("cancel", "subscription"),
-        ("update", "invoice"),
-        ("export", "report"),
-    ];
-    let queries: Vec<String> = (0..32)
-        .map(|i| format!("how do I {} the {} {i}", pairs[i % 4].0, pairs[i % 4].1))
-        .collect();
-    let passage = "Vector units on modern server processors can multiply sixteen single precision numbers in one instruction, and matrix tiles go further still, so an encoder that keeps its weights packed and its activations in cache spends most of its time doing arithmetic rather than waiting for memory. ".repeat(3);
-    let passages: Vec<String> = (0..8).map(|i| passage[i * 7..].to_string()).collect();
-    for (name, texts) in [("32-queries", &queries), ("8-passages-128tok", &passages)] {
+    for (name, texts) in common::workloads() {
         if quick() && name != "32-queries" {
             continue;
         }
@@ -280,5 +266,10 @@ criterion_group! {
         .measurement_time(std::time::Duration::from_secs(2))
         .warm_up_time(std::time::Duration::from_millis(500));
     targets = gemm, small_kernels, layers, embedding
+}
+
+#[cfg(not(feature = "bert"))]
+fn embedding(_: &mut Criterion) {
+    eprintln!("embedding benches skipped: built without the `bert` feature");
 }
 criterion_main!(benches);

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads="${1:-2}"; secs="${2:-5}"
-anchors="${ANCHORS:-../shared/tools}"
+anchors="${ANCHORS:-tools}"
 model=$(.ci/fetch_model.sh)
 if [ ! -x /tmp/torchenv/bin/python ]; then
   python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install -q torch sentence-transformers numpy

@@ -4,48 +4,36 @@
 //! `PASS <case> max_err=<e> atol=<a>` (or `FAIL ...`) per file, then `N passed, N failed`.
 //! Exits 1 on any failure or unreadable file. Honours `TRANSFORMER_ENCODER_ISA`.
 
+mod common;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use transformer_encoder::MaskedRowPolicy;
 use transformer_encoder::conformance::GoldenCase;
 
-fn main() {
-    let mut policy = MaskedRowPolicy::Keras;
-    let mut paths: Vec<PathBuf> = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--policy" => {
-                policy = match args.next().as_deref() {
-                    Some("keras") => MaskedRowPolicy::Keras,
-                    Some("zeros") => MaskedRowPolicy::Zeros,
-                    Some("uniform") => MaskedRowPolicy::Uniform,
-                    other => {
-                        eprintln!("--policy takes keras, zeros or uniform, got {other:?}");
-                        std::process::exit(2);
-                    }
-                }
-            }
-            "-h" | "--help" => {
-                println!("usage: conformance [--policy keras|zeros|uniform] PATH...");
-                return;
-            }
-            _ => paths.push(PathBuf::from(a)),
-        }
-    }
-    if let Err(e) = transformer_encoder::Isa::from_env() {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
-    if paths.is_empty() {
-        eprintln!("usage: conformance [--policy keras|zeros|uniform] PATH...");
-        std::process::exit(2);
+const USAGE: &str = "conformance [--policy keras|zeros|uniform] PATH...";
+
+fn main() -> ExitCode {
+    common::run(conformance)
+}
+
+fn conformance() -> Result<ExitCode, common::Failure> {
+    let args = common::Args::parse(USAGE, &["policy"], &[])?;
+    let policy = match args.choice("policy", &["keras", "zeros", "uniform"], "keras")? {
+        "zeros" => MaskedRowPolicy::Zeros,
+        "uniform" => MaskedRowPolicy::Uniform,
+        _ => MaskedRowPolicy::Keras,
+    };
+    // A forced tier that is unknown or missing is an error before anything runs.
+    let isa = common::tier(&args)?;
+    if args.positional.is_empty() {
+        return Err(format!("no golden file given (usage: {USAGE})").into());
     }
     let mut files = Vec::new();
-    let mut unreadable = 0usize;
-    for p in &paths {
-        collect(p, &mut files, &mut unreadable);
+    let mut failed = 0usize;
+    for p in &args.positional {
+        collect(Path::new(p), &mut files, &mut failed);
     }
-    let (mut passed, mut failed) = (0usize, failed_start(unreadable));
+    let mut passed = 0usize;
     for f in &files {
         let case = match GoldenCase::load(f) {
             Ok(c) => c,
@@ -55,7 +43,7 @@ fn main() {
                 continue;
             }
         };
-        match case.run(policy, None) {
+        match case.run(policy, Some(isa)) {
             Ok(r) => {
                 let verdict = if r.passed() { "PASS" } else { "FAIL" };
                 println!(
@@ -79,15 +67,15 @@ fn main() {
         }
     }
     println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-fn failed_start(unreadable: usize) -> usize {
-    unreadable
-}
-
+/// The golden files at `p` (a file, or the `.safetensors` files of a folder); an unreadable path
+/// counts as a failure.
 fn collect(p: &Path, out: &mut Vec<PathBuf>, unreadable: &mut usize) {
     if p.is_dir() {
         match std::fs::read_dir(p) {

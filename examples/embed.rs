@@ -11,65 +11,44 @@
 //! line for each and `N passed, N failed` last (exit 1 on any failure). Tolerance: the float32
 //! PyTorch outputs' own distance from the float64 truth, times 4, or 1e-4, whichever is larger.
 
-use std::sync::Arc;
+mod common;
+use std::process::ExitCode;
 use std::time::Instant;
-use transformer_encoder::{Pooling, SentenceEncoder, Threads, pool};
+use transformer_encoder::conformance::max_abs_diff;
+use transformer_encoder::{Pooling, SentenceEncoder, pool};
 
-fn main() {
-    let mut model = std::env::var("TRANSFORMER_ENCODER_MODEL")
+const USAGE: &str = "embed --model DIR [--threads N] [--check GOLDEN] TEXT...";
+
+fn main() -> ExitCode {
+    common::run(embed)
+}
+
+fn embed() -> Result<ExitCode, common::Failure> {
+    let a = common::Args::parse(USAGE, &["model", "threads", "check"], &[])?;
+    let default_model = std::env::var("TRANSFORMER_ENCODER_MODEL")
         .unwrap_or_else(|_| "target/models/all-MiniLM-L6-v2".to_string());
-    let mut threads = 1usize;
-    let mut check: Option<String> = None;
-    let mut texts: Vec<String> = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--model" => model = args.next().unwrap_or_else(|| die("--model needs a folder")),
-            "--threads" => {
-                threads = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| die("--threads needs a positive integer"))
-            }
-            "--check" => check = Some(args.next().unwrap_or_else(|| die("--check needs a file"))),
-            "-h" | "--help" => {
-                println!("usage: embed --model DIR [--threads N] [--check GOLDEN] TEXT...");
-                return;
-            }
-            _ => texts.push(a),
-        }
-    }
-    let th = if threads <= 1 {
-        Threads::Single
-    } else {
-        Threads::Pool(Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap_or_else(|e| die(&format!("thread pool: {e}"))),
-        ))
-    };
+    let model = a.get("model").unwrap_or(&default_model);
+    let threads = a.num("threads", 1usize)?;
     let t0 = Instant::now();
-    let enc = SentenceEncoder::from_dir(&model)
-        .unwrap_or_else(|e| {
-            die(&format!(
-                "cannot load the model from {model}: {e} (fetch it with .ci/fetch_model.sh)"
-            ))
-        })
-        .with_threads(th);
+    let enc = SentenceEncoder::from_dir(model)
+        .map_err(|e| {
+            format!("cannot load the model from {model}: {e} (fetch it with .ci/fetch_model.sh)")
+        })?
+        .with_threads(common::threads(threads)?);
     eprintln!(
         "loaded {model} in {:.0} ms",
         t0.elapsed().as_secs_f64() * 1e3
     );
-    if let Some(path) = check {
-        std::process::exit(run_check(&enc, &path));
+    if let Some(path) = a.get("check") {
+        return run_check(&enc, path);
     }
+    let texts = &a.positional;
     if texts.is_empty() {
-        die("give some TEXT to embed, or --check GOLDEN");
+        return Err(format!("give some TEXT to embed, or --check GOLDEN (usage: {USAGE})").into());
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let t = Instant::now();
-    let embs = enc.embed(&refs).unwrap_or_else(|e| die(&e.to_string()));
+    let embs = enc.embed(&refs)?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     for (text, e) in texts.iter().zip(&embs) {
         let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -84,47 +63,43 @@ fn main() {
         "{} texts in {ms:.2} ms (tokenization included)",
         texts.len()
     );
+    Ok(ExitCode::SUCCESS)
 }
 
-fn die(msg: &str) -> ! {
-    eprintln!("error: {msg}");
-    std::process::exit(2)
-}
-
-fn run_check(enc: &SentenceEncoder, path: &str) -> i32 {
+fn run_check(enc: &SentenceEncoder, path: &str) -> Result<ExitCode, common::Failure> {
     use safetensors::{Dtype, SafeTensors};
-    let bytes = std::fs::read(path).unwrap_or_else(|e| die(&format!("{path}: {e}")));
-    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| die(&format!("{path}: {e}")));
-    let (_, meta) =
-        SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| format!("{path}: {e}"))?;
     let md = meta.metadata().clone().unwrap_or_default();
     let sentences: Vec<String> = md
         .get("sentences")
         .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_else(|| die("the golden file has no `sentences` metadata"));
-    let f64s = |name: &str| -> Vec<f64> {
+        .ok_or("the golden file has no `sentences` metadata")?;
+    let f64s = |name: &str| -> Result<Vec<f64>, common::Failure> {
         let t = st
             .tensor(name)
-            .unwrap_or_else(|_| die(&format!("golden file lacks `{name}`")));
-        match t.dtype() {
+            .map_err(|_| format!("golden file lacks `{name}`"))?;
+        let le = |b: &[u8]| -> [u8; 8] { std::array::from_fn(|i| b.get(i).copied().unwrap_or(0)) };
+        Ok(match t.dtype() {
             Dtype::F64 => t
                 .data()
                 .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .map(|b| f64::from_le_bytes(le(b)))
                 .collect(),
             Dtype::F32 => t
                 .data()
                 .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
                 .collect(),
             Dtype::I64 => t
                 .data()
                 .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                .map(|b| i64::from_le_bytes(le(b)) as f64)
                 .collect(),
             Dtype::U8 => t.data().iter().map(|&b| b as f64).collect(),
-            d => die(&format!("`{name}` has unexpected dtype {d:?}")),
-        }
+            d => return Err(format!("`{name}` has unexpected dtype {d:?}").into()),
+        })
     };
     let (mut passed, mut failed) = (0, 0);
     let mut verdict = |ok: bool, line: String| {
@@ -137,8 +112,8 @@ fn run_check(enc: &SentenceEncoder, path: &str) -> i32 {
     };
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let t = Instant::now();
-    let b = enc.tokenize(&refs).unwrap_or_else(|e| die(&e.to_string()));
-    let want_ids = f64s("input_ids");
+    let b = enc.tokenize(&refs)?;
+    let want_ids = f64s("input_ids")?;
     let ids_ok = b.input_ids.len() == want_ids.len()
         && b.input_ids
             .iter()
@@ -147,36 +122,24 @@ fn run_check(enc: &SentenceEncoder, path: &str) -> i32 {
     verdict(ids_ok, format!("input_ids shape=[{}, {}]", b.batch, b.seq));
     if !ids_ok {
         println!("{passed} passed, {failed} failed");
-        return 1;
+        return Ok(ExitCode::FAILURE);
     }
-    let states = enc
-        .model()
-        .hidden_states(
-            &b.input_ids,
-            Some(&b.token_type_ids),
-            &b.attention_mask,
-            b.batch,
-            b.seq,
-        )
-        .unwrap_or_else(|e| die(&e.to_string()));
+    let states = enc.model().hidden_states(
+        &b.input_ids,
+        Some(&b.token_type_ids),
+        &b.attention_mask,
+        b.batch,
+        b.seq,
+    )?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    let max_diff = |a: &[f32], w: &[f64]| -> f64 {
-        if a.len() != w.len() {
-            return f64::INFINITY;
-        }
-        a.iter()
-            .zip(w)
-            .map(|(x, y)| (*x as f64 - y).abs())
-            .fold(0.0, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) })
-    };
     for (i, s) in states.iter().enumerate() {
-        let truth = f64s(&format!("hidden_states_f64/{i}"));
-        let torch: Vec<f32> = f64s(&format!("hidden_states/{i}"))
+        let truth = f64s(&format!("hidden_states_f64/{i}"))?;
+        let torch: Vec<f32> = f64s(&format!("hidden_states/{i}"))?
             .iter()
             .map(|v| *v as f32)
             .collect();
-        let tol = (4.0 * max_diff(&torch, &truth)).max(1e-4);
-        let err = max_diff(s, &truth);
+        let tol = (4.0 * max_abs_diff(&torch, &truth)).max(1e-4);
+        let err = max_abs_diff(s, &truth);
         verdict(
             err <= tol,
             format!("hidden_states/{i} max_err={err:.3e} tol={tol:.3e}"),
@@ -194,9 +157,8 @@ fn run_check(enc: &SentenceEncoder, path: &str) -> i32 {
         h,
         enc.pooling(),
         true,
-    )
-    .unwrap_or_else(|e| die(&e.to_string()));
-    let truth_last = f64s(&format!("hidden_states_f64/{}", states.len() - 1));
+    )?;
+    let truth_last = f64s(&format!("hidden_states_f64/{}", states.len() - 1))?;
     let truth = pool_f64(
         &truth_last,
         &b.attention_mask,
@@ -205,12 +167,12 @@ fn run_check(enc: &SentenceEncoder, path: &str) -> i32 {
         h,
         enc.pooling(),
     );
-    let torch: Vec<f32> = f64s("sentence_embedding")
+    let torch: Vec<f32> = f64s("sentence_embedding")?
         .iter()
         .map(|v| *v as f32)
         .collect();
-    let tol = (4.0 * max_diff(&torch, &truth)).max(1e-4);
-    let err = max_diff(&ours, &truth);
+    let tol = (4.0 * max_abs_diff(&torch, &truth)).max(1e-4);
+    let err = max_abs_diff(&ours, &truth);
     verdict(
         err <= tol,
         format!("sentence_embedding max_err={err:.3e} tol={tol:.3e}"),
@@ -221,7 +183,11 @@ fn run_check(enc: &SentenceEncoder, path: &str) -> i32 {
         b.batch
     );
     println!("{passed} passed, {failed} failed");
-    i32::from(failed > 0)
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn pool_f64(

@@ -3,15 +3,21 @@
 //!
 //! `cargo run --release --example quickstart` (honours `TRANSFORMER_ENCODER_ISA`).
 
-use std::time::Instant;
+mod common;
+use std::process::ExitCode;
+use transformer_encoder::conformance::max_abs_diff;
 use transformer_encoder::{
     CallOptions, EncoderConfig, TensorView, TransformerEncoder, Workspace, reference,
 };
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
+    common::run(quickstart)
+}
+
+fn quickstart() -> Result<ExitCode, common::Failure> {
+    common::Args::parse("quickstart (no arguments)", &[], &[])?;
     let (batch, seq, hidden) = (2, 10, 64);
-    // Fail loudly if a forced tier is unknown or missing.
-    transformer_encoder::Isa::from_env()?;
+    // A forced tier that is unknown or missing is an error here (TransformerEncoder::new).
     let config = EncoderConfig::new(64, 8);
     let encoder = TransformerEncoder::init(config.clone(), hidden, 1234)?;
 
@@ -34,34 +40,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let r = reference::forward(&config, &encoder.weights(), view, &opts, false)?;
-    let max_diff = y
-        .iter()
-        .zip(&r.output)
-        .map(|(a, b)| (*a as f64 - b).abs())
-        .fold(0.0f64, f64::max);
+    let max_diff = max_abs_diff(&y, &r.output);
     println!("max |fast - naive float64 reference| = {max_diff:.3e}");
 
     // Median time per call, reusing the output and workspace (no allocation per call).
     let mut out = vec![0.0f32; y.len()];
     let mut ws = Workspace::new();
-    for _ in 0..200 {
-        encoder.forward_into(view, &opts, &mut out, None, &mut ws)?;
-    }
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while times.len() < 20_000 && (start.elapsed().as_secs_f64() < 2.0 || times.len() < 100) {
-        let t = Instant::now();
-        encoder.forward_into(view, &opts, &mut out, None, &mut ws)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
-    let median = times[times.len() / 2];
+    let (median, min, runs) = common::time(2.0, 100, || {
+        encoder.forward_into(view, &opts, &mut out, None, &mut ws)
+    })?;
     println!(
-        "median time per call: {:.1} us ({} calls, min {:.1} us)",
+        "median time per call: {:.1} us ({runs} calls, min {:.1} us)",
         median * 1e6,
-        times.len(),
-        times[0] * 1e6
+        min * 1e6
     );
-    assert!(out == y, "forward_into and forward disagree");
-    Ok(())
+    if out != y {
+        return Err("forward_into and forward disagree".into());
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -264,14 +264,21 @@ impl GoldenCase {
     }
 }
 
-/// `max |a - b|` (NaN if any difference is NaN or the lengths differ).
-pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+/// `max |a - b|` over two slices of the same length (NaN if any difference is NaN or the lengths
+/// differ, so a short output never passes a tolerance check).
+///
+/// ```
+/// use transformer_encoder::conformance::max_abs_diff;
+/// assert_eq!(max_abs_diff(&[1.0f32, 2.0], &[1.5f64, 2.0]), 0.5);
+/// assert!(max_abs_diff(&[1.0f32], &[1.0f64, 2.0]).is_nan());
+/// ```
+pub fn max_abs_diff<A: Copy + Into<f64>, B: Copy + Into<f64>>(a: &[A], b: &[B]) -> f64 {
     if a.len() != b.len() {
         return f64::NAN;
     }
     let mut m = 0.0f64;
     for (x, y) in a.iter().zip(b) {
-        let d = (*x as f64 - y).abs();
+        let d = ((*x).into() - (*y).into()).abs();
         if d.is_nan() {
             return f64::NAN;
         }

@@ -39,6 +39,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+#[cfg(feature = "bert")]
 mod bert;
 mod config;
 pub mod conformance;
@@ -49,6 +50,7 @@ pub mod reference;
 mod stack;
 mod weights;
 
+#[cfg(feature = "bert")]
 pub use bert::{Batch, BertConfig, BertModel, Pooling, SentenceEncoder, pool};
 pub use config::{DTYPE_POLICIES, EncoderConfig, INITIALIZER_NAMES, Initializer, WeightPrecision};
 pub use encoder::{

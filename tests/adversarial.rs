@@ -3,7 +3,7 @@
 //! have run). Rows covered elsewhere are listed in the README's "Reliability" section.
 
 mod common;
-use common::{rand_vec, tiers};
+use common::{tiers, values};
 use std::sync::Arc;
 use transformer_encoder::*;
 use transformer_encoder_kernels::{
@@ -131,7 +131,7 @@ fn n2_softmax_overflow_rows() {
         for s in [
             1usize, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 127, 129, 511, 513, 1025,
         ] {
-            let l = rand_vec(s, s as u64, -50.0, 50.0);
+            let l = values(s, s as u64, -50.0, 50.0);
             let p = softmax_probs(isa, &l);
             let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let z: f64 = l.iter().map(|v| (*v as f64 - m).exp()).sum();
@@ -193,7 +193,7 @@ fn n3_layer_norm_cancellation_rows() {
                 &format!("{isa} mean {mean}"),
             );
         }
-        let row: Vec<f32> = rand_vec(768, 3, -1.0, 1.0)
+        let row: Vec<f32> = values(768, 3, -1.0, 1.0)
             .iter()
             .map(|v| v + 2000.0)
             .collect();
@@ -204,8 +204,8 @@ fn n3_layer_norm_cancellation_rows() {
             1e-4,
             "randn+2000",
         );
-        let a = rand_vec(768, 4, -0.01, 0.01);
-        let r: Vec<f32> = rand_vec(768, 5, -0.01, 0.01)
+        let a = values(768, 4, -0.01, 0.01);
+        let r: Vec<f32> = values(768, 5, -0.01, 0.01)
             .iter()
             .map(|v| v + 3000.0)
             .collect();
@@ -224,8 +224,8 @@ fn n3_layer_norm_cancellation_rows() {
         );
         // Irregular shapes (S6).
         for (rows, n) in [(15usize, 3usize), (30, 300), (256, 768), (257, 768)] {
-            let x = rand_vec(rows * n, n as u64, -3.0, 3.0);
-            let (g, b) = (rand_vec(n, 1, 0.5, 1.5), rand_vec(n, 2, -1.0, 1.0));
+            let x = values(rows * n, n as u64, -3.0, 3.0);
+            let (g, b) = (values(n, 1, 0.5, 1.5), values(n, 2, -1.0, 1.0));
             let mut out = vec![0.0; rows * n];
             Kernels::for_isa(isa)
                 .unwrap()
@@ -316,7 +316,7 @@ fn n6_denormal_inputs_and_weights() {
             .unwrap();
         assert!(y.iter().all(|v| v.is_finite()), "{isa}");
         let e = TransformerEncoder::with_isa(cfg, w, isa).unwrap();
-        let x = rand_vec(2 * 5 * 16, 1, -1.0, 1.0);
+        let x = values(2 * 5 * 16, 1, -1.0, 1.0);
         let (y, s) = e
             .forward_with_scores(TensorView::new(&x, &[2, 5, 16]), &CallOptions::new())
             .unwrap();
@@ -376,7 +376,7 @@ fn n7_a7_half_precision_storage() {
 #[test]
 fn n8_n9_large_values_and_nan_weights_propagate_identically() {
     let (b, s, h) = (2, 6, 24);
-    let mut x = rand_vec(b * s * h, 3, -1.0, 1.0);
+    let mut x = values(b * s * h, 3, -1.0, 1.0);
     x.iter_mut().step_by(7).for_each(|v| *v *= 1e4);
     let mut outs = Vec::new();
     for isa in tiers() {
@@ -449,7 +449,7 @@ fn s1_s3_sizes_around_vector_widths_and_blocks() {
                     i as u64,
                 );
                 let (b, s) = (1 + i % 3, 1 + (i * 5) % 9);
-                let x = rand_vec(b * s * h, i as u64, -2.0, 2.0);
+                let x = values(b * s * h, i as u64, -2.0, 2.0);
                 vs_reference(
                     &e,
                     &x,
@@ -462,7 +462,7 @@ fn s1_s3_sizes_around_vector_widths_and_blocks() {
         // head_dim around the widths, and batch == seq == heads (S3).
         for d in [1usize, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65] {
             let e = enc(isa, 2 * d, 2, 8, Activation::Relu, false, d as u64);
-            let x = rand_vec(2 * 2 * 2 * d, d as u64, -1.0, 1.0);
+            let x = values(2 * 2 * 2 * d, d as u64, -1.0, 1.0);
             vs_reference(
                 &e,
                 &x,
@@ -472,7 +472,7 @@ fn s1_s3_sizes_around_vector_widths_and_blocks() {
             );
         }
         let e = enc(isa, 12, 4, 12, Activation::Gelu, false, 9);
-        let x = rand_vec(4 * 4 * 12, 9, -1.0, 1.0);
+        let x = values(4 * 4 * 12, 9, -1.0, 1.0);
         vs_reference(
             &e,
             &x,
@@ -480,7 +480,7 @@ fn s1_s3_sizes_around_vector_widths_and_blocks() {
             &CallOptions::new(),
             &format!("{isa} batch == seq == heads"),
         );
-        let x = rand_vec(12 * 12 * 12, 10, -1.0, 1.0);
+        let x = values(12 * 12 * 12, 10, -1.0, 1.0);
         vs_reference(
             &e,
             &x,
@@ -503,7 +503,7 @@ fn s2_sequence_lengths_around_kernel_switch_points() {
         .enumerate()
         {
             let b = [1usize, 2, 3, 7][k % 4].min(if s > 500 { 1 } else { 7 });
-            let x = rand_vec(b * s * 8, s as u64, -1.0, 1.0);
+            let x = values(b * s * 8, s as u64, -1.0, 1.0);
             let pad: Vec<u8> = (0..b * s).map(|i| (i % s < s - s / 4) as u8).collect();
             let o = CallOptions::new().padding_mask(Mask::new(&pad, &[b, s]));
             vs_reference(&e, &x, &[b, s, 8], &o, &format!("{isa} seq={s} batch={b}"));
@@ -527,7 +527,7 @@ fn s4_s5_empty_batches_misaligned_and_sentinel_guarded_buffers() {
         );
         let (b, s, h) = (2, 5, 33);
         let n = b * s * h;
-        let base = rand_vec(n, 4, -1.0, 1.0);
+        let base = values(n, 4, -1.0, 1.0);
         let want = e
             .forward(TensorView::new(&base, &[b, s, h]), &CallOptions::new())
             .unwrap();
@@ -563,7 +563,7 @@ fn m1_polarity_probe() {
     for isa in tiers() {
         let (s, heads, d) = (9usize, 2usize, 5usize);
         let w = heads * d;
-        let qkv = rand_vec(s * 3 * w, 8, -1.0, 1.0);
+        let qkv = values(s * 3 * w, 8, -1.0, 1.0);
         let mut m = vec![0u8; s * s];
         for i in 0..s {
             m[i * s + (i * 4 + 1) % s] = 1;
@@ -603,7 +603,7 @@ fn m1_polarity_probe() {
 #[test]
 fn m2_m3_left_right_gapped_padding_causal_and_broadcast_masks() {
     let (b, s, h) = (3, 11, 20);
-    let x = rand_vec(b * s * h, 12, -1.5, 1.5);
+    let x = values(b * s * h, 12, -1.5, 1.5);
     let right: Vec<u8> = (0..b * s).map(|i| (i % s < 8) as u8).collect();
     let left: Vec<u8> = (0..b * s).map(|i| (i % s >= 3) as u8).collect();
     let gaps: Vec<u8> = (0..b * s).map(|i| ((i % s) % 3 != 1) as u8).collect();
@@ -651,7 +651,7 @@ fn m5_m8_fully_masked_rows_under_every_policy_tier_and_thread_count() {
     // One query fully masked; a whole batch item padded; padding deeper than a causal band
     // (S = 16, window 4, 12 padded).
     let (b, s, h) = (3, 16, 24);
-    let x = rand_vec(b * s * h, 21, -1.0, 1.0);
+    let x = values(b * s * h, 21, -1.0, 1.0);
     let pad: Vec<u8> = (0..b * s)
         .map(|i| match i / s {
             0 => 1,
@@ -734,7 +734,7 @@ fn m6_padding_invariance() {
     // bit for bit, on every tier and thread count.
     let (b, s, h) = (2, 13, 32);
     let pad: Vec<u8> = (0..b * s).map(|i| (i % s < [9, 13][i / s]) as u8).collect();
-    let base = rand_vec(b * s * h, 31, -1.0, 1.0);
+    let base = values(b * s * h, 31, -1.0, 1.0);
     for isa in tiers() {
         for pre in [false, true] {
             for threads in [
@@ -816,7 +816,7 @@ fn c2_sixteen_threads_thousand_calls_each() {
             (
                 b,
                 s,
-                rand_vec(b * s * 24, i as u64, -1.0, 1.0),
+                values(b * s * 24, i as u64, -1.0, 1.0),
                 (0..b * s).map(|t| (t % s != 1) as u8).collect(),
             )
         })

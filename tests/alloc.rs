@@ -6,7 +6,7 @@
 #![allow(unsafe_code)]
 
 mod common;
-use common::{rand_vec, tiers};
+use common::{tiers, values};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -71,7 +71,7 @@ fn count(f: impl FnOnce()) -> usize {
 fn no_allocation_per_call_after_warm_up() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (b, s, h) = (2, 40, 192);
-    let x = rand_vec(b * s * h, 6, -1.0, 1.0);
+    let x = values(b * s * h, 6, -1.0, 1.0);
     let pad: Vec<u8> = (0..b * s).map(|i| (i % s < 30) as u8).collect();
     const CALLS: usize = 100;
     // One pool for the whole test: a pool dropped while counting would have its threads

@@ -2,7 +2,7 @@
 //! the weights export/import round trip, mask semantics, training mode and the stack.
 
 mod common;
-use common::{GOLDEN, data, rand_vec};
+use common::{GOLDEN, data, values};
 use transformer_encoder::conformance::GoldenCase;
 use transformer_encoder::*;
 
@@ -330,7 +330,7 @@ fn bad_weight_sets_are_refused_by_name() {
 #[test]
 fn call_errors_name_the_argument_and_write_nothing() {
     let e = enc(8, 2, 12);
-    let x = rand_vec(2 * 3 * 8, 1, -1.0, 1.0);
+    let x = values(2 * 3 * 8, 1, -1.0, 1.0);
     let ok = TensorView::new(&x, &[2, 3, 8]);
     let o = CallOptions::new();
     shape_err(
@@ -478,7 +478,7 @@ fn close(a: &[f32], b: &[f64], tol: f64) {
 #[test]
 fn mask_values_follow_keras_truncation_and_min() {
     let e = enc(16, 4, 20);
-    let x = rand_vec(2 * 4 * 16, 5, -2.0, 2.0);
+    let x = values(2 * 4 * 16, 5, -2.0, 2.0);
     let xv = TensorView::new(&x, &[2, 4, 16]);
     // Float masks: 0.7 masks, 1.5 and -1 attend.
     let pf = [1.0f32, 0.7, 1.5, -1.0, 1.0, 1.0, 0.2, 0.0];
@@ -557,7 +557,7 @@ fn mask_values_follow_keras_truncation_and_min() {
 #[test]
 fn padding_masks_keys_only_and_implicit_mask_masks_queries() {
     let e = enc(16, 4, 20);
-    let x = rand_vec(4 * 16, 8, -1.0, 1.0);
+    let x = values(4 * 16, 8, -1.0, 1.0);
     let xv = TensorView::new(&x, &[1, 4, 16]);
     let ids = [101u32, 7, 0, 0];
     let pad = padding_mask_from_ids(&ids, 0);
@@ -587,7 +587,7 @@ fn padding_masks_keys_only_and_implicit_mask_masks_queries() {
 #[test]
 fn masked_keys_never_leak_nan() {
     let e = enc(16, 2, 24);
-    let mut x = rand_vec(2 * 5 * 16, 9, -1.0, 1.0);
+    let mut x = values(2 * 5 * 16, 9, -1.0, 1.0);
     // Poison the padded positions of batch item 0 (tokens 3, 4).
     for t in 3..5 {
         for j in 0..16 {
@@ -606,7 +606,7 @@ fn masked_keys_never_leak_nan() {
 fn training_mode_dropout_is_seeded_and_matches_the_reference() {
     let cfg = EncoderConfig::new(24, 4).with_dropout(0.3);
     let e = TransformerEncoder::init(cfg, 16, 11).unwrap();
-    let x = rand_vec(2 * 6 * 16, 2, -1.0, 1.0);
+    let x = values(2 * 6 * 16, 2, -1.0, 1.0);
     let xv = TensorView::new(&x, &[2, 6, 16]);
     let inf = e.forward(xv, &CallOptions::new()).unwrap();
     let t1 = e.forward(xv, &CallOptions::new().training(5)).unwrap();
@@ -643,7 +643,7 @@ fn every_activation_matches_the_reference() {
                 .with_activation(act)
                 .with_normalize_first(pre);
             let e = TransformerEncoder::init(cfg, 12, 4).unwrap();
-            let x = rand_vec(2 * 5 * 12, 3, -3.0, 3.0);
+            let x = values(2 * 5 * 12, 3, -3.0, 3.0);
             let xv = TensorView::new(&x, &[2, 5, 12]);
             let y = e.forward(xv, &CallOptions::new()).unwrap();
             let r = reference_out(&e, xv, &CallOptions::new(), false);
@@ -691,7 +691,7 @@ fn stack_runs_layers_in_order() {
     let layers: Vec<TransformerEncoder> = (0..3)
         .map(|i| TransformerEncoder::init(EncoderConfig::new(20, 2), 8, i).unwrap())
         .collect();
-    let x = rand_vec(3 * 8, 4, -1.0, 1.0);
+    let x = values(3 * 8, 4, -1.0, 1.0);
     let xv = TensorView::new(&x, &[1, 3, 8]);
     let o = CallOptions::new();
     let mut manual = x.clone();
@@ -717,7 +717,7 @@ fn encoder_is_send_and_sync() {
     check::<TransformerEncoder>();
     check::<EncoderStack>();
     let e = std::sync::Arc::new(enc(8, 2, 12));
-    let x = rand_vec(3 * 8, 4, -1.0, 1.0);
+    let x = values(3 * 8, 4, -1.0, 1.0);
     let want = e
         .forward(TensorView::new(&x, &[1, 3, 8]), &CallOptions::new())
         .unwrap();

@@ -3,7 +3,7 @@
 //! every missing or mis-shaped tensor is named; poolings.
 
 mod common;
-use common::rand_vec;
+use common::values;
 use std::collections::BTreeMap;
 use transformer_encoder::*;
 
@@ -62,7 +62,7 @@ fn checkpoint(
     let mut tensors = BTreeMap::new();
     for (i, (n, s)) in shapes().into_iter().enumerate() {
         let len: usize = s.iter().product();
-        let mut t = rand_vec(len, 100 + i as u64, -0.5, 0.5);
+        let mut t = values(len, 100 + i as u64, -0.5, 0.5);
         if n.ends_with("LayerNorm.weight") {
             t.iter_mut().for_each(|x| *x += 1.0);
         }

@@ -3,7 +3,7 @@
 
 mod common;
 use common::{GOLDEN, data, tiers};
-use transformer_encoder::conformance::GoldenCase;
+use transformer_encoder::conformance::{GoldenCase, max_abs_diff};
 use transformer_encoder::{MaskedRowPolicy, TransformerEncoder};
 
 #[test]
@@ -41,27 +41,12 @@ fn reference_matches_the_float64_truth() {
         let r =
             transformer_encoder::reference::forward(&case.config, &case.weights, x, &opts, false)
                 .unwrap();
-        let err = r
-            .output
-            .iter()
-            .zip(&case.outputs_f64)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let err = max_abs_diff(&r.output, &case.outputs_f64);
         let rs =
             transformer_encoder::reference::forward(&case.config, &case.weights, x, &opts, true)
                 .unwrap();
-        let err2 = rs
-            .output
-            .iter()
-            .zip(&case.outputs_scores_path_f64)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        let err3 = rs
-            .scores
-            .iter()
-            .zip(&case.attention_scores_f64)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let err2 = max_abs_diff(&rs.output, &case.outputs_scores_path_f64);
+        let err3 = max_abs_diff(&rs.scores, &case.attention_scores_f64);
         assert!(
             err < 1e-9 && err2 < 1e-9 && err3 < 1e-9,
             "{name}: {err} {err2} {err3}"
@@ -74,12 +59,7 @@ fn fully_masked_batch_item_differs_between_policies() {
     // gelu_padding_one_empty has a batch item with every key padded: Keras' two paths disagree
     // there by O(1), and the crate reproduces both.
     let case = GoldenCase::load(data("gelu_padding_one_empty.safetensors")).unwrap();
-    let d: f64 = case
-        .outputs_f64
-        .iter()
-        .zip(&case.outputs_scores_path_f64)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let d = max_abs_diff(&case.outputs_f64, &case.outputs_scores_path_f64);
     assert!(d > 0.1, "the case must exercise a fully masked row ({d})");
     let enc = TransformerEncoder::new(case.config.clone(), case.weights.clone()).unwrap();
     let x = transformer_encoder::TensorView::new(&case.inputs, &case.shape);
@@ -89,8 +69,8 @@ fn fully_masked_batch_item_differs_between_policies() {
     let uniform = enc
         .forward(x, &case.options(MaskedRowPolicy::Uniform))
         .unwrap();
-    let e0 = transformer_encoder::conformance::max_abs_diff(&zeros, &case.outputs_scores_path_f64);
-    let e1 = transformer_encoder::conformance::max_abs_diff(&uniform, &case.outputs_f64);
+    let e0 = max_abs_diff(&zeros, &case.outputs_scores_path_f64);
+    let e1 = max_abs_diff(&uniform, &case.outputs_f64);
     assert!(
         e0 <= case.atol_outputs && e1 <= case.atol_outputs,
         "{e0} {e1}"
@@ -110,8 +90,8 @@ fn bf16_weights_are_no_worse_than_keras_mixed_bfloat16() {
         let y = enc
             .forward(x, &case.options(MaskedRowPolicy::Keras))
             .unwrap();
-        let ours = transformer_encoder::conformance::max_abs_diff(&y, &case.outputs_f64);
-        let keras = transformer_encoder::conformance::max_abs_diff(mixed, &case.outputs_f64);
+        let ours = max_abs_diff(&y, &case.outputs_f64);
+        let keras = max_abs_diff(mixed, &case.outputs_f64);
         assert!(
             ours <= keras,
             "{name}: bf16 weights err {ours} > Keras mixed_bfloat16 err {keras}"

@@ -2,7 +2,7 @@
 //! inside other pools and parallel iterators.
 
 mod common;
-use common::{rand_vec, tiers};
+use common::{tiers, values};
 use std::sync::Arc;
 use transformer_encoder::*;
 
@@ -27,7 +27,7 @@ fn big(isa: Isa, act: Activation, pre: bool) -> TransformerEncoder {
 #[test]
 fn bit_identical_for_every_thread_count() {
     let (b, s, h) = (3, 67, 192);
-    let x = rand_vec(b * s * h, 3, -2.0, 2.0);
+    let x = values(b * s * h, 3, -2.0, 2.0);
     let pad: Vec<u8> = (0..b * s)
         .map(|i| (i % s < s - 3 * (i / s)) as u8)
         .collect();
@@ -67,7 +67,7 @@ fn bit_identical_for_every_thread_count() {
 fn calls_from_inside_other_pools_and_parallel_iterators() {
     use rayon::prelude::*;
     let (b, s, h) = (2, 33, 192);
-    let x = rand_vec(b * s * h, 4, -1.0, 1.0);
+    let x = values(b * s * h, 4, -1.0, 1.0);
     let enc = Arc::new(
         big(Isa::best_available(), Activation::Gelu, false).with_threads(Threads::Pool(pool(2))),
     );

@@ -175,11 +175,15 @@ impl Isa {
             .collect()
     }
 
-    /// The tiers a test suite runs: every available tier, after checking that the tiers
-    /// `TRANSFORMER_ENCODER_REQUIRE_ISA` lists are among them (an error otherwise).
+    /// The tiers a test suite or benchmark runs: the one `TRANSFORMER_ENCODER_ISA` forces, else
+    /// every available tier; the tiers `TRANSFORMER_ENCODER_REQUIRE_ISA` lists must be available
+    /// (an error otherwise, so a required tier never passes by being skipped).
     pub fn under_test() -> Result<Vec<Isa>, IsaError> {
         Isa::required_by("TRANSFORMER_ENCODER_REQUIRE_ISA")?;
-        Ok(Isa::available())
+        Ok(match Isa::from_env()? {
+            Some(isa) => vec![isa],
+            None => Isa::available(),
+        })
     }
 }
 

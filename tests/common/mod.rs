@@ -1,39 +1,25 @@
 #![allow(dead_code)]
-//! Shared helpers for the integration tests.
+//! Helpers shared by the integration tests and the property tests (`proptests/main.rs` includes
+//! this file).
 
+use proptest::test_runner::{Config, FileFailurePersistence};
 use transformer_encoder::Isa;
 
-/// Every tier this machine has. If `TRANSFORMER_ENCODER_REQUIRE_ISA` names tiers
-/// (comma-separated), each must be available, or the test fails (a forced tier that cannot run
-/// must not pass silently).
+/// The tiers to test: `Isa::under_test` (every available tier, or the one
+/// `TRANSFORMER_ENCODER_ISA` forces); a tier `TRANSFORMER_ENCODER_REQUIRE_ISA` lists that this CPU
+/// lacks fails the test instead of being skipped.
 pub fn tiers() -> Vec<Isa> {
-    if let Ok(req) = std::env::var("TRANSFORMER_ENCODER_REQUIRE_ISA") {
-        for name in req.split(',').filter(|s| !s.trim().is_empty()) {
-            let isa: Isa = name
-                .trim()
-                .parse()
-                .expect("TRANSFORMER_ENCODER_REQUIRE_ISA names a tier");
-            assert!(
-                isa.is_available(),
-                "required tier {isa} is not available on this CPU"
-            );
-        }
-    }
-    let v: Vec<Isa> = Isa::ALL
-        .iter()
-        .copied()
-        .filter(|i| i.is_available())
-        .collect();
+    let t = Isa::under_test().unwrap_or_else(|e| panic!("{e}"));
     for i in Isa::ALL {
-        if !i.is_available() {
-            eprintln!("note: tier {i} not available on this CPU; its tests are skipped");
+        if !t.contains(&i) {
+            eprintln!("note: tier {i} not tested here (unavailable or not forced)");
         }
     }
-    v
+    t
 }
 
 /// Deterministic pseudo-random values in [lo, hi).
-pub fn rand_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+pub fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
     (0..n)
         .map(|i| {
             lo + (hi - lo) * transformer_encoder_kernels::rng::uniform(seed, 99, i as u64) as f32
@@ -41,6 +27,7 @@ pub fn rand_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
         .collect()
 }
 
+/// A golden or data file under `tests/data/`.
 pub fn data(name: &str) -> String {
     format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -57,3 +44,47 @@ pub const GOLDEN: [&str; 10] = [
     "seed_example",
     "silu_long",
 ];
+
+/// proptest configuration: `PROPTEST_CASES` sets the count; regressions go next to the sources.
+pub fn config(default_cases: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    Config {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..Config::default()
+    }
+}
+
+/// `|fast - ref| <= atol + rtol * |ref|` element-wise, with a message naming the first failure.
+pub fn check_close(
+    fast: &[f32],
+    reference: &[f64],
+    atol: f64,
+    rtol: f64,
+    what: &str,
+) -> Result<(), String> {
+    if fast.len() != reference.len() {
+        return Err(format!(
+            "{what}: length {} vs {}",
+            fast.len(),
+            reference.len()
+        ));
+    }
+    for (i, (f, r)) in fast.iter().zip(reference).enumerate() {
+        // Both NaN, or the same infinity, agree (the uniform policy weights a poisoned masked
+        // value exactly as Keras does).
+        if (f.is_nan() && r.is_nan()) || (f.is_infinite() && *f as f64 == *r) {
+            continue;
+        }
+        let d = (*f as f64 - r).abs();
+        if d.is_nan() || d > atol + rtol * r.abs() {
+            return Err(format!(
+                "{what}: element {i}: fast {f} vs reference {r} (diff {d:e})"
+            ));
+        }
+    }
+    Ok(())
+}
