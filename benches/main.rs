@@ -96,6 +96,7 @@ fn small_kernels(c: &mut Criterion) {
                     1e-5,
                     &mut out,
                     None,
+                    None,
                     Par::Seq,
                 )
                 .unwrap()
@@ -160,6 +161,7 @@ fn small_kernels(c: &mut Criterion) {
                         &mut ctx,
                         None,
                         &mut scratch,
+                        None,
                         Par::Seq,
                     )
                     .unwrap()

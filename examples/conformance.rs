@@ -1,23 +1,27 @@
-//! Golden-file conformance: `cargo run --release --example conformance -- [--policy keras|zeros|uniform] PATH...`
+//! Golden-file conformance:
+//! `cargo run --release --example conformance -- [--precision fp32|int8] [--policy keras|zeros|uniform] PATH...`
 //!
 //! Each PATH is a golden file made by `tools/keras_golden.py` or a folder of them. Prints
 //! `PASS <case> max_err=<e> atol=<a>` (or `FAIL ...`) per file, then `N passed, N failed`.
+//! `--precision int8` builds the layer from Keras' quantized variables (`weights_int8/`) and
+//! checks the default call against the int8 reference (`outputs_int8_f64`) under `atol_int8`.
 //! Exits 1 on any failure or unreadable file. Honours `TRANSFORMER_ENCODER_ISA`.
 
 mod common;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use transformer_encoder::MaskedRowPolicy;
 use transformer_encoder::conformance::GoldenCase;
+use transformer_encoder::{MaskedRowPolicy, Precision};
 
-const USAGE: &str = "conformance [--policy keras|zeros|uniform] PATH...";
+const USAGE: &str = "conformance [--precision fp32|int8] [--policy keras|zeros|uniform] PATH...";
 
 fn main() -> ExitCode {
     common::run(conformance)
 }
 
 fn conformance() -> Result<ExitCode, common::Failure> {
-    let args = common::Args::parse(USAGE, &["policy"], &[])?;
+    let args = common::Args::parse(USAGE, &["policy", "precision"], &[])?;
+    let precision = common::precision(&args)?;
     let policy = match args.choice("policy", &["keras", "zeros", "uniform"], "keras")? {
         "zeros" => MaskedRowPolicy::Zeros,
         "uniform" => MaskedRowPolicy::Uniform,
@@ -43,17 +47,31 @@ fn conformance() -> Result<ExitCode, common::Failure> {
                 continue;
             }
         };
-        match case.run(policy, Some(isa)) {
+        let report = if precision == Precision::Fp32 {
+            case.run(policy, Some(isa))
+        } else {
+            case.run_precision(precision, Some(isa))
+        };
+        match report {
             Ok(r) => {
                 let verdict = if r.passed() { "PASS" } else { "FAIL" };
-                println!(
-                    "{verdict} {} max_err={:.3e} atol={:.3e} scores_err={:.3e} atol_scores={:.3e}",
-                    r.name,
-                    r.max_err(),
-                    r.atol_outputs,
-                    r.err_scores,
-                    r.atol_scores
-                );
+                if precision == Precision::Fp32 {
+                    println!(
+                        "{verdict} {} max_err={:.3e} atol={:.3e} scores_err={:.3e} atol_scores={:.3e}",
+                        r.name,
+                        r.max_err(),
+                        r.atol_outputs,
+                        r.err_scores,
+                        r.atol_scores
+                    );
+                } else {
+                    println!(
+                        "{verdict} {} precision={precision} max_err={:.3e} atol_int8={:.3e}",
+                        r.name,
+                        r.max_err(),
+                        r.atol_outputs
+                    );
+                }
                 if r.passed() {
                     passed += 1;
                 } else {

@@ -132,7 +132,7 @@ proptest! {
             let k = Kernels::for_isa(isa).unwrap();
             let mut out = vec![f32::NAN; rows * n];
             let mut sum = vec![f32::NAN; rows * n];
-            k.layer_norm(&xin, resid.then_some(&res[..]), n, &g, &b, eps, &mut out, Some(&mut sum), Par::Threads(2)).unwrap();
+            k.layer_norm(&xin, resid.then_some(&res[..]), n, &g, &b, eps, &mut out, Some(&mut sum), None, Par::Threads(2)).unwrap();
             check_close(&out, &want, 1e-5, 1e-4, &format!("layer_norm {isa} n={n} offset={offset} spread={spread}")).map_err(TestCaseError::fail)?;
             for (i, s) in sum.iter().enumerate() {
                 let e = xin[i] + if resid { res[i] } else { 0.0 };
@@ -178,7 +178,7 @@ proptest! {
             let mut p = vec![f32::NAN; batch * heads * seq * seq];
             let mut scratch = AttentionScratch::new();
             for par in [Par::Seq, Par::Threads(2)] {
-                k.attention(&qkv, shape, mask, policy, dropout, &mut ctx, Some(&mut p), &mut scratch, par).unwrap();
+                k.attention(&qkv, shape, mask, policy, dropout, &mut ctx, Some(&mut p), &mut scratch, None, par).unwrap();
                 check_close(&p, &want_p, 1e-6, 1e-4, &format!("probabilities {isa}")).map_err(TestCaseError::fail)?;
                 check_close(&ctx, &want_ctx, 1e-5 * vmax * (seq as f64).sqrt(), 1e-4, &format!("context {isa}")).map_err(TestCaseError::fail)?;
             }
@@ -238,6 +238,7 @@ fn attention_long_sequence() {
                 &mut ctx,
                 None,
                 &mut scratch,
+                None,
                 Par::Seq,
             )
             .unwrap();

@@ -4,4 +4,5 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod encoder;
+mod int8;
 mod kernels;

@@ -405,6 +405,7 @@ impl BertModel {
                 self.config.layer_norm_eps as f32,
                 &mut out,
                 None,
+                None,
                 Par::Seq,
             )?;
         }

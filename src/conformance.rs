@@ -4,7 +4,7 @@
 use crate::encoder::{CallOptions, MaskedRowPolicy, TensorView, TransformerEncoder};
 use crate::error::{Error, Result};
 use crate::mask::Mask;
-use crate::{EncoderConfig, EncoderWeights};
+use crate::{EncoderConfig, EncoderWeights, Int8Weights, Precision};
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 use transformer_encoder_kernels::Isa;
@@ -38,6 +38,12 @@ pub struct GoldenCase {
     pub atol_outputs: f64,
     /// Tolerance for scores.
     pub atol_scores: f64,
+    /// Keras' int8 variables after `quantize("int8")` (`weights_int8/`), if the case has them.
+    pub weights_int8: Option<Int8Weights>,
+    /// The int8 reference: Keras' int8 arithmetic with every float part in float64.
+    pub outputs_int8_f64: Option<Vec<f64>>,
+    /// Tolerance of the int8 outputs.
+    pub atol_int8: Option<f64>,
 }
 
 /// The measured errors of one case.
@@ -175,6 +181,16 @@ impl GoldenCase {
                     .map(|v| v.into_iter().map(|x| x as f32).collect())
             })
             .transpose()?;
+        let has_int8 = tensor(&st, "outputs_int8_f64")?.is_some();
+        let (weights_int8, outputs_int8_f64, atol_int8) = if has_int8 {
+            (
+                Some(Int8Weights::from_safetensors(bytes, "weights_int8/")?),
+                Some(need("outputs_int8_f64")?),
+                Some(num("atol_int8")?),
+            )
+        } else {
+            (None, None, None)
+        };
         Ok(GoldenCase {
             name,
             config,
@@ -189,6 +205,9 @@ impl GoldenCase {
             outputs_mixed_bfloat16,
             atol_outputs: num("atol_outputs")?,
             atol_scores: num("atol_scores")?,
+            weights_int8,
+            outputs_int8_f64,
+            atol_int8,
         })
     }
 
@@ -250,6 +269,38 @@ impl GoldenCase {
             err_scores: max_abs_diff(&scores, &truth_p),
             atol_outputs: self.atol_outputs,
             atol_scores: self.atol_scores,
+        })
+    }
+
+    /// Run the case in `precision`: fp32 as [`GoldenCase::run`] with Keras' policy; int8 from
+    /// Keras' quantized variables (`weights_int8/`), the default call compared with the int8
+    /// reference `outputs_int8_f64` under `atol_int8`.
+    pub fn run_precision(&self, precision: Precision, isa: Option<Isa>) -> Result<CaseReport> {
+        if precision == Precision::Fp32 {
+            return self.run(MaskedRowPolicy::Keras, isa);
+        }
+        let (Some(w), Some(truth), Some(atol)) =
+            (&self.weights_int8, &self.outputs_int8_f64, self.atol_int8)
+        else {
+            return Err(Error::format(
+                &self.name,
+                "no int8 data (weights_int8/, outputs_int8_f64, atol_int8)",
+            ));
+        };
+        let enc = match isa {
+            Some(i) => TransformerEncoder::with_isa_int8(self.config.clone(), w.clone(), i)?,
+            None => TransformerEncoder::new_int8(self.config.clone(), w.clone())?,
+        };
+        let x = TensorView::new(&self.inputs, &self.shape);
+        let y = enc.forward(x, &self.options(MaskedRowPolicy::Keras))?;
+        let err = max_abs_diff(&y, truth);
+        Ok(CaseReport {
+            name: self.name.clone(),
+            err_outputs: err,
+            err_outputs_scores_path: err,
+            err_scores: 0.0,
+            atol_outputs: atol,
+            atol_scores: 0.0,
         })
     }
 

@@ -2,12 +2,13 @@
 
 use crate::config::{EncoderConfig, WeightPrecision};
 use crate::error::{Error, Result};
+use crate::int8::{Int8Dense, Int8Weights, Precision};
 use crate::mask::{Dims, Mask, merge};
 use crate::weights::{Dense, DenseWeights, EncoderWeights, NormWeights, Sublayers, WeightDims};
 use std::sync::Arc;
 use transformer_encoder_kernels::{
     Activation, AttentionScratch, AttentionShape, Epilogue, Isa, KeepMask, Kernels, MaskedRows,
-    PackedMatrix, Par, rng,
+    PackedMatrix, Par, QuantRows, WeightFormat, rng,
 };
 
 /// Where an encoder's kernels run their threads. Results are bit-identical for every choice.
@@ -179,6 +180,9 @@ pub struct Workspace {
     inter: Vec<f32>,
     ffn: Vec<f32>,
     scratch: AttentionScratch,
+    /// The quantized input of the next int8 product, and of the one after (a product reads one
+    /// while it fills the other); untouched for float32 weights.
+    quant: [QuantRows; 2],
 }
 
 impl Workspace {
@@ -195,7 +199,8 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
-/// A projection ready to run: its kernel packed once for the encoder's tier, and its bias.
+/// A projection ready to run: its kernel packed once for the encoder's tier (float32 or int8
+/// panels), and its bias.
 #[derive(Debug)]
 struct Projection {
     kernel: PackedMatrix,
@@ -203,15 +208,73 @@ struct Projection {
 }
 
 impl Projection {
-    fn new(k: &Kernels, kernel: &[f32], rows: usize, cols: usize, bias: Vec<f32>) -> Result<Self> {
-        Ok(Projection {
-            kernel: k.pack(kernel, rows, cols)?,
-            bias,
-        })
-    }
-
     fn bytes(&self) -> usize {
         self.kernel.bytes() + self.bias.capacity() * 4
+    }
+}
+
+/// The weights of a projection in one of the formats the encoder runs: how they are packed, and
+/// how several projections of the same input are fused side by side. The one place the formats
+/// differ; the encoder itself only chooses the format.
+trait ProjectionWeights {
+    fn bias(&self) -> &[f32];
+    /// Projections of the same input side by side: their columns concatenated.
+    fn side_by_side(parts: &[&Self], rows: usize) -> Self;
+    fn pack(&self, k: &Kernels, rows: usize, cols: usize) -> Result<PackedMatrix>;
+}
+
+/// Row-major `[rows, c_i]` matrices side by side: `[rows, sum c_i]`.
+fn concat_columns<T: Copy>(parts: &[&[T]], rows: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for r in 0..rows {
+        for p in parts {
+            let c = p.len() / rows.max(1);
+            out.extend_from_slice(&p[r * c..(r + 1) * c]);
+        }
+    }
+    out
+}
+
+/// Columns `c0..c1` of a row-major `[rows, cols]` matrix.
+fn columns<T: Copy>(m: &[T], cols: usize, c0: usize, c1: usize) -> Vec<T> {
+    m.chunks_exact(cols.max(1))
+        .flat_map(|row| row[c0..c1].iter().copied())
+        .collect()
+}
+
+impl ProjectionWeights for DenseWeights {
+    fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+    fn side_by_side(parts: &[&Self], rows: usize) -> Self {
+        let k: Vec<&[f32]> = parts.iter().map(|p| &p.kernel[..]).collect();
+        DenseWeights {
+            kernel: concat_columns(&k, rows),
+            bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
+        }
+    }
+    fn pack(&self, k: &Kernels, rows: usize, cols: usize) -> Result<PackedMatrix> {
+        Ok(k.pack(&self.kernel, rows, cols)?)
+    }
+}
+
+impl ProjectionWeights for Int8Dense {
+    fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+    fn side_by_side(parts: &[&Self], rows: usize) -> Self {
+        let k: Vec<&[i8]> = parts.iter().map(|p| &p.kernel[..]).collect();
+        Int8Dense {
+            kernel: concat_columns(&k, rows),
+            kernel_scale: parts
+                .iter()
+                .flat_map(|p| p.kernel_scale.iter().copied())
+                .collect(),
+            bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
+        }
+    }
+    fn pack(&self, k: &Kernels, rows: usize, cols: usize) -> Result<PackedMatrix> {
+        Ok(k.pack_int8(&self.kernel, &self.kernel_scale, rows, cols)?)
     }
 }
 
@@ -271,10 +334,10 @@ pub struct TransformerEncoder {
 }
 
 impl TransformerEncoder {
-    /// Build from a configuration and weights, on the default tier ([`Kernels::best`]: an error if
-    /// `TRANSFORMER_ENCODER_ISA` names a tier this CPU lacks, or no tier).
+    /// Build from a configuration and float weights, on the default tier ([`Kernels::best`]: an
+    /// error if `TRANSFORMER_ENCODER_ISA` names a tier this CPU lacks, or no tier).
     pub fn new(config: EncoderConfig, weights: EncoderWeights) -> Result<TransformerEncoder> {
-        TransformerEncoder::build(config, weights, Kernels::best()?)
+        TransformerEncoder::from_float(config, weights, Kernels::best()?)
     }
 
     /// Build on a given instruction-set tier (an error if the CPU lacks it).
@@ -283,7 +346,36 @@ impl TransformerEncoder {
         weights: EncoderWeights,
         isa: Isa,
     ) -> Result<TransformerEncoder> {
-        TransformerEncoder::build(config, weights, Kernels::for_isa(isa)?)
+        TransformerEncoder::from_float(config, weights, Kernels::for_isa(isa)?)
+    }
+
+    /// Build in Keras' int8 mode from its quantized variables (as loaded by
+    /// [`Int8Weights::from_safetensors`]), on the default tier.
+    ///
+    /// ```
+    /// use transformer_encoder::{CallOptions, EncoderConfig, EncoderWeights, Int8Weights, Precision, TensorView, TransformerEncoder};
+    /// let cfg = EncoderConfig::new(64, 8);
+    /// let w = Int8Weights::quantize(&EncoderWeights::init(&cfg, 64, 1)?);
+    /// let enc = TransformerEncoder::new_int8(cfg, w)?;
+    /// assert_eq!(enc.precision(), Precision::Int8);
+    /// let x = vec![0.5f32; 10 * 64];
+    /// let y = enc.forward(TensorView::new(&x, &[1, 10, 64]), &CallOptions::new())?;
+    /// assert_eq!(y.len(), x.len());
+    /// # Ok::<(), transformer_encoder::Error>(())
+    /// ```
+    pub fn new_int8(config: EncoderConfig, weights: Int8Weights) -> Result<TransformerEncoder> {
+        let dims = weights.dims();
+        TransformerEncoder::build(config, dims, weights.sublayers(), Kernels::best()?)
+    }
+
+    /// [`TransformerEncoder::new_int8`] on a given tier.
+    pub fn with_isa_int8(
+        config: EncoderConfig,
+        weights: Int8Weights,
+        isa: Isa,
+    ) -> Result<TransformerEncoder> {
+        let dims = weights.dims();
+        TransformerEncoder::build(config, dims, weights.sublayers(), Kernels::for_isa(isa)?)
     }
 
     /// Fresh weights drawn from the configuration's initializers, reproducible from `seed`.
@@ -292,13 +384,39 @@ impl TransformerEncoder {
         TransformerEncoder::new(config, w)
     }
 
-    fn build(
+    /// What Keras' `model.quantize("int8")` does to this layer: the same layer in int8 mode
+    /// (weights quantized per output unit), on the same tier and threads. An encoder that is
+    /// int8 already is returned as it is (rebuilt).
+    pub fn quantize(&self) -> Result<TransformerEncoder> {
+        let w = match self.int8_weights() {
+            Some(w) => w,
+            None => Int8Weights::quantize(&self.weights()),
+        };
+        let dims = w.dims();
+        Ok(
+            TransformerEncoder::build(self.config.clone(), dims, w.sublayers(), self.kernels)?
+                .with_threads(self.threads.clone()),
+        )
+    }
+
+    /// This layer in `precision` (quantized for [`Precision::Int8`]; an int8 layer asked for
+    /// [`Precision::Fp32`] is an error: its float weights are gone).
+    pub fn with_precision(self, precision: Precision) -> Result<TransformerEncoder> {
+        match (self.precision(), precision) {
+            (a, b) if a == b => Ok(self),
+            (_, Precision::Int8) => self.quantize(),
+            (_, Precision::Fp32) => Err(Error::config(
+                "precision",
+                "fp32 from an int8 layer: its float weights are not kept (build it from them)",
+            )),
+        }
+    }
+
+    fn from_float(
         config: EncoderConfig,
         weights: EncoderWeights,
         kernels: &'static Kernels,
     ) -> Result<TransformerEncoder> {
-        let dims = weights.dims();
-        check_config(&config, &dims)?;
         let weights = match config.weight_precision()? {
             WeightPrecision::F32 => weights,
             WeightPrecision::Bf16 => {
@@ -308,33 +426,40 @@ impl TransformerEncoder {
                 weights.round_through("float16", |v| half::f16::from_f32(v).to_f32())?
             }
         };
-        let l = weights.sublayers();
-        let (h, w) = dims.matrix(Dense::Query);
-        let proj = |d: Dense| {
-            let (rows, cols) = dims.matrix(d);
-            let s = l.dense(d);
-            Projection::new(kernels, &s.kernel, rows, cols, s.bias.clone())
+        let dims = weights.dims();
+        TransformerEncoder::build(config, dims, weights.sublayers(), kernels)
+    }
+
+    /// Pack the sublayers (of either format) for `kernels`' tier: query, key and value fused
+    /// into one `[H, 3W]` product.
+    fn build<D: ProjectionWeights>(
+        config: EncoderConfig,
+        dims: WeightDims,
+        l: &Sublayers<D>,
+        kernels: &'static Kernels,
+    ) -> Result<TransformerEncoder> {
+        check_config(&config, &dims)?;
+        let proj = |d: &D, rows: usize, cols: usize| -> Result<Projection> {
+            Ok(Projection {
+                kernel: d.pack(kernels, rows, cols)?,
+                bias: d.bias().to_vec(),
+            })
         };
-        // Query, key and value as one [H, 3W] product: [Wq | Wk | Wv].
-        let mut wqkv = vec![0.0f32; h * 3 * w];
-        for (i, d) in [Dense::Query, Dense::Key, Dense::Value]
-            .into_iter()
-            .enumerate()
-        {
-            for (r, row) in l.dense(d).kernel.chunks_exact(w).enumerate() {
-                wqkv[r * 3 * w + i * w..][..w].copy_from_slice(row);
-            }
-        }
-        let bqkv = [&l.query.bias[..], &l.key.bias, &l.value.bias].concat();
+        let (h, w) = dims.matrix(Dense::Query);
+        let qkv = D::side_by_side(&[&l.query, &l.key, &l.value], h);
+        let at = |d: Dense| {
+            let (rows, cols) = dims.matrix(d);
+            proj(l.dense(d), rows, cols)
+        };
         let attention = SelfAttention {
-            qkv: Projection::new(kernels, &wqkv, h, 3 * w, bqkv)?,
-            output: proj(Dense::AttentionOutput)?,
+            qkv: proj(&qkv, h, 3 * w)?,
+            output: at(Dense::AttentionOutput)?,
             norm: l.self_attention_layer_norm.clone(),
         };
-        drop(wqkv);
+        drop(qkv);
         let feed_forward = FeedForward {
-            intermediate: proj(Dense::Intermediate)?,
-            output: proj(Dense::Output)?,
+            intermediate: at(Dense::Intermediate)?,
+            output: at(Dense::Output)?,
             norm: l.feedforward_layer_norm.clone(),
         };
         Ok(TransformerEncoder {
@@ -363,27 +488,29 @@ impl TransformerEncoder {
         &self.config
     }
 
-    /// The weights in Keras layout (after rounding to the storage precision), unpacked from the
-    /// encoder's panels: exactly the values it computes with. (The encoder keeps no second copy;
-    /// this allocates.)
+    /// The precision of the projections.
+    pub fn precision(&self) -> Precision {
+        match self.attention.qkv.kernel.format() {
+            WeightFormat::F32 => Precision::Fp32,
+            WeightFormat::Int8 => Precision::Int8,
+        }
+    }
+
+    /// The float weights in Keras layout, unpacked from the encoder's panels (the encoder keeps
+    /// no second copy; this allocates): exactly the values it computes with after rounding to
+    /// the storage precision; for an int8 layer, the values its int8 weights stand for
+    /// (`kernel / kernel_scale`).
     pub fn weights(&self) -> EncoderWeights {
-        let (h, w) = self.dims.matrix(Dense::Query);
-        let qkv = self.attention.qkv.kernel.unpack();
-        let split = |i: usize| -> DenseWeights {
-            let kernel = qkv
-                .chunks_exact(3 * w)
-                .flat_map(|row| row[i * w..(i + 1) * w].iter().copied())
-                .collect();
-            DenseWeights {
-                kernel,
-                bias: self.attention.qkv.bias[i * w..(i + 1) * w].to_vec(),
-            }
-        };
+        let (_, w) = self.dims.matrix(Dense::Query);
         let plain = |p: &Projection| DenseWeights {
             kernel: p.kernel.unpack(),
             bias: p.bias.clone(),
         };
-        debug_assert_eq!(qkv.len(), h * 3 * w);
+        let qkv = plain(&self.attention.qkv);
+        let split = |i: usize| DenseWeights {
+            kernel: columns(&qkv.kernel, 3 * w, i * w, (i + 1) * w),
+            bias: qkv.bias[i * w..(i + 1) * w].to_vec(),
+        };
         let layers = Sublayers {
             query: split(0),
             key: split(1),
@@ -397,6 +524,36 @@ impl TransformerEncoder {
         // The sublayers came from validated weights of these sizes.
         EncoderWeights::new(self.dims, layers)
             .unwrap_or_else(|_| unreachable!("unpacked weights keep their validated shapes"))
+    }
+
+    /// Keras' int8 variables of an int8 layer (`None` for a float one).
+    pub fn int8_weights(&self) -> Option<Int8Weights> {
+        let (_, w) = self.dims.matrix(Dense::Query);
+        let int8 = |p: &Projection| -> Option<Int8Dense> {
+            let (kernel, kernel_scale) = p.kernel.int8_parts()?;
+            Some(Int8Dense {
+                kernel,
+                kernel_scale,
+                bias: p.bias.clone(),
+            })
+        };
+        let qkv = int8(&self.attention.qkv)?;
+        let split = |i: usize| Int8Dense {
+            kernel: columns(&qkv.kernel, 3 * w, i * w, (i + 1) * w),
+            kernel_scale: qkv.kernel_scale[i * w..(i + 1) * w].to_vec(),
+            bias: qkv.bias[i * w..(i + 1) * w].to_vec(),
+        };
+        let layers = Sublayers {
+            query: split(0),
+            key: split(1),
+            value: split(2),
+            attention_output: int8(&self.attention.output)?,
+            self_attention_layer_norm: self.attention.norm.clone(),
+            feedforward_layer_norm: self.feed_forward.norm.clone(),
+            feedforward_intermediate_dense: int8(&self.feed_forward.intermediate)?,
+            feedforward_output_dense: int8(&self.feed_forward.output)?,
+        };
+        Int8Weights::new(self.dims, layers).ok()
     }
 
     /// The bytes this encoder holds on the heap (packed weights, biases, norms), plus itself.
@@ -592,23 +749,30 @@ impl TransformerEncoder {
         let m = batch * seq;
         let h = hidden;
         let x1 = grow(&mut ws.x1, m * h);
+        let [qa, qb] = &mut ws.quant;
         let bufs = AttentionBuffers {
             normed: grow(&mut ws.normed, m * h),
             qkv: grow(&mut ws.qkv, m * 3 * heads * self.dims.key_dim),
             ctx: grow(&mut ws.ctx, m * heads * self.dims.key_dim),
             attn: grow(&mut ws.attn, m * h),
             scratch: &mut ws.scratch,
+            quant: qa,
         };
         self.self_attention_block(x.data, shape, &call, scores, bufs, x1)?;
         let bufs = FeedForwardBuffers {
             normed: grow(&mut ws.normed, m * h),
             inter: grow(&mut ws.inter, m * self.dims.intermediate_dim),
             ffn: grow(&mut ws.ffn, m * h),
+            quant: [qa, qb],
         };
         self.feed_forward_block(&ws.x1[..m * h], m, &call, bufs, out)
     }
 
-    /// `x1 = x + dropout(attention(norm?(x)))`, then `LN1(x1)` in post-norm mode.
+    /// `x1 = x + dropout(attention(norm?(x)))`, then `LN1(x1)` in post-norm mode. Each
+    /// product's input is quantized where it is produced when the product is int8 (the buffer is
+    /// armed for the matrix; for float32 weights nothing is spent on it). In post-norm mode LN1's
+    /// output is the feed-forward block's input, so it is quantized for that block's first
+    /// product.
     fn self_attention_block(
         &self,
         x: &[f32],
@@ -624,23 +788,19 @@ impl TransformerEncoder {
         let pre = self.config.normalize_first;
         let eps = self.config.layer_norm_epsilon as f32;
         let h = self.dims.hidden_dim;
+        let (g, par) = (&a.norm, call.par);
+        b.quant.arm_for(&a.qkv.kernel);
         let input = if pre {
-            k.layer_norm(
-                x,
-                None,
-                h,
-                &a.norm.gamma,
-                &a.norm.beta,
-                eps,
-                b.normed,
-                None,
-                call.par,
-            )?;
+            let q = Some(&mut *b.quant);
+            k.layer_norm(x, None, h, &g.gamma, &g.beta, eps, b.normed, None, q, par)?;
             &*b.normed
         } else {
+            k.prepare(x, h, b.quant, par)?;
             x
         };
-        k.gemm(input, m, &a.qkv.kernel, &bias(&a.qkv.bias), b.qkv, call.par)?;
+        let ep = bias(&a.qkv.bias);
+        k.gemm_prepared(input, b.quant, m, &a.qkv.kernel, &ep, b.qkv, None, par)?;
+        b.quant.arm_for(&a.output.kernel);
         k.attention(
             b.qkv,
             shape,
@@ -650,41 +810,28 @@ impl TransformerEncoder {
             b.ctx,
             scores,
             b.scratch,
-            call.par,
+            Some(&mut *b.quant),
+            par,
         )?;
         if pre {
             // x1 = x + dropout(ctx Wo + bo)
-            self.residual_projection(&a.output, b.ctx, m, x, call, 1, b.attn, x1)
+            self.residual_projection(&a.output, b.ctx, b.quant, m, x, call, 1, b.attn, x1)
         } else {
             // x1 = LN1(x + dropout(ctx Wo + bo))
-            k.gemm(
-                b.ctx,
-                m,
-                &a.output.kernel,
-                &bias(&a.output.bias),
-                b.attn,
-                call.par,
-            )?;
+            let ep = bias(&a.output.bias);
+            k.gemm_prepared(b.ctx, b.quant, m, &a.output.kernel, &ep, b.attn, None, par)?;
             if let Some((rate, seed)) = call.dropout {
                 apply_dropout(b.attn, rate, seed, 1);
             }
-            let g = &a.norm;
-            k.layer_norm(
-                b.attn,
-                Some(x),
-                h,
-                &g.gamma,
-                &g.beta,
-                eps,
-                x1,
-                None,
-                call.par,
-            )?;
+            b.quant.arm_for(&self.feed_forward.intermediate.kernel);
+            let q = Some(&mut *b.quant);
+            k.layer_norm(b.attn, Some(x), h, &g.gamma, &g.beta, eps, x1, None, q, par)?;
             Ok(())
         }
     }
 
-    /// `y = x1 + dropout(W2 act(W1 norm?(x1)))`, then `LN2(y)` in post-norm mode.
+    /// `y = x1 + dropout(W2 act(W1 norm?(x1)))`, then `LN2(y)` in post-norm mode. In post-norm
+    /// mode `quant[0]` already holds `x1` quantized for W1 (by the attention block's LN1).
     fn feed_forward_block(
         &self,
         x1: &[f32],
@@ -698,18 +845,12 @@ impl TransformerEncoder {
         let pre = self.config.normalize_first;
         let eps = self.config.layer_norm_epsilon as f32;
         let h = self.dims.hidden_dim;
+        let (g, par) = (&f.norm, call.par);
+        let [q1, q2] = b.quant;
         let input = if pre {
-            k.layer_norm(
-                x1,
-                None,
-                h,
-                &f.norm.gamma,
-                &f.norm.beta,
-                eps,
-                b.normed,
-                None,
-                call.par,
-            )?;
+            q1.arm_for(&f.intermediate.kernel);
+            let q = Some(&mut *q1);
+            k.layer_norm(x1, None, h, &g.gamma, &g.beta, eps, b.normed, None, q, par)?;
             &*b.normed
         } else {
             x1
@@ -719,22 +860,18 @@ impl TransformerEncoder {
             activation: Some(self.config.activation),
             residual: None,
         };
-        k.gemm(input, m, &f.intermediate.kernel, &ep1, b.inter, call.par)?;
+        // The activation's output, quantized for W2 while it is in cache.
+        q2.arm_for(&f.output.kernel);
+        let kernel = &f.intermediate.kernel;
+        k.gemm_prepared(input, q1, m, kernel, &ep1, b.inter, Some(&mut *q2), par)?;
         if pre {
-            self.residual_projection(&f.output, b.inter, m, x1, call, 2, b.ffn, out)
+            self.residual_projection(&f.output, b.inter, q2, m, x1, call, 2, b.ffn, out)
         } else {
-            k.gemm(
-                b.inter,
-                m,
-                &f.output.kernel,
-                &bias(&f.output.bias),
-                b.ffn,
-                call.par,
-            )?;
+            let ep = bias(&f.output.bias);
+            k.gemm_prepared(b.inter, q2, m, &f.output.kernel, &ep, b.ffn, None, par)?;
             if let Some((rate, seed)) = call.dropout {
                 apply_dropout(b.ffn, rate, seed, 2);
             }
-            let g = &f.norm;
             k.layer_norm(
                 b.ffn,
                 Some(x1),
@@ -744,18 +881,21 @@ impl TransformerEncoder {
                 eps,
                 out,
                 None,
-                call.par,
+                None,
+                par,
             )?;
             Ok(())
         }
     }
 
     /// `out = residual + dropout(input P + bias)` (the residual fused into the product's
-    /// epilogue when there is no dropout between them).
+    /// epilogue when there is no dropout between them). `q` holds `input` quantized for `P` when
+    /// `P` is int8.
     fn residual_projection(
         &self,
         p: &Projection,
         input: &[f32],
+        q: &QuantRows,
         m: usize,
         residual: &[f32],
         call: &Call<'_>,
@@ -771,10 +911,10 @@ impl TransformerEncoder {
                     activation: None,
                     residual: Some(residual),
                 };
-                k.gemm(input, m, &p.kernel, &ep, out, call.par)?;
+                k.gemm_prepared(input, q, m, &p.kernel, &ep, out, None, call.par)?;
             }
             Some((rate, seed)) => {
-                k.gemm(input, m, &p.kernel, &bias(&p.bias), tmp, call.par)?;
+                k.gemm_prepared(input, q, m, &p.kernel, &bias(&p.bias), tmp, None, call.par)?;
                 apply_dropout(tmp, rate, seed, site);
                 for ((o, a), r) in out.iter_mut().zip(tmp.iter()).zip(residual) {
                     *o = a + r;
@@ -792,6 +932,7 @@ struct AttentionBuffers<'a> {
     ctx: &'a mut [f32],
     attn: &'a mut [f32],
     scratch: &'a mut AttentionScratch,
+    quant: &'a mut QuantRows,
 }
 
 /// The workspace buffers of the feed-forward block.
@@ -799,6 +940,7 @@ struct FeedForwardBuffers<'a> {
     normed: &'a mut [f32],
     inter: &'a mut [f32],
     ffn: &'a mut [f32],
+    quant: [&'a mut QuantRows; 2],
 }
 
 /// Configuration and weights must describe the same layer.

@@ -45,6 +45,7 @@ mod config;
 pub mod conformance;
 mod encoder;
 mod error;
+mod int8;
 mod mask;
 pub mod reference;
 mod stack;
@@ -57,6 +58,7 @@ pub use encoder::{
     CallOptions, MaskedRowPolicy, TensorView, Threads, TransformerEncoder, Workspace,
 };
 pub use error::{Error, Result};
+pub use int8::{Int8Dense, Int8Weights, Precision};
 pub use mask::{Mask, MaskValues, implicit_mask_from_ids, padding_mask_from_ids};
 pub use stack::{EncoderStack, StackWorkspace};
 pub use transformer_encoder_kernels::activation::{ACCEPTED_NAMES as ACTIVATION_NAMES, Activation};

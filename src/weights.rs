@@ -49,7 +49,6 @@ pub struct WeightDims {
 
 /// A size a weight axis carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)] // One: the int8 scales
 enum Sym {
     H,
     N,
@@ -101,7 +100,7 @@ impl WeightDims {
         }
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.hidden_dim == 0
             || self.num_heads == 0
             || self.key_dim == 0
@@ -193,7 +192,6 @@ impl Dense {
 
     /// Keras' `kernel_scale` shape after `quantize("int8")`: the output axes, with the reduced
     /// input axes kept as 1 for the einsum projections.
-    #[allow(dead_code)] // used by the int8 weights
     pub(crate) fn scale_shape(self, d: &WeightDims) -> Vec<usize> {
         let syms: &[Sym] = match self {
             Dense::Query | Dense::Key | Dense::Value => &[Sym::One, Sym::One, Sym::N, Sym::D],
@@ -704,7 +702,6 @@ impl<'a> Loaded<'a> {
     }
 
     /// An int8 tensor of the given shape.
-    #[allow(dead_code)] // used by the int8 weights
     pub(crate) fn i8_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<i8>> {
         self.check_shape(name, shape)?;
         let t = self.get(name)?;
@@ -719,7 +716,6 @@ impl<'a> Loaded<'a> {
 }
 
 /// A tensor to write.
-#[allow(dead_code)] // I8: the int8 weights
 pub(crate) enum TensorOut<'a> {
     F32 { shape: Vec<usize>, data: &'a [f32] },
     I8 { shape: Vec<usize>, data: &'a [i8] },

@@ -102,6 +102,7 @@ fn softmax_probs(isa: Isa, logits: &[f32]) -> Vec<f32> {
             &mut ctx,
             Some(&mut p),
             &mut AttentionScratch::new(),
+            None,
             Par::Seq,
         )
         .unwrap();
@@ -152,7 +153,18 @@ fn ln(isa: Isa, row: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
     let mut out = vec![0.0; n];
     Kernels::for_isa(isa)
         .unwrap()
-        .layer_norm(row, residual, n, &g, &b, 1e-5, &mut out, None, Par::Seq)
+        .layer_norm(
+            row,
+            residual,
+            n,
+            &g,
+            &b,
+            1e-5,
+            &mut out,
+            None,
+            None,
+            Par::Seq,
+        )
         .unwrap();
     out
 }
@@ -229,7 +241,18 @@ fn n3_layer_norm_cancellation_rows() {
             let mut out = vec![0.0; rows * n];
             Kernels::for_isa(isa)
                 .unwrap()
-                .layer_norm(&x, None, n, &g, &b, 1e-5, &mut out, None, Par::Threads(2))
+                .layer_norm(
+                    &x,
+                    None,
+                    n,
+                    &g,
+                    &b,
+                    1e-5,
+                    &mut out,
+                    None,
+                    None,
+                    Par::Threads(2),
+                )
                 .unwrap();
             let x64: Vec<f64> = x.iter().map(|v| *v as f64).collect();
             let g64: Vec<f64> = g.iter().map(|v| *v as f64).collect();
@@ -586,6 +609,7 @@ fn m1_polarity_probe() {
                 &mut ctx,
                 None,
                 &mut AttentionScratch::new(),
+                None,
                 Par::Seq,
             )
             .unwrap();
@@ -921,6 +945,7 @@ fn u7_size_overflow_is_an_error() {
             1e-5,
             &mut out,
             None,
+            None,
             Par::Seq
         )
         .is_err()
@@ -942,6 +967,7 @@ fn u7_size_overflow_is_an_error() {
             &mut ctx,
             None,
             &mut AttentionScratch::new(),
+            None,
             Par::Seq
         )
         .is_err()
@@ -991,13 +1017,25 @@ fn a1_a4_kernel_misuse_returns_errors_and_writes_nothing() {
                 1e-5,
                 &mut o2,
                 None,
+                None,
                 Par::Seq
             )
             .is_err()
         );
         assert!(
-            k.layer_norm(&[1.0; 4], None, 0, &[], &[], 1e-5, &mut o2, None, Par::Seq)
-                .is_err()
+            k.layer_norm(
+                &[1.0; 4],
+                None,
+                0,
+                &[],
+                &[],
+                1e-5,
+                &mut o2,
+                None,
+                None,
+                Par::Seq
+            )
+            .is_err()
         );
         assert!(
             k.layer_norm(
@@ -1008,6 +1046,7 @@ fn a1_a4_kernel_misuse_returns_errors_and_writes_nothing() {
                 &[0.0; 4],
                 1e-5,
                 &mut o2,
+                None,
                 None,
                 Par::Seq
             )
@@ -1034,6 +1073,7 @@ fn a1_a4_kernel_misuse_returns_errors_and_writes_nothing() {
                 &mut ctx,
                 None,
                 sc,
+                None,
                 Par::Seq
             )
             .is_err()
@@ -1048,6 +1088,7 @@ fn a1_a4_kernel_misuse_returns_errors_and_writes_nothing() {
                 &mut ctx,
                 None,
                 sc,
+                None,
                 Par::Seq
             )
             .is_err()
@@ -1062,6 +1103,7 @@ fn a1_a4_kernel_misuse_returns_errors_and_writes_nothing() {
                 &mut ctx,
                 None,
                 sc,
+                None,
                 Par::Seq
             )
             .is_err()
@@ -1076,6 +1118,7 @@ fn a1_a4_kernel_misuse_returns_errors_and_writes_nothing() {
                 &mut ctx,
                 None,
                 sc,
+                None,
                 Par::Seq
             )
             .is_err()
@@ -1090,6 +1133,7 @@ fn a1_a4_kernel_misuse_returns_errors_and_writes_nothing() {
                 &mut ctx,
                 Some(&mut [0.0; 3]),
                 sc,
+                None,
                 Par::Seq
             )
             .is_err()

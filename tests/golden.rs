@@ -4,7 +4,7 @@
 mod common;
 use common::{GOLDEN, data, tiers};
 use transformer_encoder::conformance::{GoldenCase, max_abs_diff};
-use transformer_encoder::{MaskedRowPolicy, TransformerEncoder};
+use transformer_encoder::{Int8Weights, MaskedRowPolicy, Precision, TransformerEncoder};
 
 #[test]
 fn golden_cases_pass_on_every_tier_and_policy() {
@@ -96,5 +96,45 @@ fn bf16_weights_are_no_worse_than_keras_mixed_bfloat16() {
             ours <= keras,
             "{name}: bf16 weights err {ours} > Keras mixed_bfloat16 err {keras}"
         );
+    }
+}
+
+#[test]
+fn int8_cases_pass_on_every_tier() {
+    // Keras' int8 mode: the layer built from Keras' own quantized variables, against the int8
+    // reference (Keras' int8 arithmetic, float parts in float64) under atol_int8.
+    for name in GOLDEN {
+        let case = GoldenCase::load(data(&format!("{name}.safetensors"))).unwrap();
+        assert!(case.weights_int8.is_some(), "{name} has int8 data");
+        for &isa in &tiers() {
+            let r = case.run_precision(Precision::Int8, Some(isa)).unwrap();
+            assert!(r.passed(), "{name} int8 on {isa}: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn quantizing_the_float_weights_gives_keras_int8_variables() {
+    // Int8Weights::quantize is Keras' quantize("int8"): bit for bit the same int8 kernels and
+    // the same float32 kernel_scale as the golden files' weights_int8/.
+    for name in GOLDEN {
+        let case = GoldenCase::load(data(&format!("{name}.safetensors"))).unwrap();
+        let ours = Int8Weights::quantize(&case.weights);
+        assert_eq!(Some(&ours), case.weights_int8.as_ref(), "{name}");
+        // And an encoder quantized from float weights runs exactly as one built from Keras'
+        // variables.
+        let x = transformer_encoder::TensorView::new(&case.inputs, &case.shape);
+        let opts = case.options(MaskedRowPolicy::Keras);
+        let a = TransformerEncoder::new(case.config.clone(), case.weights.clone())
+            .unwrap()
+            .quantize()
+            .unwrap();
+        let b = TransformerEncoder::new_int8(case.config.clone(), ours).unwrap();
+        assert_eq!(
+            a.forward(x, &opts).unwrap(),
+            b.forward(x, &opts).unwrap(),
+            "{name}"
+        );
+        assert_eq!(a.int8_weights(), case.weights_int8, "{name}");
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
-use transformer_encoder::{Isa, Threads};
+use transformer_encoder::{Isa, Precision, Threads};
 
 /// A failure to report: printed as `error: <message>`, exit code 2.
 pub type Failure = Box<dyn std::error::Error>;
@@ -105,6 +105,13 @@ pub fn tier(args: &Args) -> Result<Isa, Failure> {
         Some(s) => Ok(s.parse::<Isa>()?.require()?),
         None => Ok(Isa::detect()?),
     }
+}
+
+/// `--precision fp32|int8` (default fp32).
+pub fn precision(args: &Args) -> Result<Precision, Failure> {
+    Ok(args
+        .choice("precision", &["fp32", "int8"], "fp32")?
+        .parse::<Precision>()?)
 }
 
 /// `Single` for one thread, else a dedicated pool of `n`.

@@ -9,6 +9,8 @@ use crate::ops::act::{apply_slice, row};
 use crate::ops::attention::{AttnArgs, attention_head};
 use crate::ops::gemm::{Epi, gemm_panels};
 use crate::ops::norm::layer_norm_row;
+use crate::ops::qgemm::{QEpi, qgemm_panels};
+use crate::ops::quant::quantize_row;
 
 /// `gemm(a, lda, m, k, packed_b, n, c, ldc, p0, p1, epi)`: see `ops::gemm::gemm_panels`.
 pub(crate) type GemmFn = unsafe fn(
@@ -24,7 +26,7 @@ pub(crate) type GemmFn = unsafe fn(
     usize,
     &Epi,
 );
-/// `layer_norm(a, r, rows, n, gamma, beta, eps, out, sum_out)` over `rows` rows.
+/// `layer_norm(a, r, rows, n, gamma, beta, eps, out, sum_out, quant)` over `rows` rows.
 pub(crate) type NormFn = unsafe fn(
     *const f32,
     *const f32,
@@ -35,7 +37,79 @@ pub(crate) type NormFn = unsafe fn(
     f32,
     *mut f32,
     *mut f32,
+    &QuantOut,
 );
+/// `quantize(x, rows, n, quant)`: Keras' per-row int8 quantization of `rows` rows.
+pub(crate) type QuantFn = unsafe fn(*const f32, usize, usize, &QuantOut);
+/// `qgemm(a, lda, m, kg, packed, n, c, ldc, p0, p1, epi)`: see `ops::qgemm::qgemm_panels`.
+pub(crate) type QGemmFn = unsafe fn(
+    *const u8,
+    usize,
+    usize,
+    usize,
+    *const i8,
+    usize,
+    *mut f32,
+    usize,
+    usize,
+    usize,
+    &QEpi,
+);
+
+/// Where rows are quantized to: `bytes` (row `i` at `i * stride`, `stride` bytes per row),
+/// `scale` (Keras' `s` per row) and `inv_scale` (`1 / s`), offset to the first row of the call;
+/// `bytes` null: none.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuantOut {
+    pub bytes: *mut u8,
+    pub stride: usize,
+    pub scale: *mut f32,
+    pub inv_scale: *mut f32,
+    /// Store `q + 128` (the VNNI tiers).
+    pub offset: bool,
+}
+
+impl QuantOut {
+    pub(crate) const NONE: QuantOut = QuantOut {
+        bytes: std::ptr::null_mut(),
+        stride: 0,
+        scale: std::ptr::null_mut(),
+        inv_scale: std::ptr::null_mut(),
+        offset: false,
+    };
+
+    /// Record row `i`'s scale `s` (and `1 / s`).
+    ///
+    /// # Safety
+    /// Row `i` is within the buffers.
+    #[inline(always)]
+    pub(crate) unsafe fn put(&self, i: usize, s: f32) {
+        // SAFETY: the caller keeps i within the rows of the buffers.
+        unsafe {
+            *self.scale.add(i) = s;
+            *self.inv_scale.add(i) = 1.0 / s;
+        }
+    }
+
+    /// The same, `rows` rows further.
+    ///
+    /// # Safety
+    /// The result stays within the buffers (or `bytes` is null).
+    pub(crate) unsafe fn skip(&self, rows: usize) -> QuantOut {
+        if self.bytes.is_null() {
+            return *self;
+        }
+        // SAFETY: the caller keeps the offset inside the buffers.
+        unsafe {
+            QuantOut {
+                bytes: self.bytes.add(rows * self.stride),
+                scale: self.scale.add(rows),
+                inv_scale: self.inv_scale.add(rows),
+                ..*self
+            }
+        }
+    }
+}
 /// `attention(args, bh0, bh1, scratch)` for the (batch, head) pairs `bh0..bh1`.
 pub(crate) type AttnFn = unsafe fn(&AttnArgs<'_>, usize, usize, &mut [f32]);
 /// `activation(x, len, act)` in place, element-wise.
@@ -87,10 +161,12 @@ macro_rules! shells {
                 eps: f32,
                 out: *mut f32,
                 sum_out: *mut f32,
+                q: &QuantOut,
             ) {
                 for i in 0..rows {
                     let off = i * n;
-                    // SAFETY: row i of every operand lies within the caller's [rows, n] buffers.
+                    // SAFETY: row i of every operand lies within the caller's [rows, n] buffers
+                    // (and the quantized rows' buffers, if any).
                     unsafe {
                         layer_norm_row::<$simd>(
                             a.add(off),
@@ -101,7 +177,35 @@ macro_rules! shells {
                             eps,
                             out.add(off),
                             if sum_out.is_null() { sum_out } else { sum_out.add(off) },
-                        )
+                        );
+                        // The normalised row, still in L1, quantized for the next product.
+                        if !q.bytes.is_null() {
+                            q.put(i, quantize_row::<$simd>(
+                                out.add(off),
+                                n,
+                                q.bytes.add(i * q.stride),
+                                q.stride,
+                                q.offset,
+                            ));
+                        }
+                    }
+                }
+            }
+
+            /// # Safety
+            /// The tier's CPU features; `x` valid for `rows * n` values; `q` for `rows` rows.
+            $(#[$attr])*
+            pub(crate) unsafe fn quantize(x: *const f32, rows: usize, n: usize, q: &QuantOut) {
+                for i in 0..rows {
+                    // SAFETY: row i of x and of the quantized rows is in bounds.
+                    unsafe {
+                        q.put(i, quantize_row::<$simd>(
+                            x.add(i * n),
+                            n,
+                            q.bytes.add(i * q.stride),
+                            q.stride,
+                            q.offset,
+                        ));
                     }
                 }
             }
@@ -157,4 +261,70 @@ shells!(
     8,
     2,
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+);
+
+/// Thin shells of the int8 products: one per dot-product flavour, each instantiating
+/// `qgemm_panels` with its register tile (`MR` rows of `NV` vectors).
+macro_rules! qshells {
+    ($module:ident, $dot:ty, $mr:literal, $nv:literal $(, #[$attr:meta])*) => {
+        pub(crate) mod $module {
+            use super::*;
+
+            /// Register tile rows.
+            pub(crate) const MR: usize = $mr;
+            /// Register tile columns (the int8 panel width).
+            pub(crate) const NR: usize =
+                $nv * <<$dot as crate::simd::dot::Dot>::F as crate::simd::Simd>::LANES;
+            /// Activations stored as `q + 128`.
+            pub(crate) const OFFSET: bool = <$dot as crate::simd::dot::Dot>::OFFSET;
+
+            /// # Safety
+            /// The tier's CPU features; `qgemm_panels`' contract.
+            $(#[$attr])*
+            pub(crate) unsafe fn qgemm(
+                a: *const u8,
+                lda: usize,
+                m: usize,
+                kg: usize,
+                packed: *const i8,
+                n: usize,
+                c: *mut f32,
+                ldc: usize,
+                p0: usize,
+                p1: usize,
+                epi: &QEpi,
+            ) {
+                // SAFETY: forwarded contract; features enabled on this function.
+                unsafe { qgemm_panels::<$dot, $mr, $nv>(a, lda, m, kg, packed, n, c, ldc, p0, p1, epi) }
+            }
+        }
+    };
+}
+
+qshells!(q_portable, crate::simd::dot::PortableDot, 4, 1);
+#[cfg(target_arch = "x86_64")]
+qshells!(q_avx2, crate::simd::dot::Avx2Maddubs, 6, 2, #[target_feature(enable = "avx2,fma")]);
+#[cfg(target_arch = "x86_64")]
+qshells!(
+    q_avx2vnni,
+    crate::simd::dot::Avx2Vnni,
+    6,
+    2,
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+);
+#[cfg(target_arch = "x86_64")]
+qshells!(
+    q_avx512,
+    crate::simd::dot::Avx512Bw,
+    6,
+    2,
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+);
+#[cfg(target_arch = "x86_64")]
+qshells!(
+    q_avx512vnni,
+    crate::simd::dot::Avx512Vnni,
+    8,
+    2,
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,avx512vnni")]
 );

@@ -20,6 +20,7 @@
 
 pub mod activation;
 pub mod isa;
+pub mod quant;
 pub mod reference;
 pub mod rng;
 
@@ -30,6 +31,7 @@ mod table;
 
 pub use activation::{Activation, ErrorBound};
 pub use isa::{Isa, IsaError};
+pub use quant::{QuantRows, WeightFormat};
 pub use table::{
     AttentionScratch, AttentionShape, Epilogue, Kernels, PackedMatrix, Par, baseline_sgemm,
 };

@@ -157,3 +157,42 @@ pub fn activation(act: Activation, x: &mut [f64], n: usize) {
         act.eval_row_f64(row);
     }
 }
+
+/// Keras' per-row int8 quantization in float32 (`abs_max_quantize`): the quantized rows and each
+/// row's scale `s = 127 / (max |x| + 1e-7)`. A row holding NaN or an infinity gives zeros and a
+/// NaN scale (its outputs are NaN).
+pub fn quantize_rows(x: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = Vec::with_capacity(x.len());
+    let mut scales = Vec::new();
+    for row in x.chunks(cols.max(1)) {
+        if row.iter().any(|v| !v.is_finite()) {
+            q.extend(std::iter::repeat_n(0i8, row.len()));
+            scales.push(f32::NAN);
+            continue;
+        }
+        let amax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let s = 127.0f32 / (amax + 1e-7f32);
+        q.extend(row.iter().map(|&v| crate::quant::quantize_value(v, s)));
+        scales.push(s);
+    }
+    (q, scales)
+}
+
+/// `C[m, n] = A[m, k] · B[k, n]` over int8 operands, exactly (int64 sums, which fit in int32
+/// for the sizes the kernels accept).
+pub fn matmul_i32(a: &[i8], b: &[i8], m: usize, k: usize, n: usize) -> Vec<i32> {
+    assert!(
+        a.len() == m * k && b.len() == k * n,
+        "reference matmul_i32 shapes"
+    );
+    let mut c = vec![0i64; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let av = a[i * k + p] as i64;
+            for j in 0..n {
+                c[i * n + j] += av * b[p * n + j] as i64;
+            }
+        }
+    }
+    c.into_iter().map(|v| v as i32).collect()
+}

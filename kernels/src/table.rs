@@ -1,10 +1,12 @@
 //! The kernel table: the one dispatch point. One table per instruction-set tier, chosen once.
 
 use crate::activation::Activation;
-use crate::arch::{ActFn, AttnFn, GemmFn, NormFn, RowActFn};
+use crate::arch::{ActFn, AttnFn, GemmFn, NormFn, QGemmFn, QuantFn, QuantOut, RowActFn};
 use crate::isa::{Isa, IsaError};
 use crate::ops::attention::{AttnArgs, scratch_len};
 use crate::ops::gemm::Epi;
+use crate::ops::qgemm::QEpi;
+use crate::quant::{QuantRows, WeightFormat};
 use crate::{KeepMask, KernelError, MaskedRows, expect_len};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -51,11 +53,18 @@ pub struct Kernels {
     attn: AttnFn,
     act: ActFn,
     act_rows: RowActFn,
+    quant: QuantFn,
+    /// The int8 products: register tile, panel width, whether activations carry `+128`.
+    qgemm: QGemmFn,
+    qmr: usize,
+    qnr: usize,
+    qoffset: bool,
 }
 
 macro_rules! table {
-    ($isa:expr, $m:path) => {{
+    ($isa:expr, $m:path, $q:path) => {{
         use $m as t;
+        use $q as q;
         Kernels {
             isa: $isa,
             mr: t::MR,
@@ -65,19 +74,34 @@ macro_rules! table {
             attn: t::attention,
             act: t::activation,
             act_rows: t::activation_rows,
+            quant: t::quantize,
+            qgemm: q::qgemm,
+            qmr: q::MR,
+            qnr: q::NR,
+            qoffset: q::OFFSET,
         }
     }};
 }
 
-static PORTABLE: Kernels = table!(Isa::Portable, crate::arch::portable);
+// One table per tier: the float kernels of its float tier, the int8 products of its own
+// dot-product instructions.
+static PORTABLE: Kernels = table!(
+    Isa::Portable,
+    crate::arch::portable,
+    crate::arch::q_portable
+);
 #[cfg(target_arch = "x86_64")]
-static AVX2: Kernels = table!(Isa::Avx2, crate::arch::avx2);
+static AVX2: Kernels = table!(Isa::Avx2, crate::arch::avx2, crate::arch::q_avx2);
 #[cfg(target_arch = "x86_64")]
-static AVX2_VNNI: Kernels = table!(Isa::Avx2Vnni, crate::arch::avx2);
+static AVX2_VNNI: Kernels = table!(Isa::Avx2Vnni, crate::arch::avx2, crate::arch::q_avx2vnni);
 #[cfg(target_arch = "x86_64")]
-static AVX512: Kernels = table!(Isa::Avx512, crate::arch::avx512);
+static AVX512: Kernels = table!(Isa::Avx512, crate::arch::avx512, crate::arch::q_avx512);
 #[cfg(target_arch = "x86_64")]
-static AVX512_VNNI: Kernels = table!(Isa::Avx512Vnni, crate::arch::avx512);
+static AVX512_VNNI: Kernels = table!(
+    Isa::Avx512Vnni,
+    crate::arch::avx512,
+    crate::arch::q_avx512vnni
+);
 
 /// Work below this many multiply-adds runs on one thread (thread start-up would dominate).
 const PAR_MIN_FMAS: usize = 1 << 20;
@@ -134,13 +158,21 @@ impl Kernels {
         self.isa
     }
 
-    /// The register tile (`rows x columns`) of this tier's matrix products.
-    pub fn tile(&self) -> (usize, usize) {
-        (self.mr, self.nr)
+    /// The register tile (`rows x columns`) of this tier's matrix products over `format`.
+    pub fn tile(&self, format: WeightFormat) -> (usize, usize) {
+        match format {
+            WeightFormat::F32 => (self.mr, self.nr),
+            WeightFormat::Int8 => (self.qmr, self.qnr),
+        }
     }
 
-    /// Pack a row-major `[k, n]` weight matrix (Keras' `[in, out]`) once, into this tier's panel
-    /// layout, for [`Kernels::gemm`].
+    /// Do the int8 kernels of `isa` store activations as `q + 128`?
+    pub(crate) fn int8_offset(isa: Isa) -> bool {
+        Kernels::table(isa).qoffset
+    }
+
+    /// Pack a row-major `[k, n]` float weight matrix (Keras' `[in, out]`) once, into this tier's
+    /// panel layout, for [`Kernels::gemm`].
     pub fn pack(&self, w: &[f32], k: usize, n: usize) -> Result<PackedMatrix, KernelError> {
         let want = k.checked_mul(n).ok_or_else(|| KernelError {
             message: format!("weight matrix [{k}, {n}] is too large"),
@@ -161,14 +193,184 @@ impl Kernels {
             n,
             nr,
             isa: self.isa,
-            data,
+            data: Panels::F32(data),
         })
     }
 
-    /// `out[m, n] = act(a[m, k] · B + bias) + residual`, with `B` packed by [`Kernels::pack`] of
-    /// this tier. Element-wise activations run in the product's epilogue, on each register tile
-    /// while it is in L1; the row-wise ones (`softmax`, `log_softmax`, `sparsemax`) as a row pass
-    /// over the finished rows. `k == 0` gives `act(bias) + residual`.
+    /// Pack Keras' int8 variables of a `[k, n]` projection once, for the int8 products of this
+    /// tier: `kernel` row-major `[k, n]` in `-127..=127` (Keras' clip), `scale` its
+    /// `kernel_scale`, one positive finite value per column. The panels take a quarter of the
+    /// float bytes, plus per column `1 / scale` and (for the VNNI tiers) `128 * column sum`.
+    /// `k` is at most 65,536, where the int32 sums stay exact.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels, quant::quantize_weights};
+    /// let w = [0.5f32, -1.0, 0.25, 2.0]; // [2, 2]
+    /// let (q, s) = quantize_weights(&w, 2, 2);
+    /// let p = Kernels::for_isa(Isa::Portable)?.pack_int8(&q, &s, 2, 2)?;
+    /// assert_eq!(p.int8_parts(), Some((q, s)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pack_int8(
+        &self,
+        kernel: &[i8],
+        scale: &[f32],
+        k: usize,
+        n: usize,
+    ) -> Result<PackedMatrix, KernelError> {
+        let want = k.checked_mul(n).ok_or_else(|| KernelError {
+            message: format!("int8 weight matrix [{k}, {n}] is too large"),
+        })?;
+        expect_len("int8 kernel", kernel.len(), want)?;
+        expect_len("kernel_scale", scale.len(), n)?;
+        if k > MAX_INT8_K {
+            return Err(KernelError {
+                message: format!(
+                    "int8 kernel has {k} input rows; at most {MAX_INT8_K} keep the int32 sums exact"
+                ),
+            });
+        }
+        if let Some(i) = kernel.iter().position(|&v| v == i8::MIN) {
+            return Err(KernelError {
+                message: format!(
+                    "int8 kernel value -128 at index {i}: Keras' quantization clips to -127..=127"
+                ),
+            });
+        }
+        if let Some(v) = scale.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return Err(KernelError {
+                message: format!("kernel_scale must be finite and positive, got {v}"),
+            });
+        }
+        let nr = self.qnr;
+        let panels = n.div_ceil(nr);
+        let kg = k.div_ceil(4);
+        let np = panels * nr;
+        let mut data = vec![0i8; panels * kg * nr * 4];
+        let mut comp = vec![0i32; np];
+        for p in 0..panels {
+            for c in 0..nr.min(n - p * nr) {
+                let col = p * nr + c;
+                let mut sum = 0i32;
+                for r in 0..k {
+                    let v = kernel[r * n + col];
+                    sum += v as i32;
+                    data[((p * kg + r / 4) * nr + c) * 4 + r % 4] = v;
+                }
+                comp[col] = if self.qoffset { 128 * sum } else { 0 };
+            }
+        }
+        let mut inv_scale = vec![0.0f32; np];
+        for (d, s) in inv_scale.iter_mut().zip(scale) {
+            *d = 1.0 / s;
+        }
+        Ok(PackedMatrix {
+            k,
+            n,
+            nr,
+            isa: self.isa,
+            data: Panels::Int8 {
+                panels: data,
+                kg,
+                comp,
+                inv_scale,
+                scale: scale.to_vec(),
+            },
+        })
+    }
+
+    /// Quantize rows of `cols` values (Keras' per-row int8 quantization) into `q`, in this tier's
+    /// layout, whatever `q` is armed for.
+    pub fn quantize_rows(
+        &self,
+        x: &[f32],
+        cols: usize,
+        q: &mut QuantRows,
+        par: Par,
+    ) -> Result<(), KernelError> {
+        if cols == 0 || !x.len().is_multiple_of(cols) {
+            return Err(KernelError {
+                message: format!(
+                    "rows to quantize have {} elements, not a multiple of the row length {cols}",
+                    x.len()
+                ),
+            });
+        }
+        let rows = x.len() / cols;
+        q.shape(self.isa, rows, cols)
+            .ok_or_else(|| overflow("quantized rows"))?;
+        let qo = self.quant_out(q);
+        let f = self.quant;
+        let parts = if x.len() < 1 << 15 {
+            1
+        } else {
+            par.parts().min(rows)
+        };
+        let ptrs = Shared((x.as_ptr(), qo));
+        let run = |part: usize| {
+            let (r0, r1) = split(rows, parts, part);
+            let (xp, qo) = ptrs.get();
+            // SAFETY: the tier is available; rows r0..r1 of x ([rows, cols]) and of the quantized
+            // rows (shaped above) are in bounds and written by this part only.
+            unsafe { f(xp.add(r0 * cols), r1 - r0, cols, &qo.skip(r0)) };
+        };
+        if parts == 1 {
+            run(0);
+        } else {
+            (0..parts).into_par_iter().for_each(run);
+        }
+        Ok(())
+    }
+
+    /// Quantize `x` into `q` if `q` is armed for an int8 matrix (the input of a product nobody
+    /// produced in this call, such as the layer's own input); nothing otherwise.
+    pub fn prepare(
+        &self,
+        x: &[f32],
+        cols: usize,
+        q: &mut QuantRows,
+        par: Par,
+    ) -> Result<(), KernelError> {
+        if q.is_armed() {
+            self.quantize_rows(x, cols, q, par)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The raw destination of quantized rows (shaped), with this tier's byte layout.
+    fn quant_out(&self, q: &mut QuantRows) -> QuantOut {
+        QuantOut {
+            bytes: q.bytes.as_mut_ptr(),
+            stride: q.stride,
+            scale: q.scale.as_mut_ptr(),
+            inv_scale: q.inv_scale.as_mut_ptr(),
+            offset: self.qoffset,
+        }
+    }
+
+    /// `q`, shaped for `rows` rows of `cols` if it is armed (`None` if not).
+    fn armed_out(
+        &self,
+        q: Option<&mut QuantRows>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<QuantOut>, KernelError> {
+        match q {
+            Some(q) if q.is_armed() => {
+                q.shape(self.isa, rows, cols)
+                    .ok_or_else(|| overflow("quantized rows"))?;
+                Ok(Some(self.quant_out(q)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `out[m, n] = act(a[m, k] · B + bias) + residual`, with `B` float32 panels packed by
+    /// [`Kernels::pack`] of this tier. Element-wise activations run in the product's epilogue, on
+    /// each register tile while it is in L1; the row-wise ones (`softmax`, `log_softmax`,
+    /// `sparsemax`) as a row pass over the finished rows. `k == 0` gives `act(bias) + residual`.
+    /// (int8 panels take quantized rows: [`Kernels::gemm_prepared`].)
     pub fn gemm(
         &self,
         a: &[f32],
@@ -176,6 +378,26 @@ impl Kernels {
         b: &PackedMatrix,
         epilogue: &Epilogue<'_>,
         out: &mut [f32],
+        par: Par,
+    ) -> Result<(), KernelError> {
+        static NONE: QuantRows = QuantRows::new();
+        self.gemm_prepared(a, &NONE, m, b, epilogue, out, None, par)
+    }
+
+    /// The product of [`Kernels::gemm`] for a matrix of either format: float32 panels read `a`;
+    /// int8 panels read `qa`, the same rows quantized for them (filled by the producer of `a`, or
+    /// by [`Kernels::prepare`]), and dequantize in the epilogue (Keras:
+    /// `float(sum) / (s_x s_w) + bias`). If `q_out` is armed for the next product, the finished
+    /// rows (activation and residual applied) are quantized into it while they are in cache.
+    pub fn gemm_prepared(
+        &self,
+        a: &[f32],
+        qa: &QuantRows,
+        m: usize,
+        b: &PackedMatrix,
+        epilogue: &Epilogue<'_>,
+        out: &mut [f32],
+        q_out: Option<&mut QuantRows>,
         par: Par,
     ) -> Result<(), KernelError> {
         let (k, n) = (b.k, b.n);
@@ -189,7 +411,19 @@ impl Kernels {
         }
         let mk = m.checked_mul(k).ok_or_else(|| overflow("gemm input"))?;
         let mn = m.checked_mul(n).ok_or_else(|| overflow("gemm output"))?;
-        expect_len("gemm input", a.len(), mk)?;
+        match &b.data {
+            Panels::F32(_) => expect_len("gemm input", a.len(), mk)?,
+            Panels::Int8 { .. } => {
+                if qa.isa != Some(self.isa) || qa.rows != m || qa.cols != k {
+                    return Err(KernelError {
+                        message: format!(
+                            "int8 weights [{k}, {n}] need the {m} input rows quantized for tier {}                              (a QuantRows armed for the matrix and filled), got {} rows of {}                              quantized for {:?}",
+                            self.isa, qa.rows, qa.cols, qa.isa
+                        ),
+                    });
+                }
+            }
+        }
         expect_len("gemm output", out.len(), mn)?;
         if let Some(bias) = epilogue.bias {
             expect_len("gemm bias", bias.len(), n)?;
@@ -197,11 +431,18 @@ impl Kernels {
         if let Some(r) = epilogue.residual {
             expect_len("gemm residual", r.len(), mn)?;
         }
+        let q_out = self.armed_out(q_out, m, n)?;
         if mn == 0 {
             return Ok(());
         }
         let act = epilogue.activation.unwrap_or(Activation::Linear);
         let rowwise = act.is_rowwise();
+        let bias = epilogue.bias.map_or(std::ptr::null(), |b| b.as_ptr());
+        let residual = match epilogue.residual {
+            Some(r) if !rowwise => r.as_ptr(),
+            _ => std::ptr::null(),
+        };
+        let fused = if rowwise { Activation::Linear } else { act };
         if k == 0 {
             for row in out.chunks_mut(n) {
                 match epilogue.bias {
@@ -210,28 +451,194 @@ impl Kernels {
                 }
             }
             self.rows_pass(out, n, act, epilogue.residual, par);
+        } else {
+            match &b.data {
+                Panels::F32(data) => {
+                    let epi = Epi {
+                        bias,
+                        residual,
+                        ldr: n,
+                        act: fused,
+                    };
+                    let f = self.gemm;
+                    let ptrs = Shared((a.as_ptr(), data.as_ptr(), out.as_mut_ptr(), epi));
+                    self.split_product(m, k, n, self.mr, self.nr, par, |r0, r1, p0, p1| {
+                        let (ap, bp, cp, mut epi) = ptrs.get();
+                        // SAFETY: the table's tier is available (tables are only handed out
+                        // for available tiers); a is [m, k], the packed weights hold
+                        // ceil(n / nr) panels of k * nr, out is [m, n], bias [n] and residual
+                        // [m, n] were checked above; rows r0..r1 and panels p0..p1 are in range,
+                        // and parts write disjoint rows or columns.
+                        unsafe {
+                            if !epi.residual.is_null() {
+                                epi.residual = epi.residual.add(r0 * n);
+                            }
+                            f(
+                                ap.add(r0 * k),
+                                k,
+                                r1 - r0,
+                                k,
+                                bp,
+                                n,
+                                cp.add(r0 * n),
+                                n,
+                                p0,
+                                p1,
+                                &epi,
+                            )
+                        };
+                    });
+                }
+                Panels::Int8 {
+                    panels,
+                    kg,
+                    comp,
+                    inv_scale,
+                    ..
+                } => {
+                    let epi = QEpi {
+                        bias,
+                        residual,
+                        ldr: n,
+                        act: fused,
+                        comp: comp.as_ptr(),
+                        wscale: inv_scale.as_ptr(),
+                        xscale: qa.inv_scale.as_ptr(),
+                        raw: false,
+                    };
+                    self.run_int8(qa, *kg, panels, n, out.as_mut_ptr(), epi, par);
+                }
+            }
+            if rowwise {
+                self.rows_pass(out, n, act, epilogue.residual, par);
+            }
+        }
+        if let Some(qo) = q_out {
+            self.quantize_out(out, n, qo, par);
+        }
+        Ok(())
+    }
+
+    /// The int32 sums of an int8 product, `out[m, n] = sum_k q_a[i, k] w_q[k, j]`, exactly (the
+    /// integer part Keras computes; for tests and integer pipelines).
+    pub fn gemm_int8_sums(
+        &self,
+        qa: &QuantRows,
+        b: &PackedMatrix,
+        out: &mut [i32],
+        par: Par,
+    ) -> Result<(), KernelError> {
+        let Panels::Int8 {
+            panels, kg, comp, ..
+        } = &b.data
+        else {
+            return Err(KernelError {
+                message: "gemm_int8_sums takes int8 weights".into(),
+            });
+        };
+        let (m, k, n) = (qa.rows, b.k, b.n);
+        if b.isa != self.isa || qa.isa != Some(self.isa) || qa.cols != k {
+            return Err(KernelError {
+                message: format!(
+                    "int8 sums: weights [{k}, {n}] for tier {}, rows of {} quantized for {:?},                      table {}",
+                    b.isa, qa.cols, qa.isa, self.isa
+                ),
+            });
+        }
+        let mn = m.checked_mul(n).ok_or_else(|| overflow("gemm output"))?;
+        expect_len("int8 sums output", out.len(), mn)?;
+        if mn == 0 {
             return Ok(());
         }
-        let epi = Epi {
-            bias: epilogue.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-            residual: match epilogue.residual {
-                Some(r) if !rowwise => r.as_ptr(),
-                _ => std::ptr::null(),
-            },
+        if k == 0 {
+            out.fill(0);
+            return Ok(());
+        }
+        let epi = QEpi {
+            bias: std::ptr::null(),
+            residual: std::ptr::null(),
             ldr: n,
-            act: if rowwise { Activation::Linear } else { act },
+            act: Activation::Linear,
+            comp: comp.as_ptr(),
+            wscale: std::ptr::null(),
+            xscale: qa.inv_scale.as_ptr(),
+            raw: true,
         };
-        let panels = n.div_ceil(self.nr);
-        let work = mk.saturating_mul(n);
+        self.run_int8(qa, *kg, panels, n, out.as_mut_ptr() as *mut f32, epi, par);
+        Ok(())
+    }
+
+    /// Run the int8 product over parts (validated by the callers: `qa` holds `m` rows of `k`,
+    /// `c` has `m * n` elements of 4 bytes).
+    fn run_int8(
+        &self,
+        qa: &QuantRows,
+        kg: usize,
+        panels: &[i8],
+        n: usize,
+        c: *mut f32,
+        epi: QEpi,
+        par: Par,
+    ) {
+        let (m, stride) = (qa.rows, qa.stride);
+        let f = self.qgemm;
+        let ptrs = Shared((qa.bytes.as_ptr(), panels.as_ptr(), c, epi));
+        // Four int8 multiply-adds cost about one float one.
+        self.split_product(m, kg, n, self.qmr, self.qnr, par, |r0, r1, p0, p1| {
+            let (ap, bp, cp, mut epi) = ptrs.get();
+            // SAFETY: the tier is available; qa holds m rows of `stride >= 4 kg` bytes and m
+            // scales; the panels hold ceil(n / qnr) panels of kg * qnr * 4 bytes, comp and
+            // inv_scale ceil(n / qnr) * qnr values; c is [m, n]; bias [n] and residual [m, n]
+            // were checked by the caller; rows r0..r1 and panels p0..p1 are in range, and parts
+            // write disjoint rows or columns.
+            unsafe {
+                if !epi.residual.is_null() {
+                    epi.residual = epi.residual.add(r0 * n);
+                }
+                epi.xscale = epi.xscale.add(r0);
+                let cp = if epi.raw {
+                    (cp as *mut i32).add(r0 * n) as *mut f32
+                } else {
+                    cp.add(r0 * n)
+                };
+                f(
+                    ap.add(r0 * stride),
+                    stride,
+                    r1 - r0,
+                    kg,
+                    bp,
+                    n,
+                    cp,
+                    n,
+                    p0,
+                    p1,
+                    &epi,
+                )
+            };
+        });
+    }
+
+    /// Split a product of `m` rows, `k` inner steps and `n` columns (panels of `nr`) between
+    /// threads and run `f(r0, r1, p0, p1)` on each part: by rows when A is taller than B is wide
+    /// (each part streams every weight panel past its own rows), else by column panels (each part
+    /// reads only its share of the weights and all of A). A few parts per thread even out uneven
+    /// costs. Every output element is computed the same way whatever the split.
+    fn split_product(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        mr: usize,
+        nr: usize,
+        par: Par,
+        f: impl Fn(usize, usize, usize, usize) + Sync,
+    ) {
+        let panels = n.div_ceil(nr);
+        let work = m.saturating_mul(k).saturating_mul(n);
         let threads = match par {
             Par::Threads(t) if work >= PAR_MIN_FMAS => t.max(1),
             _ => 1,
         };
-        // Split the operand that is cheaper to read more than once: by rows when A is taller
-        // than B is wide (each part streams every weight panel past its own rows), else by
-        // column panels (each part reads only its share of the weights and all of A). A few
-        // parts per thread even out uneven costs.
-        let mr = self.mr;
         let by_rows = threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n;
         let parts = if threads == 1 {
             1
@@ -240,51 +647,45 @@ impl Kernels {
         } else {
             (threads * 3).min(panels)
         };
-        let f = self.gemm;
-        let ptrs = Shared((a.as_ptr(), b.data.as_ptr(), out.as_mut_ptr(), epi));
         let run = |part: usize| {
-            let (ap, bp, cp, mut epi) = ptrs.get();
-            let ((r0, r1), (p0, p1)) = if by_rows {
+            if by_rows {
                 // Row ranges on tile boundaries.
-                let tiles = m.div_ceil(mr);
-                let (t0, t1) = split(tiles, parts, part);
-                ((t0 * mr, (t1 * mr).min(m)), (0, panels))
+                let (t0, t1) = split(m.div_ceil(mr), parts, part);
+                f(t0 * mr, (t1 * mr).min(m), 0, panels);
             } else {
-                ((0, m), split(panels, parts, part))
-            };
-            if !epi.residual.is_null() {
-                // SAFETY: r0 < m rows of the [m, n] residual.
-                epi.residual = unsafe { epi.residual.add(r0 * n) };
+                let (p0, p1) = split(panels, parts, part);
+                f(0, m, p0, p1);
             }
-            // SAFETY: the table's tier is available (tables are only handed out for
-            // available tiers); a is [m, k], the packed weights hold `panels` panels of k*nr,
-            // out is [m, n], bias [n] and residual [m, n] were checked above; rows r0..r1
-            // and panels p0..p1 are in range, and parts write disjoint rows or columns.
-            unsafe {
-                f(
-                    ap.add(r0 * k),
-                    k,
-                    r1 - r0,
-                    k,
-                    bp,
-                    n,
-                    cp.add(r0 * n),
-                    n,
-                    p0,
-                    p1,
-                    &epi,
-                )
-            };
         };
         if parts == 1 {
             run(0);
         } else {
             (0..parts).into_par_iter().for_each(run);
         }
-        if rowwise {
-            self.rows_pass(out, n, act, epilogue.residual, par);
+    }
+
+    /// Quantize finished output rows (`[rows, n]`) into a shaped destination.
+    fn quantize_out(&self, out: &[f32], n: usize, qo: QuantOut, par: Par) {
+        let rows = out.len() / n;
+        let parts = if out.len() < 1 << 15 {
+            1
+        } else {
+            par.parts().min(rows)
+        };
+        let f = self.quant;
+        let ptrs = Shared((out.as_ptr(), qo));
+        let run = |part: usize| {
+            let (r0, r1) = split(rows, parts, part);
+            let (xp, qo) = ptrs.get();
+            // SAFETY: the tier is available; rows r0..r1 of out and of the destination (shaped
+            // for these rows by the caller) are in bounds and written by this part only.
+            unsafe { f(xp.add(r0 * n), r1 - r0, n, &qo.skip(r0)) };
+        };
+        if parts == 1 {
+            run(0);
+        } else {
+            (0..parts).into_par_iter().for_each(run);
         }
-        Ok(())
     }
 
     /// Rows of length `n` of `x`: `act(row) + residual` in place (any activation; row-wise ones
@@ -385,6 +786,8 @@ impl Kernels {
     /// `out = (t - mean) / sqrt(var + eps) * gamma + beta`, population variance from centred
     /// values, statistics taken on differences from the row's first element (exact even on a
     /// large offset). With `sum_out`, `t` itself is written there too (the pre-norm residual).
+    /// If `quant` is armed for an int8 product, each normalised row is also quantized into it,
+    /// while it is in L1.
     pub fn layer_norm(
         &self,
         x: &[f32],
@@ -395,6 +798,7 @@ impl Kernels {
         eps: f32,
         out: &mut [f32],
         sum_out: Option<&mut [f32]>,
+        quant: Option<&mut QuantRows>,
         par: Par,
     ) -> Result<(), KernelError> {
         if n == 0 || !x.len().is_multiple_of(n) {
@@ -415,6 +819,7 @@ impl Kernels {
             expect_len("layer norm sum output", s.len(), x.len())?;
         }
         let rows = x.len() / n;
+        let qo = self.armed_out(quant, rows, n)?.unwrap_or(QuantOut::NONE);
         if rows == 0 {
             return Ok(());
         }
@@ -424,6 +829,7 @@ impl Kernels {
             residual.map_or(std::ptr::null(), |r| r.as_ptr()),
             out.as_mut_ptr(),
             sum_out.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
+            qo,
         ));
         let parts = if x.len() < 1 << 16 {
             1
@@ -432,10 +838,11 @@ impl Kernels {
         };
         let run = |part: usize| {
             let (r0, r1) = split(rows, parts, part);
-            let (xp, rp, op, sp) = ptrs.get();
+            let (xp, rp, op, sp, qo) = ptrs.get();
             let off = r0 * n;
-            // SAFETY: the tier is available; rows r0..r1 of every [rows, n] buffer are in
-            // bounds (lengths checked above) and written by this part only.
+            // SAFETY: the tier is available; rows r0..r1 of every [rows, n] buffer (and of the
+            // quantized rows, shaped above) are in bounds (lengths checked above) and written by
+            // this part only.
             unsafe {
                 f(
                     xp.add(off),
@@ -447,6 +854,7 @@ impl Kernels {
                     eps,
                     op.add(off),
                     if sp.is_null() { sp } else { sp.add(off) },
+                    &qo.skip(r0),
                 )
             };
         };
@@ -462,7 +870,9 @@ impl Kernels {
     /// side (as the projections give them), head `n` at columns `n*D` of each third; the logits
     /// are scaled by Keras' `1/sqrt(D)` inside the softmax.
     /// Writes the context `[B*S, N*D]` and, if given, the probabilities `[B, N, S, S]` (before
-    /// dropout). `dropout` is `(rate, seed)`. `scratch` is reused between calls.
+    /// dropout). `dropout` is `(rate, seed)`. `scratch` is reused between calls. If `quant` is
+    /// armed for an int8 product, the context rows are quantized into it as soon as every head
+    /// has written them.
     pub fn attention(
         &self,
         qkv: &[f32],
@@ -473,6 +883,7 @@ impl Kernels {
         ctx: &mut [f32],
         scores: Option<&mut [f32]>,
         scratch: &mut AttentionScratch,
+        quant: Option<&mut QuantRows>,
         par: Par,
     ) -> Result<(), KernelError> {
         let AttentionShape {
@@ -516,6 +927,7 @@ impl Kernels {
                 message: format!("dropout rate must be in [0, 1), got {rate}"),
             });
         }
+        let q_out = self.armed_out(quant, m, w)?;
         if m == 0 || w == 0 {
             return Ok(());
         }
@@ -563,9 +975,15 @@ impl Kernels {
                 .enumerate()
                 .for_each(|(i, s)| run(i, s));
         }
+        if let Some(qo) = q_out {
+            self.quantize_out(ctx, w, qo, par);
+        }
         Ok(())
     }
 }
+
+/// The largest `k` of an int8 product: `255 * 127 * k` stays below 2^31.
+const MAX_INT8_K: usize = 65_536;
 
 /// Part `i` of `0..total` split into `parts` nearly equal contiguous ranges.
 fn split(total: usize, parts: usize, i: usize) -> (usize, usize) {
@@ -592,14 +1010,32 @@ impl AttentionScratch {
     }
 }
 
-/// A weight matrix packed once, in the panel layout of one tier, for [`Kernels::gemm`].
+/// A weight matrix packed once, in the panel layout of one tier, for [`Kernels::gemm_prepared`]:
+/// float32 panels ([`Kernels::pack`]) or Keras' int8 ([`Kernels::pack_int8`]). It knows its
+/// format; the products dispatch on it.
 #[derive(Clone, Debug)]
 pub struct PackedMatrix {
     k: usize,
     n: usize,
     nr: usize,
     isa: Isa,
-    data: Vec<f32>,
+    data: Panels,
+}
+
+/// The panels of each format.
+#[derive(Clone, Debug)]
+enum Panels {
+    /// `ceil(n / nr)` panels of `k * nr` floats.
+    F32(Vec<f32>),
+    /// `ceil(n / nr)` panels of `kg = ceil(k / 4)` groups of `nr` columns x 4 bytes; per column
+    /// (padded to whole panels) the offset compensation and `1 / scale`; `scale` itself (`[n]`).
+    Int8 {
+        panels: Vec<i8>,
+        kg: usize,
+        comp: Vec<i32>,
+        inv_scale: Vec<f32>,
+        scale: Vec<f32>,
+    },
 }
 
 impl PackedMatrix {
@@ -619,13 +1055,32 @@ impl PackedMatrix {
     pub fn isa(&self) -> Isa {
         self.isa
     }
-
-    /// The bytes the packed data holds (its heap allocation).
-    pub fn bytes(&self) -> usize {
-        self.data.capacity() * std::mem::size_of::<f32>()
+    /// How the values are stored.
+    pub fn format(&self) -> WeightFormat {
+        match self.data {
+            Panels::F32(_) => WeightFormat::F32,
+            Panels::Int8 { .. } => WeightFormat::Int8,
+        }
     }
 
-    /// The matrix back in row-major `[k, n]` layout (exactly the values packed).
+    /// The bytes the packed data holds (its heap allocations).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Panels::F32(d) => d.capacity() * 4,
+            Panels::Int8 {
+                panels,
+                comp,
+                inv_scale,
+                scale,
+                ..
+            } => {
+                panels.capacity() + 4 * (comp.capacity() + inv_scale.capacity() + scale.capacity())
+            }
+        }
+    }
+
+    /// The matrix back in row-major `[k, n]` layout: exactly the values packed for float32
+    /// panels; `W_q / s_w` (the values the int8 product stands for) for int8 panels.
     ///
     /// ```
     /// use transformer_encoder_kernels::{Isa, Kernels};
@@ -636,14 +1091,46 @@ impl PackedMatrix {
     /// ```
     pub fn unpack(&self) -> Vec<f32> {
         let (k, n, nr) = (self.k, self.n, self.nr);
-        let mut w = vec![0.0f32; k * n];
-        for p in 0..n.div_ceil(nr) {
-            let cols = nr.min(n - p * nr);
-            for r in 0..k {
-                w[r * n + p * nr..][..cols].copy_from_slice(&self.data[(p * k + r) * nr..][..cols]);
+        match &self.data {
+            Panels::F32(data) => {
+                let mut w = vec![0.0f32; k * n];
+                for p in 0..n.div_ceil(nr) {
+                    let cols = nr.min(n - p * nr);
+                    for r in 0..k {
+                        w[r * n + p * nr..][..cols]
+                            .copy_from_slice(&data[(p * k + r) * nr..][..cols]);
+                    }
+                }
+                w
+            }
+            Panels::Int8 { scale, .. } => {
+                let (q, _) = self.int8_parts().unwrap_or_default();
+                q.iter()
+                    .enumerate()
+                    .map(|(i, &v)| v as f32 / scale[i % n])
+                    .collect()
             }
         }
-        w
+    }
+
+    /// Keras' int8 variables back from int8 panels: the kernel row-major `[k, n]` and the
+    /// `kernel_scale` `[n]` (`None` for float32 panels).
+    pub fn int8_parts(&self) -> Option<(Vec<i8>, Vec<f32>)> {
+        let Panels::Int8 {
+            panels, kg, scale, ..
+        } = &self.data
+        else {
+            return None;
+        };
+        let (k, n, nr) = (self.k, self.n, self.nr);
+        let mut q = vec![0i8; k * n];
+        for r in 0..k {
+            for c in 0..n {
+                let (p, cc) = (c / nr, c % nr);
+                q[r * n + c] = panels[((p * kg + r / 4) * nr + cc) * 4 + r % 4];
+            }
+        }
+        Some((q, scale.clone()))
     }
 }
 

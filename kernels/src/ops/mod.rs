@@ -4,3 +4,5 @@ pub(crate) mod act;
 pub(crate) mod attention;
 pub(crate) mod gemm;
 pub(crate) mod norm;
+pub(crate) mod qgemm;
+pub(crate) mod quant;

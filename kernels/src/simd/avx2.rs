@@ -137,4 +137,19 @@ unsafe impl Simd for Avx2 {
     unsafe fn eq(a: __m256, b: __m256) -> __m256 {
         intr!(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, b))
     }
+    #[inline(always)]
+    unsafe fn store_u8(p: *mut u8, v: __m256, n: usize) {
+        intr!({
+            // Low bytes (x & 0xFF, so the unsigned packs never saturate), packed to 8 bytes.
+            let i = _mm256_and_si256(_mm256_cvtps_epi32(v), _mm256_set1_epi32(0xFF));
+            let w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256::<1>(i));
+            let b = _mm_packus_epi16(w, w);
+            if n >= 8 {
+                _mm_storel_epi64(p as *mut __m128i, b);
+            } else {
+                let bytes: [u8; 16] = std::mem::transmute(b);
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, n);
+            }
+        })
+    }
 }

@@ -141,4 +141,13 @@ unsafe impl Simd for Avx512 {
     unsafe fn eq(a: __m512, b: __m512) -> __mmask16 {
         intr!(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b))
     }
+    #[inline(always)]
+    unsafe fn store_u8(p: *mut u8, v: __m512, n: usize) {
+        // vpmovdb truncates each i32 to its low byte; masked-off bytes are not written.
+        intr!(_mm512_mask_cvtepi32_storeu_epi8(
+            p as *mut i8,
+            tail_mask(n.min(16)),
+            _mm512_cvtps_epi32(v)
+        ))
+    }
 }

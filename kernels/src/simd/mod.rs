@@ -74,6 +74,11 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     unsafe fn le(a: Self::V, b: Self::V) -> Self::M;
     /// `a == b` (false when either is NaN).
     unsafe fn eq(a: Self::V, b: Self::V) -> Self::M;
+    /// Store the low byte of the first `n <= LANES` lanes, each holding an integer value in
+    /// `[-128, 255]` (converted with rounding to nearest), as `n` bytes at `p`; never touches
+    /// memory past `p + n`.
+    unsafe fn store_u8(p: *mut u8, v: Self::V, n: usize);
 }
 
+pub(crate) mod dot;
 pub(crate) mod math;

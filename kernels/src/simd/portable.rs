@@ -124,4 +124,10 @@ unsafe impl Simd for Portable {
     unsafe fn eq(a: f32x8, b: f32x8) -> f32x8 {
         a.simd_eq(b)
     }
+    #[inline(always)]
+    unsafe fn store_u8(p: *mut u8, v: f32x8, n: usize) {
+        for (i, x) in v.round_int().to_array().iter().enumerate().take(n.min(8)) {
+            raw!(*p.add(i) = *x as u8);
+        }
+    }
 }

@@ -1,0 +1,217 @@
+//! int8 matrix products over weights packed once into panels of `k/4` groups (see
+//! `simd::dot`), with Keras' dequantization fused into the epilogue:
+//!
+//! `C[i, j] = act(float(sum_k q_a[i, k] w_q[k, j]) * (1 / s_w[j]) * (1 / s_x[i]) + bias[j]) + residual`
+//!
+//! The int32 sum over the whole of `k` stays in registers (exact: `|sum| <= 255 * 127 * k` fits
+//! for `k <= 65,536`, the packing limit), so every output is computed by the same operations
+//! whatever the thread split. With `raw`, the int32 sums themselves are stored (the integer
+//! reference checks them bit for bit).
+
+use super::act::apply_tile;
+use crate::activation::Activation;
+use crate::simd::Simd;
+use crate::simd::dot::Dot;
+
+/// Raw epilogue operands (validated by the safe wrapper), offset to the first column of the call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QEpi {
+    /// `[n]` or null.
+    pub bias: *const f32,
+    /// Rows at stride `ldr` (same row indexing as C), or null.
+    pub residual: *const f32,
+    pub ldr: usize,
+    /// An element-wise activation (or `Linear`).
+    pub act: Activation,
+    /// `128 * column sum` per column, padded to whole panels (for offset activations).
+    pub comp: *const i32,
+    /// `1 / s_w` per column, padded to whole panels.
+    pub wscale: *const f32,
+    /// `1 / s_x` per row of A (indexed like A's rows).
+    pub xscale: *const f32,
+    /// Store int32 sums (C is `*mut i32`), no float epilogue.
+    pub raw: bool,
+}
+
+#[inline(always)]
+unsafe fn load_n<S: Simd>(p: *const f32, n: usize) -> S::V {
+    // SAFETY: p valid for min(n, LANES) values (caller).
+    unsafe {
+        if n >= S::LANES {
+            S::load(p)
+        } else {
+            S::load_partial(p, n)
+        }
+    }
+}
+
+/// One `R x (NV * LANES)` tile over the whole of `k` (`kg` groups of 4).
+///
+/// # Safety
+/// `a`: `R` rows of `4 * kg` bytes at stride `lda`; `b`: the panel (`kg` groups of
+/// `NV * LANES * 4` bytes); `c`: `R` rows of `cols` values at stride `ldc`; `epi` offset to this
+/// tile's first column (comp and wscale valid for `NV * LANES`, bias for `cols`, residual for `R`
+/// rows of `cols`) and `epi.xscale` to its first row. D's features enabled.
+#[inline(always)]
+unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: &QEpi,
+) {
+    type S<D> = <D as Dot>::F;
+    let lanes = <D::F as Simd>::LANES;
+    let nr = NV * lanes;
+    // SAFETY: every pointer formed stays inside the extents of the contract.
+    unsafe {
+        let mut acc = [[D::zero(); NV]; R];
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..kg {
+            let mut bv = [D::load_b(bp); NV];
+            for (v, x) in bv.iter_mut().enumerate().skip(1) {
+                *x = D::load_b(bp.add(v * lanes * 4));
+            }
+            for i in 0..R {
+                let av = D::bcast(ap.add(i * lda));
+                for v in 0..NV {
+                    acc[i][v] = D::dot(acc[i][v], av, bv[v]);
+                }
+            }
+            ap = ap.add(4);
+            bp = bp.add(nr * 4);
+        }
+        for i in 0..R {
+            let xs = S::<D>::splat(*epi.xscale.add(i));
+            for v in 0..NV {
+                let cc = v * lanes;
+                if cc >= cols {
+                    break;
+                }
+                let n = cols - cc;
+                let sums = if D::OFFSET {
+                    D::sub_i32(acc[i][v], epi.comp.add(cc))
+                } else {
+                    acc[i][v]
+                };
+                if epi.raw {
+                    D::store_i32((c as *mut i32).add(i * ldc + cc), sums, n);
+                    continue;
+                }
+                let ws = S::<D>::load(epi.wscale.add(cc));
+                let mut y = S::<D>::mul(S::<D>::mul(D::to_f32(sums), ws), xs);
+                if !epi.bias.is_null() {
+                    y = S::<D>::add(y, load_n::<S<D>>(epi.bias.add(cc), n));
+                }
+                if epi.act == Activation::Linear && !epi.residual.is_null() {
+                    y = S::<D>::add(y, load_n::<S<D>>(epi.residual.add(i * epi.ldr + cc), n));
+                }
+                let cp = c.add(i * ldc + cc);
+                if n >= lanes {
+                    S::<D>::store(cp, y);
+                } else {
+                    S::<D>::store_partial(cp, n, y);
+                }
+            }
+        }
+        if !epi.raw && epi.act != Activation::Linear {
+            apply_tile::<S<D>>(c, ldc, R, cols, epi.act, epi.residual, epi.ldr);
+        }
+    }
+}
+
+/// [`micro`] for `rows <= MR` rows, monomorphised per row count.
+#[inline(always)]
+unsafe fn tile<D: Dot, const NV: usize>(
+    rows: usize,
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: &QEpi,
+) {
+    macro_rules! go {
+        ($r:literal) => {
+            micro::<D, $r, NV>(kg, a, lda, b, c, ldc, cols, epi)
+        };
+    }
+    // SAFETY: forwarded contract of `micro` with R = rows.
+    unsafe {
+        match rows {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            4 => go!(4),
+            5 => go!(5),
+            6 => go!(6),
+            7 => go!(7),
+            _ => go!(8),
+        }
+    }
+}
+
+/// Rows `0..m` and panels `p0..p1` of the int8 product.
+///
+/// # Safety
+/// * `a`: `m` rows of `lda >= 4 * kg` bytes; `packed`: `ceil(n / NR)` panels of `kg * NR * 4`
+///   bytes; `c`: `m` rows of `n` values (f32, or i32 with `epi.raw`) at stride `ldc`;
+///   `epi.bias` `n` values or null; `epi.residual` `m` rows at stride `epi.ldr` or null;
+///   `epi.comp` and `epi.wscale` `ceil(n / NR) * NR` values; `epi.xscale` `m` values.
+/// * `MR <= 8`; no other thread writes the columns of panels `p0..p1` of these rows.
+#[inline(always)]
+pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
+    a: *const u8,
+    lda: usize,
+    m: usize,
+    kg: usize,
+    packed: *const i8,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    p0: usize,
+    p1: usize,
+    epi: &QEpi,
+) {
+    let nr = NV * <D::F as Simd>::LANES;
+    // SAFETY: every pointer formed below stays inside the extents documented above.
+    unsafe {
+        for p in p0..p1 {
+            let col0 = p * nr;
+            let cols = nr.min(n - col0);
+            let bp = packed.add(p * kg * nr * 4);
+            let mut i = 0;
+            while i < m {
+                let rows = MR.min(m - i);
+                let e = QEpi {
+                    bias: if epi.bias.is_null() {
+                        epi.bias
+                    } else {
+                        epi.bias.add(col0)
+                    },
+                    residual: if epi.residual.is_null() {
+                        epi.residual
+                    } else {
+                        epi.residual.add(i * epi.ldr + col0)
+                    },
+                    comp: epi.comp.add(col0),
+                    wscale: epi.wscale.add(col0),
+                    xscale: epi.xscale.add(i),
+                    ..*epi
+                };
+                let cp = if epi.raw {
+                    (c as *mut i32).add(i * ldc + col0) as *mut f32
+                } else {
+                    c.add(i * ldc + col0)
+                };
+                tile::<D, NV>(rows, kg, a.add(i * lda), lda, bp, cp, ldc, cols, &e);
+                i += rows;
+            }
+        }
+    }
+}

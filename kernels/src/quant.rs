@@ -1,0 +1,174 @@
+//! Keras' int8 mode (Keras 3.15 `model.quantize("int8")`, SPEC section 10): the weight
+//! quantization, done once, and the buffer of quantized activation rows the int8 products read.
+//!
+//! ```text
+//! weights, once:  s_w[o] = 127 / (max_i |W[i, o]| + 1e-7)          (kernel_scale)
+//!                 W_q = clip(round_half_even(W * s_w), -127, 127)    (kernel, int8)
+//! each product:   s_x[t] = 127 / (max |x[t, :]| + 1e-7)   per row (token)
+//!                 x_q = clip(round_half_even(x[t, :] * s_x[t]), -127, 127)
+//!                 y[t, o] = float(sum_i x_q[i] W_q[i, o]) / (s_x[t] s_w[o]) + b[o]
+//! ```
+//! All in float32, as Keras computes it: the integer operands are bit for bit Keras' own.
+
+use crate::isa::Isa;
+
+/// How a packed weight matrix stores its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// float32 panels.
+    F32,
+    /// Keras int8: int8 panels with a float32 scale per output column.
+    Int8,
+}
+
+/// Keras' weight quantization of a row-major `[k, n]` kernel (`[in, out]`): the int8 kernel and
+/// the per-column `kernel_scale`, exactly as `quantize("int8")` computes them (float32).
+///
+/// ```
+/// use transformer_encoder_kernels::quant::quantize_weights;
+/// let (q, s) = quantize_weights(&[0.5, -1.0, 0.25, 2.0], 2, 2);
+/// assert_eq!(q, vec![127, -64, 63, 127]); // 0.25 * 127 / (0.5 + 1e-7) = 63.499985
+/// assert_eq!(s, vec![127.0 / (0.5 + 1e-7), 127.0 / (2.0 + 1e-7)]);
+/// ```
+///
+/// # Panics
+/// If `w.len() != k * n` (a programming error: callers pass validated shapes).
+pub fn quantize_weights(w: &[f32], k: usize, n: usize) -> (Vec<i8>, Vec<f32>) {
+    assert_eq!(w.len(), k * n, "quantize_weights: shape");
+    let mut amax = vec![0.0f32; n];
+    for row in w.chunks_exact(n.max(1)) {
+        for (m, v) in amax.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
+    let scale: Vec<f32> = amax.iter().map(|m| 127.0f32 / (m + 1e-7f32)).collect();
+    let q = w
+        .chunks_exact(n.max(1))
+        .flat_map(|row| {
+            row.iter()
+                .zip(&scale)
+                .map(|(v, s)| quantize_value(*v, *s))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (q, scale)
+}
+
+/// `clip(round_half_even(v * s), -127, 127)` (NaN gives 0).
+pub fn quantize_value(v: f32, s: f32) -> i8 {
+    let r = (v * s).round_ties_even();
+    if r.is_nan() {
+        0
+    } else {
+        r.clamp(-127.0, 127.0) as i8
+    }
+}
+
+/// Rows of activations quantized for an int8 product: Keras' per-row scales, the rows as
+/// bytes in the layout of one tier's int8 kernels. A workspace buffer: it grows to the largest
+/// call and is then reused without allocating.
+///
+/// Producers of a product's input (LayerNorm, attention, a product with an activation) fill it
+/// while the rows are in cache when it has been [armed](QuantRows::arm_for) for an int8 matrix;
+/// for a float32 matrix it stays empty and nothing is spent on it.
+#[derive(Clone, Debug)]
+pub struct QuantRows {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) scale: Vec<f32>,
+    pub(crate) inv_scale: Vec<f32>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) stride: usize,
+    pub(crate) isa: Option<Isa>,
+    pub(crate) wanted: bool,
+}
+
+impl Default for QuantRows {
+    fn default() -> QuantRows {
+        QuantRows::new()
+    }
+}
+
+impl QuantRows {
+    /// An empty buffer.
+    pub const fn new() -> QuantRows {
+        QuantRows {
+            bytes: Vec::new(),
+            scale: Vec::new(),
+            inv_scale: Vec::new(),
+            rows: 0,
+            cols: 0,
+            stride: 0,
+            isa: None,
+            wanted: false,
+        }
+    }
+
+    /// Prepare to hold the input of `b`: quantized rows are wanted when `b` is int8. Clears what
+    /// the buffer held.
+    pub fn arm_for(&mut self, b: &crate::PackedMatrix) {
+        self.wanted = b.format() == WeightFormat::Int8;
+        self.isa = Some(b.isa());
+        self.rows = 0;
+        self.cols = 0;
+    }
+
+    /// Will producers quantize into this buffer?
+    pub fn is_armed(&self) -> bool {
+        self.wanted
+    }
+
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values per row (before padding).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row `i`'s quantized values (`-127..=127`) and its Keras scale `s_x`, or `None` past the
+    /// rows held. (Decoded from the tier's byte layout; for tests and inspection.)
+    pub fn row(&self, i: usize) -> Option<(Vec<i8>, f32)> {
+        if i >= self.rows {
+            return None;
+        }
+        let offset = self.isa.is_some_and(crate::Kernels::int8_offset);
+        let b = &self.bytes[i * self.stride..][..self.cols];
+        let q = b
+            .iter()
+            .map(|&v| {
+                if offset {
+                    (v as i16 - 128) as i8
+                } else {
+                    v as i8
+                }
+            })
+            .collect();
+        Some((q, self.scale[i]))
+    }
+
+    /// Size the buffer for `rows` rows of `cols` values for tier `isa` (grows, never shrinks).
+    pub(crate) fn shape(&mut self, isa: Isa, rows: usize, cols: usize) -> Option<()> {
+        let stride = cols.checked_next_multiple_of(4)?;
+        let n = rows.checked_mul(stride)?;
+        if self.bytes.len() < n {
+            self.bytes.resize(n, 0);
+        }
+        if self.inv_scale.len() < rows {
+            self.inv_scale.resize(rows, 0.0);
+            self.scale.resize(rows, 0.0);
+        }
+        self.isa = Some(isa);
+        self.rows = rows;
+        self.cols = cols;
+        self.stride = stride;
+        Some(())
+    }
+
+    /// The bytes this buffer holds on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + 4 * (self.scale.capacity() + self.inv_scale.capacity())
+    }
+}
