@@ -74,6 +74,56 @@ fn gemm(c: &mut Criterion) {
     }
 }
 
+/// The int8 products (Keras' int8 mode) at the same shapes, every tier: quantized input rows,
+/// int8 panels, dequantization and bias in the epilogue. Throughput in operations (two per
+/// multiply-add), to set against `peak_flops`' int8 figure for the tier.
+fn gemm_int8(c: &mut Criterion) {
+    let shapes: &[(&str, usize, usize, usize)] = if quick() {
+        &[("seed_qkv", 20, 64, 192)]
+    } else {
+        &[
+            ("seed_qkv", 20, 64, 192),
+            ("in_cache", 48, 256, 96),
+            ("bert_qkv", 128, 768, 2304),
+            ("bert_ffn_in", 128, 768, 3072),
+            ("bert_ffn_out", 128, 3072, 768),
+        ]
+    };
+    for &(name, m, k, n) in shapes {
+        let mut g = c.benchmark_group(format!("gemm_int8/{name}_{m}x{k}x{n}"));
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let a = vals(m * k, 1);
+        let w = vals(k * n, 2);
+        let bias = vals(n, 3);
+        let (wq, ws) = transformer_encoder_kernels::quant::quantize_weights(&w, k, n);
+        let mut out = vec![0.0; m * n];
+        for isa in tiers() {
+            let kern = Kernels::for_isa(isa).unwrap();
+            let p = kern.pack_int8(&wq, &ws, k, n).unwrap();
+            let mut q = transformer_encoder_kernels::QuantRows::new();
+            q.arm_for(&p);
+            kern.prepare(&a, k, &mut q, Par::Seq).unwrap();
+            let ep = Epilogue {
+                bias: Some(&bias),
+                activation: None,
+                residual: None,
+            };
+            for (label, par) in [("t1", Par::Seq), ("t2", Par::Threads(2))] {
+                if quick() && label == "t2" {
+                    continue;
+                }
+                g.bench_function(BenchmarkId::new(label, isa), |bch| {
+                    bch.iter(|| {
+                        kern.gemm_prepared(black_box(&a), &q, m, &p, &ep, &mut out, None, par)
+                            .unwrap()
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
 fn small_kernels(c: &mut Criterion) {
     let (rows, n) = (128, 768);
     let x = vals(rows * n, 4);
@@ -267,7 +317,7 @@ criterion_group! {
         .sample_size(20)
         .measurement_time(std::time::Duration::from_secs(2))
         .warm_up_time(std::time::Duration::from_millis(500));
-    targets = gemm, small_kernels, layers, embedding
+    targets = gemm, gemm_int8, small_kernels, layers, embedding
 }
 
 #[cfg(not(feature = "bert"))]

@@ -5,10 +5,11 @@
 //! cargo run --release --example latency -- --hidden 768 --heads 12 --inter 3072 --seq 128 \
 //!     --batch 1 --threads 2 [--activation gelu|relu] [--norm post|pre] [--layers N] \
 //!     [--seconds S] [--isa avx512vnni|avx512|avx2vnni|avx2|portable] [--masked]
+//!     [--precision fp32|int8]
 //! ```
 //!
-//! `encoder isa=<tier> threads=<n> ... median_ms=<m> min_ms=<m> gflops=<g>`; gflops counts the
-//! same multiply-adds as the ONNX Runtime anchor (two FLOPs each).
+//! `encoder isa=<tier> precision=<p> threads=<n> ... median_ms=<m> min_ms=<m> gflops=<g>`; gflops
+//! counts the same multiply-adds as the ONNX Runtime anchor (two operations each, int8 or float).
 
 mod common;
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ use transformer_encoder::{
     TensorView, TransformerEncoder,
 };
 
-const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked]";
+const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked] [--precision fp32|int8]";
 
 fn main() -> ExitCode {
     common::run(latency)
@@ -38,6 +39,7 @@ fn latency() -> Result<ExitCode, common::Failure> {
             "activation",
             "norm",
             "isa",
+            "precision",
         ],
         &["masked"],
     )?;
@@ -62,6 +64,7 @@ fn latency() -> Result<ExitCode, common::Failure> {
     };
     let pre = a.choice("norm", &["post", "pre"], "post")? == "pre";
     let isa = common::tier(&a)?;
+    let precision = common::precision(&a)?;
     let th = common::threads(threads)?;
     let cfg = EncoderConfig::new(inter, heads)
         .with_activation(activation)
@@ -71,7 +74,9 @@ fn latency() -> Result<ExitCode, common::Failure> {
         (0..layers)
             .map(|l| {
                 let w = EncoderWeights::init(&cfg, hidden, 100 + l as u64)?;
-                Ok(TransformerEncoder::with_isa(cfg.clone(), w, isa)?.with_threads(th.clone()))
+                Ok(TransformerEncoder::with_isa(cfg.clone(), w, isa)?
+                    .with_precision(precision)?
+                    .with_threads(th.clone()))
             })
             .collect::<Result<Vec<_>, transformer_encoder::Error>>()?,
     )?;
@@ -93,7 +98,7 @@ fn latency() -> Result<ExitCode, common::Failure> {
     })?;
     let flops = stack.layers()[0].flops(batch, seq) * layers as f64;
     println!(
-        "encoder isa={isa} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={layers} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1}",
+        "encoder isa={isa} precision={precision} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={layers} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1}",
         if pre { "pre" } else { "post" },
         activation,
         median * 1e3,

@@ -325,6 +325,6 @@ qshells!(
     q_avx512vnni,
     crate::simd::dot::Avx512Vnni,
     8,
-    2,
+    3,
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,avx512vnni")]
 );

@@ -69,19 +69,21 @@ unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
     // SAFETY: every pointer formed stays inside the extents of the contract.
     unsafe {
         let mut acc = [[D::zero(); NV]; R];
-        let (mut ap, mut bp) = (a, b);
-        for _ in 0..kg {
+        // Each row's pointer computed once; the loop indexes them all with one offset (no chain
+        // of address additions through the rows).
+        let rows: [*const u8; R] = std::array::from_fn(|i| a.add(i * lda));
+        let mut bp = b;
+        for g in 0..kg {
             let mut bv = [D::load_b(bp); NV];
             for (v, x) in bv.iter_mut().enumerate().skip(1) {
                 *x = D::load_b(bp.add(v * lanes * 4));
             }
             for i in 0..R {
-                let av = D::bcast(ap.add(i * lda));
+                let av = D::bcast(rows[i].add(4 * g));
                 for v in 0..NV {
                     acc[i][v] = D::dot(acc[i][v], av, bv[v]);
                 }
             }
-            ap = ap.add(4);
             bp = bp.add(nr * 4);
         }
         for i in 0..R {
@@ -151,7 +153,11 @@ unsafe fn tile<D: Dot, const NV: usize>(
             5 => go!(5),
             6 => go!(6),
             7 => go!(7),
-            _ => go!(8),
+            8 => go!(8),
+            9 => go!(9),
+            10 => go!(10),
+            11 => go!(11),
+            _ => go!(12),
         }
     }
 }
@@ -163,7 +169,7 @@ unsafe fn tile<D: Dot, const NV: usize>(
 ///   bytes; `c`: `m` rows of `n` values (f32, or i32 with `epi.raw`) at stride `ldc`;
 ///   `epi.bias` `n` values or null; `epi.residual` `m` rows at stride `epi.ldr` or null;
 ///   `epi.comp` and `epi.wscale` `ceil(n / NR) * NR` values; `epi.xscale` `m` values.
-/// * `MR <= 8`; no other thread writes the columns of panels `p0..p1` of these rows.
+/// * `MR <= 12`; no other thread writes the columns of panels `p0..p1` of these rows.
 #[inline(always)]
 pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
     a: *const u8,
@@ -181,13 +187,14 @@ pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
     let nr = NV * <D::F as Simd>::LANES;
     // SAFETY: every pointer formed below stays inside the extents documented above.
     unsafe {
-        for p in p0..p1 {
-            let col0 = p * nr;
-            let cols = nr.min(n - col0);
-            let bp = packed.add(p * kg * nr * 4);
-            let mut i = 0;
-            while i < m {
-                let rows = MR.min(m - i);
+        // Row tiles outer: a tile's rows of A (MR x k bytes) stay in L1 while the panels stream.
+        let mut i = 0;
+        while i < m {
+            let rows = MR.min(m - i);
+            for p in p0..p1 {
+                let col0 = p * nr;
+                let cols = nr.min(n - col0);
+                let bp = packed.add(p * kg * nr * 4);
                 let e = QEpi {
                     bias: if epi.bias.is_null() {
                         epi.bias
@@ -210,8 +217,8 @@ pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
                     c.add(i * ldc + col0)
                 };
                 tile::<D, NV>(rows, kg, a.add(i * lda), lda, bp, cp, ldc, cols, &e);
-                i += rows;
             }
+            i += rows;
         }
     }
 }
