@@ -253,25 +253,29 @@ fn layers(c: &mut Criterion) {
                         .unwrap(),
                 ))
             };
-            let enc = TransformerEncoder::with_isa(cfg, w, isa)
+            let fp32 = TransformerEncoder::with_isa(cfg, w, isa)
                 .unwrap()
                 .with_threads(threads);
-            g.throughput(Throughput::Elements(enc.flops(b, s) as u64));
+            g.throughput(Throughput::Elements(fp32.flops(b, s) as u64));
             let x = vals(b * s * h, 10);
             let mut out = vec![0.0; x.len()];
             let mut ws = Workspace::new();
-            g.bench_function(isa.name(), |bch| {
-                bch.iter(|| {
-                    enc.forward_into(
-                        TensorView::new(black_box(&x), &[b, s, h]),
-                        &CallOptions::new(),
-                        &mut out,
-                        None,
-                        &mut ws,
-                    )
-                    .unwrap()
-                })
-            });
+            // The same layer in float32 and in Keras' int8 mode.
+            let int8 = fp32.quantize().unwrap();
+            for (precision, enc) in [("fp32", &fp32), ("int8", &int8)] {
+                g.bench_function(BenchmarkId::new(precision, isa), |bch| {
+                    bch.iter(|| {
+                        enc.forward_into(
+                            TensorView::new(black_box(&x), &[b, s, h]),
+                            &CallOptions::new(),
+                            &mut out,
+                            None,
+                            &mut ws,
+                        )
+                        .unwrap()
+                    })
+                });
+            }
         }
         g.finish();
     }

@@ -1,7 +1,8 @@
 //! Text in, sentence embeddings out, from a BERT-family sentence-transformers folder:
 //!
 //! ```text
-//! cargo run --release --example embed -- --model DIR [--threads N] [--check GOLDEN] TEXT...
+//! cargo run --release --example embed -- --model DIR [--threads N] [--precision fp32|int8]
+//!     [--check GOLDEN] TEXT...
 //! ```
 //!
 //! Prints each text's embedding (first values and norm) and the time taken. With `--check FILE`
@@ -10,21 +11,26 @@
 //! layer with `hidden_states_f64/<i>`, and the final sentence embedding, printing a PASS/FAIL
 //! line for each and `N passed, N failed` last (exit 1 on any failure). Tolerance: the float32
 //! PyTorch outputs' own distance from the float64 truth, times 4, or 1e-4, whichever is larger.
+//! Both precisions print `cosine min=<m> mean=<m>`: each sentence embedding's cosine similarity
+//! to PyTorch's float64 one. With `--precision int8` (the layers quantized at load, Keras'
+//! int8 mode) that is the check: each cosine at least 0.985, their mean at least 0.99.
 
 mod common;
 use std::process::ExitCode;
 use std::time::Instant;
 use transformer_encoder::conformance::max_abs_diff;
-use transformer_encoder::{Pooling, SentenceEncoder, pool};
+use transformer_encoder::{Pooling, Precision, SentenceEncoder, pool};
 
-const USAGE: &str = "embed --model DIR [--threads N] [--check GOLDEN] TEXT...";
+const USAGE: &str =
+    "embed --model DIR [--threads N] [--precision fp32|int8] [--check GOLDEN] TEXT...";
 
 fn main() -> ExitCode {
     common::run(embed)
 }
 
 fn embed() -> Result<ExitCode, common::Failure> {
-    let a = common::Args::parse(USAGE, &["model", "threads", "check"], &[])?;
+    let a = common::Args::parse(USAGE, &["model", "threads", "check", "precision"], &[])?;
+    let precision = common::precision(&a)?;
     let default_model = std::env::var("TRANSFORMER_ENCODER_MODEL")
         .unwrap_or_else(|_| "target/models/all-MiniLM-L6-v2".to_string());
     let model = a.get("model").unwrap_or(&default_model);
@@ -34,13 +40,14 @@ fn embed() -> Result<ExitCode, common::Failure> {
         .map_err(|e| {
             format!("cannot load the model from {model}: {e} (fetch it with .ci/fetch_model.sh)")
         })?
+        .with_precision(precision)?
         .with_threads(common::threads(threads)?);
     eprintln!(
         "loaded {model} in {:.0} ms",
         t0.elapsed().as_secs_f64() * 1e3
     );
     if let Some(path) = a.get("check") {
-        return run_check(&enc, path);
+        return run_check(&enc, path, precision);
     }
     let texts = &a.positional;
     if texts.is_empty() {
@@ -66,7 +73,11 @@ fn embed() -> Result<ExitCode, common::Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_check(enc: &SentenceEncoder, path: &str) -> Result<ExitCode, common::Failure> {
+fn run_check(
+    enc: &SentenceEncoder,
+    path: &str,
+    precision: Precision,
+) -> Result<ExitCode, common::Failure> {
     use safetensors::{Dtype, SafeTensors};
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("{path}: {e}"))?;
@@ -132,7 +143,12 @@ fn run_check(enc: &SentenceEncoder, path: &str) -> Result<ExitCode, common::Fail
         b.seq,
     )?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
+    // The hidden states are compared for float32 (int8 differs from float by design; its check
+    // is the embeddings' cosine below).
     for (i, s) in states.iter().enumerate() {
+        if precision != Precision::Fp32 {
+            break;
+        }
         let truth = f64s(&format!("hidden_states_f64/{i}"))?;
         let torch: Vec<f32> = f64s(&format!("hidden_states/{i}"))?
             .iter()
@@ -171,12 +187,36 @@ fn run_check(enc: &SentenceEncoder, path: &str) -> Result<ExitCode, common::Fail
         .iter()
         .map(|v| *v as f32)
         .collect();
-    let tol = (4.0 * max_abs_diff(&torch, &truth)).max(1e-4);
-    let err = max_abs_diff(&ours, &truth);
-    verdict(
-        err <= tol,
-        format!("sentence_embedding max_err={err:.3e} tol={tol:.3e}"),
+    if precision == Precision::Fp32 {
+        let tol = (4.0 * max_abs_diff(&torch, &truth)).max(1e-4);
+        let err = max_abs_diff(&ours, &truth);
+        verdict(
+            err <= tol,
+            format!("sentence_embedding max_err={err:.3e} tol={tol:.3e}"),
+        );
+    }
+    // Cosine similarity of each sentence embedding to PyTorch's float64 one.
+    let cos: Vec<f64> = ours
+        .chunks(h.max(1))
+        .zip(truth.chunks(h.max(1)))
+        .map(|(a, t)| {
+            let dot: f64 = a.iter().zip(t).map(|(x, y)| *x as f64 * y).sum();
+            let na = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let nt = t.iter().map(|y| y * y).sum::<f64>().sqrt();
+            dot / (na * nt)
+        })
+        .collect();
+    let (min, mean) = (
+        cos.iter().cloned().fold(f64::INFINITY, f64::min),
+        cos.iter().sum::<f64>() / cos.len().max(1) as f64,
     );
+    if precision == Precision::Int8 {
+        for (s, c) in sentences.iter().zip(&cos) {
+            verdict(*c >= 0.985, format!("cosine {c:.5} (>= 0.985) {s:?}"));
+        }
+        verdict(mean >= 0.99, format!("cosine mean {mean:.5} (>= 0.99)"));
+    }
+    println!("cosine min={min:.5} mean={mean:.5}");
     eprintln!(
         "tokenize + {} layers on {} sentences: {ms:.2} ms",
         states.len() - 1,

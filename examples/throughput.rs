@@ -3,23 +3,25 @@
 //!
 //! ```text
 //! cargo run --release --example throughput -- [--model DIR] [--threads 2] [--seconds 5]
+//!     [--precision fp32|int8]
 //! ```
 //!
 //! Prints `encoder workload=<w> texts=<n> padded_shape=(b, s) threads=<t> median_ms=<m>
-//! texts_per_s=<r>`, the same line as the anchor. `benches/st_compare.sh` runs both side by side.
+//! texts_per_s=<r> precision=<p>`, the same line as the anchor. `benches/st_compare.sh` runs both side by side.
 
 mod common;
 use std::process::ExitCode;
 use transformer_encoder::SentenceEncoder;
 
-const USAGE: &str = "throughput [--model DIR] [--threads N] [--seconds S]";
+const USAGE: &str = "throughput [--model DIR] [--threads N] [--seconds S] [--precision fp32|int8]";
 
 fn main() -> ExitCode {
     common::run(throughput)
 }
 
 fn throughput() -> Result<ExitCode, common::Failure> {
-    let a = common::Args::parse(USAGE, &["model", "threads", "seconds"], &[])?;
+    let a = common::Args::parse(USAGE, &["model", "threads", "seconds", "precision"], &[])?;
+    let precision = common::precision(&a)?;
     if let Some(p) = a.positional.first() {
         return Err(format!("unexpected argument `{p}` (usage: {USAGE})").into());
     }
@@ -29,13 +31,14 @@ fn throughput() -> Result<ExitCode, common::Failure> {
     let enc = SentenceEncoder::from_dir(model)
         .and_then(|e| e.with_max_seq_length(128))
         .map_err(|e| format!("{e} (fetch the model with .ci/fetch_model.sh)"))?
+        .with_precision(precision)?
         .with_threads(common::threads(threads)?);
     for (name, texts) in common::workloads() {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let b = enc.tokenize(&refs)?;
         let (median, _, _) = common::time(seconds, 5, || enc.embed(&refs).map(|_| ()))?;
         println!(
-            "encoder workload={name} texts={} padded_shape={:?} threads={threads} median_ms={:.3} texts_per_s={:.1}",
+            "encoder workload={name} texts={} padded_shape={:?} threads={threads} median_ms={:.3} texts_per_s={:.1} precision={precision}",
             texts.len(),
             (b.batch, b.seq),
             median * 1e3,

@@ -307,6 +307,15 @@ impl BertModel {
         })
     }
 
+    /// Run the encoder layers in `precision` (int8: each layer quantized at load, as Keras'
+    /// `quantize("int8")` does; the embeddings stay float).
+    pub fn with_precision(self, precision: crate::Precision) -> Result<BertModel> {
+        Ok(BertModel {
+            stack: self.stack.with_precision(precision)?,
+            ..self
+        })
+    }
+
     /// Choose where the layers run their threads.
     pub fn with_threads(self, threads: Threads) -> BertModel {
         BertModel {
@@ -647,6 +656,14 @@ impl SentenceEncoder {
             pooling,
             normalize,
             max_seq_length,
+        })
+    }
+
+    /// Run the model's encoder layers in `precision` (see [`BertModel::with_precision`]).
+    pub fn with_precision(self, precision: crate::Precision) -> Result<SentenceEncoder> {
+        Ok(SentenceEncoder {
+            model: self.model.with_precision(precision)?,
+            ..self
         })
     }
 

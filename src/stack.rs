@@ -67,6 +67,28 @@ impl EncoderStack {
         }
     }
 
+    /// Every layer in `precision` (Keras' `quantize("int8")` of each layer for
+    /// [`Precision::Int8`](crate::Precision::Int8)).
+    ///
+    /// ```
+    /// use transformer_encoder::{EncoderConfig, EncoderStack, Precision, TransformerEncoder};
+    /// let layers = (0..2)
+    ///     .map(|i| TransformerEncoder::init(EncoderConfig::new(32, 4), 16, i))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let stack = EncoderStack::new(layers)?.with_precision(Precision::Int8)?;
+    /// assert!(stack.layers().iter().all(|l| l.precision() == Precision::Int8));
+    /// # Ok::<(), transformer_encoder::Error>(())
+    /// ```
+    pub fn with_precision(self, precision: crate::Precision) -> Result<EncoderStack> {
+        Ok(EncoderStack {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| l.with_precision(precision))
+                .collect::<Result<_>>()?,
+        })
+    }
+
     /// The layers.
     pub fn layers(&self) -> &[TransformerEncoder] {
         &self.layers

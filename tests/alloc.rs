@@ -78,12 +78,20 @@ fn no_allocation_per_call_after_warm_up() {
     // allocate as they exit.
     let p = pool(2);
     for isa in tiers() {
-        for pre in [false, true] {
+        for (pre, precision) in [
+            (false, Precision::Fp32),
+            (true, Precision::Fp32),
+            (false, Precision::Int8),
+            (true, Precision::Int8),
+        ] {
             let cfg = EncoderConfig::new(384, 6)
                 .with_activation(Activation::Gelu)
                 .with_normalize_first(pre);
             let w = EncoderWeights::init(&cfg, h, 5).unwrap();
-            let base = TransformerEncoder::with_isa(cfg, w, isa).unwrap();
+            let base = TransformerEncoder::with_isa(cfg, w, isa)
+                .unwrap()
+                .with_precision(precision)
+                .unwrap();
             let opts = CallOptions::new().padding_mask(Mask::new(&pad, &[b, s]));
             let xv = TensorView::new(&x, &[b, s, h]);
             let mut out = vec![0.0; x.len()];
@@ -106,7 +114,7 @@ fn no_allocation_per_call_after_warm_up() {
             assert_eq!(
                 n,
                 0,
-                "{isa}: one thread: {n} allocations in {} warm calls",
+                "{isa} {precision}: one thread: {n} allocations in {} warm calls",
                 2 * CALLS
             );
             // A pool, called from one of its own threads (a service running on the pool): none.
@@ -125,7 +133,7 @@ fn no_allocation_per_call_after_warm_up() {
             });
             assert_eq!(
                 n, 0,
-                "{isa}: inside the pool: {n} allocations in {CALLS} warm calls"
+                "{isa} {precision}: inside the pool: {n} allocations in {CALLS} warm calls"
             );
             // A dedicated pool called from outside: rayon's injector queue takes one 1.5 KiB block
             // per 63 jobs handed in from outside the pool; the encoder itself allocates nothing.
@@ -142,7 +150,7 @@ fn no_allocation_per_call_after_warm_up() {
             });
             assert!(
                 n <= CALLS.div_ceil(63),
-                "{isa}: dedicated pool: {n} allocations in {CALLS} warm calls"
+                "{isa} {precision}: dedicated pool: {n} allocations in {CALLS} warm calls"
             );
         }
     }

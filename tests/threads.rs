@@ -32,13 +32,15 @@ fn bit_identical_for_every_thread_count() {
         .map(|i| (i % s < s - 3 * (i / s)) as u8)
         .collect();
     for isa in tiers() {
-        for (act, pre) in [
-            (Activation::Gelu, false),
-            (Activation::GeluApproximate, true),
-            (Activation::Silu, false),
-            (Activation::Mish, true),
+        for (act, pre, precision) in [
+            (Activation::Gelu, false, Precision::Fp32),
+            (Activation::GeluApproximate, true, Precision::Fp32),
+            (Activation::Silu, false, Precision::Fp32),
+            (Activation::Mish, true, Precision::Fp32),
+            (Activation::Gelu, false, Precision::Int8),
+            (Activation::Softmax, true, Precision::Int8),
         ] {
-            let enc = big(isa, act, pre);
+            let enc = big(isa, act, pre).with_precision(precision).unwrap();
             let opts = CallOptions::new().padding_mask(Mask::new(&pad, &[b, s]));
             let xv = TensorView::new(&x, &[b, s, h]);
             let enc = enc.with_threads(Threads::Single);
@@ -49,7 +51,7 @@ fn bit_identical_for_every_thread_count() {
                 let (got, got_s) = enc.forward_with_scores(xv, &opts).unwrap();
                 assert!(
                     got == want && got_s == want_s,
-                    "{isa} {act}: {n} threads differ from one"
+                    "{isa} {act} {precision}: {n} threads differ from one"
                 );
             }
             enc = enc.with_threads(Threads::Current);
