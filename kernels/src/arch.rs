@@ -6,6 +6,8 @@
 
 use crate::activation::Activation;
 use crate::ops::act::{apply_slice, row};
+#[cfg(target_arch = "x86_64")]
+use crate::ops::amx::qgemm_amx;
 use crate::ops::attention::{AttnArgs, attention_head};
 use crate::ops::gemm::{Epi, gemm_panels};
 use crate::ops::norm::layer_norm_row;
@@ -277,6 +279,8 @@ macro_rules! qshells {
                 $nv * <<$dot as crate::simd::dot::Dot>::F as crate::simd::Simd>::LANES;
             /// Activations stored as `q + 128`.
             pub(crate) const OFFSET: bool = <$dot as crate::simd::dot::Dot>::OFFSET;
+            /// The weight panels' layout.
+            pub(crate) const LAYOUT: crate::table::Int8Layout = crate::table::Int8Layout::Groups;
 
             /// # Safety
             /// The tier's CPU features; `qgemm_panels`' contract.
@@ -328,3 +332,40 @@ qshells!(
     3,
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,avx512vnni")]
 );
+
+/// The int8 products on AMX tiles (with the AVX-512 tier's float epilogue).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod q_amx {
+    use super::*;
+
+    /// Rows of a block.
+    pub(crate) const MR: usize = crate::ops::amx::BLOCK;
+    /// Columns of a panel.
+    pub(crate) const NR: usize = crate::ops::amx::BLOCK;
+    /// Activations stored as `q` (`tdpbssd` multiplies signed bytes).
+    pub(crate) const OFFSET: bool = false;
+    /// The weight panels' layout.
+    pub(crate) const LAYOUT: crate::table::Int8Layout = crate::table::Int8Layout::AmxTiles;
+
+    /// # Safety
+    /// The tier's CPU features and the OS' tile grant; `qgemm_amx`'s contract.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    pub(crate) unsafe fn qgemm(
+        a: *const u8,
+        lda: usize,
+        m: usize,
+        kg: usize,
+        packed: *const i8,
+        n: usize,
+        c: *mut f32,
+        ldc: usize,
+        p0: usize,
+        p1: usize,
+        epi: &QEpi,
+    ) {
+        // SAFETY: forwarded contract; features enabled on this function.
+        unsafe {
+            qgemm_amx::<crate::simd::avx512::Avx512>(a, lda, m, kg, packed, n, c, ldc, p0, p1, epi)
+        }
+    }
+}

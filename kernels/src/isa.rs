@@ -4,14 +4,16 @@
 //! int8 products, the dot-product instruction. The int8 dot products are a CPU feature of their
 //! own (AVX512-VNNI on Zen 4 and Ice Lake or later, AVX-VNNI on Alder Lake or later and Zen 5;
 //! none on Zen 3), so they are tiers of their own: `avx512vnni` is `avx512` plus `vpdpbusd` on
-//! zmm registers, `avx2vnni` is `avx2` plus its VEX form on ymm registers.
+//! zmm registers, `avx2vnni` is `avx2` plus its VEX form on ymm registers. `avx512amx` is
+//! `avx512vnni` with the int8 products on AMX tiles (Sapphire Rapids and later), available only
+//! where the OS grants the tile state (Linux: `arch_prctl(ARCH_REQ_XCOMP_PERM)`, requested once).
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-/// The environment variable that forces a tier: `avx512vnni`, `avx512`, `avx2vnni`, `avx2` or
-/// `portable`.
+/// The environment variable that forces a tier: `avx512amx`, `avx512vnni`, `avx512`,
+/// `avx2vnni`, `avx2` or `portable`.
 pub const ISA_ENV: &str = "TRANSFORMER_ENCODER_ISA";
 
 /// An instruction-set tier. Every kernel exists on every tier.
@@ -36,16 +38,19 @@ pub enum Isa {
     Avx512,
     /// AVX-512 F/BW/DQ/VL with AVX512-VNNI (`vpdpbusd` on zmm registers).
     Avx512Vnni,
+    /// `Avx512Vnni` with the int8 products on AMX tiles (`tdpbssd`).
+    Avx512Amx,
 }
 
 impl Isa {
     /// All tiers, in order of preference, best last.
-    pub const ALL: [Isa; 5] = [
+    pub const ALL: [Isa; 6] = [
         Isa::Portable,
         Isa::Avx2,
         Isa::Avx2Vnni,
         Isa::Avx512,
         Isa::Avx512Vnni,
+        Isa::Avx512Amx,
     ];
 
     /// The tier's name as the environment variable spells it.
@@ -56,6 +61,7 @@ impl Isa {
             Isa::Avx2Vnni => "avx2vnni",
             Isa::Avx512 => "avx512",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Avx512Amx => "avx512amx",
         }
     }
 
@@ -63,13 +69,13 @@ impl Isa {
     pub fn float_tier(self) -> Isa {
         match self {
             Isa::Avx2Vnni => Isa::Avx2,
-            Isa::Avx512Vnni => Isa::Avx512,
+            Isa::Avx512Vnni | Isa::Avx512Amx => Isa::Avx512,
             other => other,
         }
     }
 
     /// Has this tier passed the whole test suite on real hardware? Only such tiers are chosen
-    /// automatically; the others can still be forced. (All five have: the README lists the CPUs.)
+    /// automatically; the others can still be forced. (All six have: the README lists the CPUs.)
     pub fn verified(self) -> bool {
         true
     }
@@ -93,6 +99,9 @@ impl Isa {
                 Isa::Avx2Vnni => avx2() && std::is_x86_feature_detected!("avxvnni"),
                 Isa::Avx512 => avx512(),
                 Isa::Avx512Vnni => avx512() && std::is_x86_feature_detected!("avx512vnni"),
+                Isa::Avx512Amx => {
+                    avx512() && std::is_x86_feature_detected!("avx512vnni") && amx_int8_granted()
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -202,6 +211,7 @@ impl FromStr for Isa {
             "avx2vnni" | "avxvnni" | "avx-vnni" | "avx2-vnni" => Ok(Isa::Avx2Vnni),
             "avx512" | "avx-512" => Ok(Isa::Avx512),
             "avx512vnni" | "avx512-vnni" | "avx-512-vnni" => Ok(Isa::Avx512Vnni),
+            "avx512amx" | "amx" | "avx512-amx" => Ok(Isa::Avx512Amx),
             _ => Err(IsaError::Unknown(s.to_string())),
         }
     }
@@ -233,7 +243,7 @@ impl fmt::Display for IsaError {
         match self {
             IsaError::Unknown(s) => write!(
                 f,
-                "unknown instruction set `{s}` (the tiers are avx512vnni, avx512, avx2vnni, avx2 and portable; this CPU has {})",
+                "unknown instruction set `{s}` (the tiers are avx512amx, avx512vnni, avx512, avx2vnni, avx2 and portable; this CPU has {})",
                 tiers_here()
             ),
             IsaError::Unavailable(isa) => write!(
@@ -247,3 +257,52 @@ impl fmt::Display for IsaError {
 }
 
 impl std::error::Error for IsaError {}
+
+/// Does the CPU have AMX-TILE and AMX-INT8, does the OS enable the tile state in XCR0, and has it
+/// granted this process the tile data (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`,
+/// requested once)? Without all of these a tile instruction would fault.
+#[cfg(target_arch = "x86_64")]
+fn amx_int8_granted() -> bool {
+    static GRANTED: OnceLock<bool> = OnceLock::new();
+    *GRANTED.get_or_init(|| {
+        use std::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
+        // Leaf 7 only after checking the maximum leaf.
+        let leaf7 = __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).edx >> 24) & 3 == 3;
+        let osxsave = (__cpuid(1).ecx >> 27) & 1 == 1;
+        if !leaf7 || !osxsave {
+            return false;
+        }
+        // SAFETY: xgetbv is available when the OS set OSXSAVE (checked above).
+        let xcr0 = unsafe { _xgetbv(0) };
+        if (xcr0 >> 17) & 3 != 3 {
+            return false;
+        }
+        request_tile_data()
+    })
+}
+
+/// Linux: ask for the AMX tile data state (`ARCH_REQ_XCOMP_PERM` = 0x1023, `XTILEDATA` = 18).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_data() -> bool {
+    let ret: isize;
+    // SAFETY: the arch_prctl system call (158 on x86-64) with these arguments only changes the
+    // process' permission for the AMX state; it reads and writes no memory of ours.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") 158isize => ret,
+            in("rdi") 0x1023usize,
+            in("rsi") 18usize,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret == 0
+}
+
+/// Elsewhere the tiles are not used (the grant is OS-specific).
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_data() -> bool {
+    false
+}

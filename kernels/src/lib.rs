@@ -24,6 +24,7 @@ pub mod quant;
 pub mod reference;
 pub mod rng;
 
+mod aligned;
 mod arch;
 mod ops;
 mod simd;

@@ -73,7 +73,7 @@ pub fn quantize_value(v: f32, s: f32) -> i8 {
 /// for a float32 matrix it stays empty and nothing is spent on it.
 #[derive(Clone, Debug)]
 pub struct QuantRows {
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) bytes: crate::aligned::Aligned<u8>,
     pub(crate) scale: Vec<f32>,
     pub(crate) inv_scale: Vec<f32>,
     pub(crate) rows: usize,
@@ -93,7 +93,7 @@ impl QuantRows {
     /// An empty buffer.
     pub const fn new() -> QuantRows {
         QuantRows {
-            bytes: Vec::new(),
+            bytes: crate::aligned::Aligned::new(),
             scale: Vec::new(),
             inv_scale: Vec::new(),
             rows: 0,
@@ -135,7 +135,7 @@ impl QuantRows {
             return None;
         }
         let offset = self.isa.is_some_and(crate::Kernels::int8_offset);
-        let b = &self.bytes[i * self.stride..][..self.cols];
+        let b = &self.bytes.as_slice()[i * self.stride..][..self.cols];
         let q = b
             .iter()
             .map(|&v| {
@@ -149,13 +149,20 @@ impl QuantRows {
         Some((q, self.scale[i]))
     }
 
-    /// Size the buffer for `rows` rows of `cols` values for tier `isa` (grows, never shrinks).
-    pub(crate) fn shape(&mut self, isa: Isa, rows: usize, cols: usize) -> Option<()> {
-        let stride = cols.checked_next_multiple_of(4)?;
-        let n = rows.checked_mul(stride)?;
-        if self.bytes.len() < n {
-            self.bytes.resize(n, 0);
-        }
+    /// Size the buffer for `rows` rows of `cols` values for tier `isa`, whose kernels read rows
+    /// padded as `layout` says (grows, never shrinks; padding rows are readable memory).
+    pub(crate) fn shape(
+        &mut self,
+        isa: Isa,
+        layout: crate::table::Int8Layout,
+        rows: usize,
+        cols: usize,
+    ) -> Option<()> {
+        let stride = cols.checked_next_multiple_of(layout.row_align())?;
+        let n = rows
+            .checked_next_multiple_of(layout.rows_align())?
+            .checked_mul(stride)?;
+        self.bytes.grow(n);
         if self.inv_scale.len() < rows {
             self.inv_scale.resize(rows, 0.0);
             self.scale.resize(rows, 0.0);
@@ -169,6 +176,6 @@ impl QuantRows {
 
     /// The bytes this buffer holds on the heap.
     pub fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + 4 * (self.scale.capacity() + self.inv_scale.capacity())
+        self.bytes.bytes() + 4 * (self.scale.capacity() + self.inv_scale.capacity())
     }
 }

@@ -1,6 +1,7 @@
 //! The kernel table: the one dispatch point. One table per instruction-set tier, chosen once.
 
 use crate::activation::Activation;
+use crate::aligned::Aligned;
 use crate::arch::{ActFn, AttnFn, GemmFn, NormFn, QGemmFn, QuantFn, QuantOut, RowActFn};
 use crate::isa::{Isa, IsaError};
 use crate::ops::attention::{AttnArgs, scratch_len};
@@ -59,6 +60,50 @@ pub struct Kernels {
     qmr: usize,
     qnr: usize,
     qoffset: bool,
+    qlayout: Int8Layout,
+}
+
+/// How the int8 weight panels (and the quantized rows feeding them) are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Int8Layout {
+    /// Panel of `nr` columns: `k/4` groups, each `nr` columns x 4 bytes (the vector kernels);
+    /// rows padded to a multiple of 4 bytes.
+    Groups,
+    /// Panel of 32 columns: per 64-wide step of `k`, two 16 x 64-byte tiles (columns 0..16, then
+    /// 16..32); rows padded to 64 bytes, the row count to 32 (AMX).
+    AmxTiles,
+}
+
+impl Int8Layout {
+    /// Bytes a quantized row is padded to.
+    pub(crate) fn row_align(self) -> usize {
+        match self {
+            Int8Layout::Groups => 4,
+            Int8Layout::AmxTiles => 64,
+        }
+    }
+    /// Rows the quantized rows are padded to (the tiles read whole blocks).
+    pub(crate) fn rows_align(self) -> usize {
+        match self {
+            Int8Layout::Groups => 1,
+            Int8Layout::AmxTiles => 32,
+        }
+    }
+    /// The byte of inner row `r`, column `c` (`c < nr`) of panel `p`, with `kg` groups per panel.
+    fn offset(self, p: usize, r: usize, c: usize, nr: usize, kg: usize) -> usize {
+        let (g, b) = (r / 4, r % 4);
+        match self {
+            Int8Layout::Groups => ((p * kg + g) * nr + c) * 4 + b,
+            Int8Layout::AmxTiles => {
+                p * kg * nr * 4
+                    + (g / 16) * 16 * nr * 4
+                    + (c / 16) * 1024
+                    + (g % 16) * 64
+                    + (c % 16) * 4
+                    + b
+            }
+        }
+    }
 }
 
 macro_rules! table {
@@ -79,6 +124,7 @@ macro_rules! table {
             qmr: q::MR,
             qnr: q::NR,
             qoffset: q::OFFSET,
+            qlayout: q::LAYOUT,
         }
     }};
 }
@@ -102,6 +148,8 @@ static AVX512_VNNI: Kernels = table!(
     crate::arch::avx512,
     crate::arch::q_avx512vnni
 );
+#[cfg(target_arch = "x86_64")]
+static AVX512_AMX: Kernels = table!(Isa::Avx512Amx, crate::arch::avx512, crate::arch::q_amx);
 
 /// Work below this many multiply-adds runs on one thread (thread start-up would dominate).
 const PAR_MIN_FMAS: usize = 1 << 20;
@@ -148,6 +196,8 @@ impl Kernels {
             Isa::Avx512 => &AVX512,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => &AVX512_VNNI,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Amx => &AVX512_AMX,
             #[cfg(not(target_arch = "x86_64"))]
             _ => &PORTABLE,
         }
@@ -180,11 +230,12 @@ impl Kernels {
         expect_len("weight matrix", w.len(), want)?;
         let nr = self.nr;
         let panels = n.div_ceil(nr);
-        let mut data = vec![0.0f32; panels * k * nr];
+        let mut data = Aligned::<f32>::zeroed(panels * k * nr);
+        let d = data.as_mut_slice();
         for p in 0..panels {
             let cols = nr.min(n - p * nr);
             for r in 0..k {
-                let dst = &mut data[(p * k + r) * nr..][..cols];
+                let dst = &mut d[(p * k + r) * nr..][..cols];
                 dst.copy_from_slice(&w[r * n + p * nr..][..cols]);
             }
         }
@@ -242,12 +293,13 @@ impl Kernels {
                 message: format!("kernel_scale must be finite and positive, got {v}"),
             });
         }
-        let nr = self.qnr;
+        let (nr, layout) = (self.qnr, self.qlayout);
         let panels = n.div_ceil(nr);
-        let kg = k.div_ceil(4);
+        let kg = k.next_multiple_of(layout.row_align()) / 4;
         let np = panels * nr;
-        let mut data = vec![0i8; panels * kg * nr * 4];
-        let mut comp = vec![0i32; np];
+        let mut data = Aligned::<i8>::zeroed(panels * kg * nr * 4);
+        let mut comp = Aligned::<i32>::zeroed(np);
+        let (d, cs) = (data.as_mut_slice(), comp.as_mut_slice());
         for p in 0..panels {
             for c in 0..nr.min(n - p * nr) {
                 let col = p * nr + c;
@@ -255,13 +307,13 @@ impl Kernels {
                 for r in 0..k {
                     let v = kernel[r * n + col];
                     sum += v as i32;
-                    data[((p * kg + r / 4) * nr + c) * 4 + r % 4] = v;
+                    d[layout.offset(p, r, c, nr, kg)] = v;
                 }
-                comp[col] = if self.qoffset { 128 * sum } else { 0 };
+                cs[col] = if self.qoffset { 128 * sum } else { 0 };
             }
         }
-        let mut inv_scale = vec![0.0f32; np];
-        for (d, s) in inv_scale.iter_mut().zip(scale) {
+        let mut inv_scale = Aligned::<f32>::zeroed(np);
+        for (d, s) in inv_scale.as_mut_slice().iter_mut().zip(scale) {
             *d = 1.0 / s;
         }
         Ok(PackedMatrix {
@@ -272,6 +324,7 @@ impl Kernels {
             data: Panels::Int8 {
                 panels: data,
                 kg,
+                layout,
                 comp,
                 inv_scale,
                 scale: scale.to_vec(),
@@ -297,7 +350,7 @@ impl Kernels {
             });
         }
         let rows = x.len() / cols;
-        q.shape(self.isa, rows, cols)
+        q.shape(self.isa, self.qlayout, rows, cols)
             .ok_or_else(|| overflow("quantized rows"))?;
         let qo = self.quant_out(q);
         let f = self.quant;
@@ -358,7 +411,7 @@ impl Kernels {
     ) -> Result<Option<QuantOut>, KernelError> {
         match q {
             Some(q) if q.is_armed() => {
-                q.shape(self.isa, rows, cols)
+                q.shape(self.isa, self.qlayout, rows, cols)
                     .ok_or_else(|| overflow("quantized rows"))?;
                 Ok(Some(self.quant_out(q)))
             }
@@ -506,7 +559,7 @@ impl Kernels {
                         xscale: qa.inv_scale.as_ptr(),
                         raw: false,
                     };
-                    self.run_int8(qa, *kg, panels, n, out.as_mut_ptr(), epi, par);
+                    self.run_int8(qa, *kg, panels.as_ptr(), n, out.as_mut_ptr(), epi, par);
                 }
             }
             if rowwise {
@@ -564,7 +617,15 @@ impl Kernels {
             xscale: qa.inv_scale.as_ptr(),
             raw: true,
         };
-        self.run_int8(qa, *kg, panels, n, out.as_mut_ptr() as *mut f32, epi, par);
+        self.run_int8(
+            qa,
+            *kg,
+            panels.as_ptr(),
+            n,
+            out.as_mut_ptr() as *mut f32,
+            epi,
+            par,
+        );
         Ok(())
     }
 
@@ -574,7 +635,7 @@ impl Kernels {
         &self,
         qa: &QuantRows,
         kg: usize,
-        panels: &[i8],
+        panels: *const i8,
         n: usize,
         c: *mut f32,
         epi: QEpi,
@@ -582,7 +643,7 @@ impl Kernels {
     ) {
         let (m, stride) = (qa.rows, qa.stride);
         let f = self.qgemm;
-        let ptrs = Shared((qa.bytes.as_ptr(), panels.as_ptr(), c, epi));
+        let ptrs = Shared((qa.bytes.as_ptr(), panels, c, epi));
         // Four int8 multiply-adds cost about one float one.
         self.split_product(m, kg, n, self.qmr, self.qnr, par, |r0, r1, p0, p1| {
             let (ap, bp, cp, mut epi) = ptrs.get();
@@ -1026,14 +1087,15 @@ pub struct PackedMatrix {
 #[derive(Clone, Debug)]
 enum Panels {
     /// `ceil(n / nr)` panels of `k * nr` floats.
-    F32(Vec<f32>),
+    F32(Aligned<f32>),
     /// `ceil(n / nr)` panels of `kg = ceil(k / 4)` groups of `nr` columns x 4 bytes; per column
     /// (padded to whole panels) the offset compensation and `1 / scale`; `scale` itself (`[n]`).
     Int8 {
-        panels: Vec<i8>,
+        panels: Aligned<i8>,
         kg: usize,
-        comp: Vec<i32>,
-        inv_scale: Vec<f32>,
+        layout: Int8Layout,
+        comp: Aligned<i32>,
+        inv_scale: Aligned<f32>,
         scale: Vec<f32>,
     },
 }
@@ -1066,16 +1128,14 @@ impl PackedMatrix {
     /// The bytes the packed data holds (its heap allocations).
     pub fn bytes(&self) -> usize {
         match &self.data {
-            Panels::F32(d) => d.capacity() * 4,
+            Panels::F32(d) => d.bytes(),
             Panels::Int8 {
                 panels,
                 comp,
                 inv_scale,
                 scale,
                 ..
-            } => {
-                panels.capacity() + 4 * (comp.capacity() + inv_scale.capacity() + scale.capacity())
-            }
+            } => panels.bytes() + comp.bytes() + inv_scale.bytes() + 4 * scale.capacity(),
         }
     }
 
@@ -1093,6 +1153,7 @@ impl PackedMatrix {
         let (k, n, nr) = (self.k, self.n, self.nr);
         match &self.data {
             Panels::F32(data) => {
+                let data = data.as_slice();
                 let mut w = vec![0.0f32; k * n];
                 for p in 0..n.div_ceil(nr) {
                     let cols = nr.min(n - p * nr);
@@ -1117,17 +1178,21 @@ impl PackedMatrix {
     /// `kernel_scale` `[n]` (`None` for float32 panels).
     pub fn int8_parts(&self) -> Option<(Vec<i8>, Vec<f32>)> {
         let Panels::Int8 {
-            panels, kg, scale, ..
+            panels,
+            kg,
+            layout,
+            scale,
+            ..
         } = &self.data
         else {
             return None;
         };
         let (k, n, nr) = (self.k, self.n, self.nr);
+        let panels = panels.as_slice();
         let mut q = vec![0i8; k * n];
         for r in 0..k {
             for c in 0..n {
-                let (p, cc) = (c / nr, c % nr);
-                q[r * n + c] = panels[((p * kg + r / 4) * nr + cc) * 4 + r % 4];
+                q[r * n + c] = panels[layout.offset(c / nr, r, c % nr, nr, *kg)];
             }
         }
         Some((q, scale.clone()))

@@ -78,23 +78,49 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
             }
             _ => None,
         };
-        // Values: row copies (zeros for padded keys and the padding rows and columns).
-        vs.fill(0.0);
-        kt.fill(0.0);
-        let mut finite = true;
+        // Values: row copies; zeros for padded keys and in the padding rows and columns only
+        // (the rest is overwritten).
+        let mut poison = S::splat(0.0);
         for j in 0..s {
-            let row = base.add(j * ld3 + h * d);
+            let dst = &mut vs[j * dp..(j + 1) * dp];
             if key_row.is_none_or(|r| r[j] != 0) {
-                let src = std::slice::from_raw_parts(row.add(2 * w), d);
-                let dst = &mut vs[j * dp..j * dp + d];
-                dst.copy_from_slice(src);
-                finite &= src.iter().all(|v| v.is_finite());
+                let src = base.add(j * ld3 + h * d + 2 * w);
+                std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), d);
+                dst[d..].fill(0.0);
+                // x - x is NaN exactly for NaN and the infinities.
+                let mut k = 0;
+                while k < d {
+                    let n = (d - k).min(S::LANES);
+                    let v = if n == S::LANES {
+                        S::load(src.add(k))
+                    } else {
+                        S::load_partial(src.add(k), n)
+                    };
+                    poison = S::add(poison, S::sub(v, v));
+                    k += n;
+                }
+            } else {
+                dst.fill(0.0);
             }
-            // Keys, transposed.
-            let src = std::slice::from_raw_parts(row.add(w), d);
-            for (dd, v) in src.iter().enumerate() {
-                kt[dd * sp + j] = *v;
+        }
+        vs[s * dp..].fill(0.0);
+        let finite = S::reduce_sum(poison) == 0.0;
+        // Keys, transposed, eight at a time: each store run covers eight neighbouring columns.
+        let mut j0 = 0;
+        while j0 < s {
+            let jn = 8.min(s - j0);
+            let rows: [*const f32; 8] =
+                std::array::from_fn(|jj| base.add((j0 + jj.min(jn - 1)) * ld3 + h * d + w));
+            for dd in 0..d {
+                let out = &mut kt[dd * sp + j0..dd * sp + j0 + jn];
+                for (jj, o) in out.iter_mut().enumerate() {
+                    *o = *rows[jj].add(dd);
+                }
             }
+            j0 += jn;
+        }
+        for dd in 0..d {
+            kt[dd * sp + s..(dd + 1) * sp].fill(0.0);
         }
         let none = Epi::NONE;
         // Keras' 1/sqrt(key_dim), computed in double and rounded to f32, folded into the

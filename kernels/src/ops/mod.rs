@@ -1,6 +1,8 @@
 //! The kernel bodies, each written once over [`Simd`](crate::simd::Simd).
 
 pub(crate) mod act;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
 pub(crate) mod attention;
 pub(crate) mod gemm;
 pub(crate) mod norm;

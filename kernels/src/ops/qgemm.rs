@@ -45,6 +45,40 @@ unsafe fn load_n<S: Simd>(p: *const f32, n: usize) -> S::V {
     }
 }
 
+/// The float epilogue of one vector of int32 sums (as floats, `y`), row `i`, columns `cc..cc+n`
+/// of a tile: `y * (1 / s_w) * (1 / s_x) + bias`, plus the residual when no activation follows
+/// (with one, [`apply_tile`] runs on the whole tile afterwards).
+///
+/// # Safety
+/// As [`micro`]'s epilogue operands; `c` valid for `min(n, LANES)` values.
+#[inline(always)]
+pub(crate) unsafe fn finish<S: Simd>(
+    y: S::V,
+    xs: S::V,
+    epi: &QEpi,
+    i: usize,
+    cc: usize,
+    n: usize,
+    c: *mut f32,
+) {
+    // SAFETY: the contract above.
+    unsafe {
+        let ws = S::load(epi.wscale.add(cc));
+        let mut y = S::mul(S::mul(y, ws), xs);
+        if !epi.bias.is_null() {
+            y = S::add(y, load_n::<S>(epi.bias.add(cc), n));
+        }
+        if epi.act == Activation::Linear && !epi.residual.is_null() {
+            y = S::add(y, load_n::<S>(epi.residual.add(i * epi.ldr + cc), n));
+        }
+        if n >= S::LANES {
+            S::store(c, y);
+        } else {
+            S::store_partial(c, n, y);
+        }
+    }
+}
+
 /// One `R x (NV * LANES)` tile over the whole of `k` (`kg` groups of 4).
 ///
 /// # Safety
@@ -103,20 +137,8 @@ unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
                     D::store_i32((c as *mut i32).add(i * ldc + cc), sums, n);
                     continue;
                 }
-                let ws = S::<D>::load(epi.wscale.add(cc));
-                let mut y = S::<D>::mul(S::<D>::mul(D::to_f32(sums), ws), xs);
-                if !epi.bias.is_null() {
-                    y = S::<D>::add(y, load_n::<S<D>>(epi.bias.add(cc), n));
-                }
-                if epi.act == Activation::Linear && !epi.residual.is_null() {
-                    y = S::<D>::add(y, load_n::<S<D>>(epi.residual.add(i * epi.ldr + cc), n));
-                }
-                let cp = c.add(i * ldc + cc);
-                if n >= lanes {
-                    S::<D>::store(cp, y);
-                } else {
-                    S::<D>::store_partial(cp, n, y);
-                }
+                let y = D::to_f32(sums);
+                finish::<S<D>>(y, xs, epi, i, cc, n, c.add(i * ldc + cc));
             }
         }
         if !epi.raw && epi.act != Activation::Linear {

@@ -138,6 +138,13 @@ unsafe impl Simd for Avx2 {
         intr!(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, b))
     }
     #[inline(always)]
+    unsafe fn load_i32_f32(p: *const i32, n: usize) -> __m256 {
+        intr!(_mm256_cvtepi32_ps(_mm256_maskload_epi32(
+            p,
+            tail_mask(n.min(8))
+        )))
+    }
+    #[inline(always)]
     unsafe fn store_u8(p: *mut u8, v: __m256, n: usize) {
         intr!({
             // Low bytes (x & 0xFF, so the unsigned packs never saturate), packed to 8 bytes.

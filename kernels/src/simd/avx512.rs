@@ -142,6 +142,13 @@ unsafe impl Simd for Avx512 {
         intr!(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b))
     }
     #[inline(always)]
+    unsafe fn load_i32_f32(p: *const i32, n: usize) -> __m512 {
+        intr!(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(
+            tail_mask(n.min(16)),
+            p
+        )))
+    }
+    #[inline(always)]
     unsafe fn store_u8(p: *mut u8, v: __m512, n: usize) {
         // vpmovdb truncates each i32 to its low byte; masked-off bytes are not written.
         intr!(_mm512_mask_cvtepi32_storeu_epi8(

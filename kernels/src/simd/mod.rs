@@ -74,6 +74,8 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     unsafe fn le(a: Self::V, b: Self::V) -> Self::M;
     /// `a == b` (false when either is NaN).
     unsafe fn eq(a: Self::V, b: Self::V) -> Self::M;
+    /// Load `n <= LANES` int32 values (the other lanes 0) converted to float.
+    unsafe fn load_i32_f32(p: *const i32, n: usize) -> Self::V;
     /// Store the low byte of the first `n <= LANES` lanes, each holding an integer value in
     /// `[-128, 255]` (converted with rounding to nearest), as `n` bytes at `p`; never touches
     /// memory past `p + n`.

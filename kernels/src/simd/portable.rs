@@ -125,6 +125,14 @@ unsafe impl Simd for Portable {
         a.simd_eq(b)
     }
     #[inline(always)]
+    unsafe fn load_i32_f32(p: *const i32, n: usize) -> f32x8 {
+        let mut a = [0.0f32; 8];
+        for (i, v) in a.iter_mut().enumerate().take(n.min(8)) {
+            *v = raw!(*p.add(i)) as f32;
+        }
+        f32x8::new(a)
+    }
+    #[inline(always)]
     unsafe fn store_u8(p: *mut u8, v: f32x8, n: usize) {
         for (i, x) in v.round_int().to_array().iter().enumerate().take(n.min(8)) {
             raw!(*p.add(i) = *x as u8);
