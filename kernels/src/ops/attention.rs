@@ -32,10 +32,17 @@ pub(crate) struct AttnArgs<'a> {
     pub scores: *mut f32,
 }
 
-/// Scratch floats one thread needs for sequence `s`, key dim `d`, tile `mr x nr`.
+/// `n` rounded up to whole vectors of `l`, plus one vector if that is a multiple of 64 values.
+fn padded_len(n: usize, l: usize) -> usize {
+    let p = n.div_ceil(l) * l;
+    if p.is_multiple_of(64) { p + l } else { p }
+}
+
+/// Scratch floats one thread needs for sequence `s`, key dim `d`, tile `mr x nr` (an upper
+/// bound: the kernel pads to whole vectors, `nr` is a multiple of them).
 pub(crate) fn scratch_len(s: usize, d: usize, mr: usize, nr: usize) -> usize {
-    let sp = s.div_ceil(nr) * nr;
-    let dp = d.div_ceil(nr) * nr;
+    let sp = padded_len(s, nr).max(padded_len(s, 16));
+    let dp = padded_len(d, nr).max(padded_len(d, 16));
     d * sp + sp * dp + mr * sp
 }
 
@@ -54,9 +61,13 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
 ) {
     let (s, d, n_heads) = (args.seq, args.key_dim, args.heads);
     let (b, h) = (bh / n_heads, bh % n_heads);
-    let nr = NV * S::LANES;
-    let sp = s.div_ceil(nr) * nr;
-    let dp = d.div_ceil(nr) * nr;
+    // Keys and values padded to whole vectors (not whole tiles): short sequences and narrow
+    // heads waste little. A row length that is a multiple of 64 floats gets one vector more, so
+    // the rows of a tile do not all fall into the same few L1 sets (256 B strides and their
+    // multiples alias).
+    let l = S::LANES;
+    let sp = padded_len(s, l);
+    let dp = padded_len(d, l);
     let w = n_heads * d;
     let ld3 = 3 * w;
     let (kt, rest) = scratch.split_at_mut(d * sp);
@@ -86,7 +97,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
             if key_row.is_none_or(|r| r[j] != 0) {
                 let src = base.add(j * ld3 + h * d + 2 * w);
                 std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), d);
-                dst[d..].fill(0.0);
+                zero::<S>(dst.as_mut_ptr().add(d), dp - d);
                 // x - x is NaN exactly for NaN and the infinities.
                 let mut k = 0;
                 while k < d {
@@ -100,10 +111,10 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                     k += n;
                 }
             } else {
-                dst.fill(0.0);
+                zero::<S>(dst.as_mut_ptr(), dp);
             }
         }
-        vs[s * dp..].fill(0.0);
+        zero::<S>(vs.as_mut_ptr().add(s * dp), (sp - s) * dp);
         let finite = S::reduce_sum(poison) == 0.0;
         // Keys, transposed, eight at a time: each store run covers eight neighbouring columns.
         let mut j0 = 0;
@@ -120,9 +131,8 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
             j0 += jn;
         }
         for dd in 0..d {
-            kt[dd * sp + s..(dd + 1) * sp].fill(0.0);
+            zero::<S>(kt.as_mut_ptr().add(dd * sp + s), sp - s);
         }
-        let none = Epi::NONE;
         // Keras' 1/sqrt(key_dim), computed in double and rounded to f32, folded into the
         // softmax exponent: p = e^((l - max) s) / sum.
         let scale = (1.0 / (d as f64).sqrt()) as f32;
@@ -131,13 +141,8 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
         while i0 < s {
             let rows = MR.min(s - i0);
             // Logits: P[rows, S_pad] = Q[i0.., :D] · K^T.
-            for jp in 0..sp / nr {
-                let cols = nr;
-                let a = qbase.add(i0 * ld3);
-                let bptr = kt.as_ptr().add(jp * nr);
-                let cptr = p.as_mut_ptr().add(jp * nr);
-                tile::<S, MR, NV>(rows, d, a, ld3, bptr, sp, cptr, sp, cols, true, true, &none);
-            }
+            let a = qbase.add(i0 * ld3);
+            columns::<S, MR, NV>(rows, d, a, ld3, kt.as_ptr(), sp, sp, p.as_mut_ptr(), sp, sp);
             for r in 0..rows {
                 let i = i0 + r;
                 let row = &mut p[r * sp..(r + 1) * sp];
@@ -165,24 +170,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
             // Context: ctx[i0.., h*D..] = P · V.
             let cbase = args.ctx.add((b * s + i0) * w + h * d);
             if finite {
-                for dpn in 0..dp / nr {
-                    let cols = nr.min(d - dpn * nr);
-                    let bptr = vs.as_ptr().add(dpn * nr);
-                    tile::<S, MR, NV>(
-                        rows,
-                        s,
-                        p.as_ptr(),
-                        sp,
-                        bptr,
-                        dp,
-                        cbase.add(dpn * nr),
-                        w,
-                        cols,
-                        true,
-                        true,
-                        &none,
-                    );
-                }
+                columns::<S, MR, NV>(rows, s, p.as_ptr(), sp, vs.as_ptr(), dp, dp, cbase, w, d);
             } else {
                 // Some value is NaN or Inf: skip keys a row does not use, one by one.
                 for r in 0..rows {
@@ -205,6 +193,67 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                 }
             }
             i0 += rows;
+        }
+    }
+}
+
+/// `n` zeros at `p` in vector stores (the padding here is a few values: a `memset` call would
+/// cost more than the stores).
+///
+/// # Safety
+/// `p` valid for `n` values; S's features enabled.
+#[inline(always)]
+unsafe fn zero<S: Simd>(p: *mut f32, n: usize) {
+    let mut j = 0;
+    // SAFETY: full vectors below n, then a partial store of the rest.
+    unsafe {
+        let z = S::splat(0.0);
+        while j + S::LANES <= n {
+            S::store(p.add(j), z);
+            j += S::LANES;
+        }
+        if j < n {
+            S::store_partial(p.add(j), n - j, z);
+        }
+    }
+}
+
+/// `C[rows, 0..cols] = A[rows, 0..k] · B[0..k, 0..cols]` with `B` rows of `width` (a multiple of
+/// the vector length) at stride `ldb`: full tiles of `NV` vectors, a last one of a single vector
+/// where the width leaves one.
+///
+/// # Safety
+/// `a`: `rows` rows of `k` at stride `lda`; `b`: `k` rows of `width` values at stride `ldb`;
+/// `c`: `rows` rows of `cols <= width` values at stride `ldc`. S's features enabled.
+#[inline(always)]
+unsafe fn columns<S: Simd, const MR: usize, const NV: usize>(
+    rows: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    width: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    let none = Epi::NONE;
+    let l = S::LANES;
+    let mut c0 = 0;
+    // SAFETY: every chunk reads whole vectors inside the width and writes its columns below cols.
+    unsafe {
+        while c0 < cols {
+            let n = (cols - c0).min(NV * l);
+            let (bp, cp) = (b.add(c0), c.add(c0));
+            if width - c0 >= NV * l {
+                tile::<S, MR, NV>(rows, k, a, lda, bp, ldb, cp, ldc, n, true, true, &none);
+                c0 += NV * l;
+            } else {
+                let n = n.min(l);
+                tile::<S, MR, 1>(rows, k, a, lda, bp, ldb, cp, ldc, n, true, true, &none);
+                c0 += l;
+            }
         }
     }
 }
@@ -234,7 +283,9 @@ unsafe fn softmax_row<S: Simd>(
             any
         }
     };
-    row[s..].fill(f32::NEG_INFINITY);
+    for v in &mut row[s..] {
+        *v = f32::NEG_INFINITY;
+    }
     if !any {
         let fill = match policy {
             MaskedRows::Zeros => 0.0,
