@@ -6,6 +6,7 @@ use crate::int8::{Int8Dense, Int8Weights, Precision};
 use crate::mask::{Dims, Mask, merge};
 use crate::weights::{Dense, DenseWeights, EncoderWeights, NormWeights, Sublayers, WeightDims};
 use std::sync::Arc;
+use transformer_encoder_kernels::team::with_team;
 use transformer_encoder_kernels::{
     Activation, AttentionScratch, AttentionShape, Epilogue, Isa, KeepMask, Kernels, MaskedRows,
     PackedMatrix, Par, QuantRows, WeightFormat, rng,
@@ -656,22 +657,21 @@ impl TransformerEncoder {
         scores: Option<&mut [f32]>,
         ws: &mut Workspace,
     ) -> Result<()> {
-        match &self.threads {
-            Threads::Single => self.run(x, opts, out, scores, ws, Par::Seq),
-            Threads::Current => {
-                let n = rayon::current_num_threads();
+        // On several threads, one team for the whole call: the helpers stay awake from one
+        // kernel to the next instead of being woken a dozen times.
+        let n = match &self.threads {
+            Threads::Single => return self.run(x, opts, out, scores, ws, Par::Seq),
+            Threads::Current => rayon::current_num_threads(),
+            Threads::Pool(pool) => pool.current_num_threads(),
+        };
+        let on = move || {
+            with_team(n, move || {
                 self.run(x, opts, out, scores, ws, Par::Threads(n))
-            }
-            Threads::Pool(pool) => pool.install(|| {
-                self.run(
-                    x,
-                    opts,
-                    out,
-                    scores,
-                    ws,
-                    Par::Threads(pool.current_num_threads()),
-                )
-            }),
+            })
+        };
+        match &self.threads {
+            Threads::Pool(pool) => pool.install(on),
+            _ => on(),
         }
     }
 

@@ -29,6 +29,7 @@ mod arch;
 mod ops;
 mod simd;
 mod table;
+pub mod team;
 
 pub use activation::{Activation, ErrorBound};
 pub use isa::{Isa, IsaError};

@@ -9,7 +9,6 @@ use crate::ops::gemm::Epi;
 use crate::ops::qgemm::QEpi;
 use crate::quant::{QuantRows, WeightFormat};
 use crate::{KeepMask, KernelError, MaskedRows, expect_len};
-use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// How a kernel call may use threads. Results are bit-identical for every choice.
@@ -367,11 +366,7 @@ impl Kernels {
             // rows (shaped above) are in bounds and written by this part only.
             unsafe { f(xp.add(r0 * cols), r1 - r0, cols, &qo.skip(r0)) };
         };
-        if parts == 1 {
-            run(0);
-        } else {
-            (0..parts).into_par_iter().for_each(run);
-        }
+        crate::team::for_parts(parts, &run);
         Ok(())
     }
 
@@ -718,11 +713,7 @@ impl Kernels {
                 f(0, m, p0, p1);
             }
         };
-        if parts == 1 {
-            run(0);
-        } else {
-            (0..parts).into_par_iter().for_each(run);
-        }
+        crate::team::for_parts(parts, &run);
     }
 
     /// Quantize finished output rows (`[rows, n]`) into a shaped destination.
@@ -742,11 +733,7 @@ impl Kernels {
             // for these rows by the caller) are in bounds and written by this part only.
             unsafe { f(xp.add(r0 * n), r1 - r0, n, &qo.skip(r0)) };
         };
-        if parts == 1 {
-            run(0);
-        } else {
-            (0..parts).into_par_iter().for_each(run);
-        }
+        crate::team::for_parts(parts, &run);
     }
 
     /// Rows of length `n` of `x`: `act(row) + residual` in place (any activation; row-wise ones
@@ -788,11 +775,7 @@ impl Kernels {
                 )
             };
         };
-        if parts == 1 {
-            run(0);
-        } else {
-            (0..parts).into_par_iter().for_each(run);
-        }
+        crate::team::for_parts(parts, &run);
     }
 
     /// `e^x` in place, vectorised: relative error below 3e-7 (about 2.5 ulp) where the result is
@@ -919,11 +902,7 @@ impl Kernels {
                 )
             };
         };
-        if parts == 1 {
-            run(0);
-        } else {
-            (0..parts).into_par_iter().for_each(run);
-        }
+        crate::team::for_parts(parts, &run);
         Ok(())
     }
 
@@ -1020,22 +999,20 @@ impl Kernels {
             scores: scores.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
         };
         let f = self.attn;
-        let shared = Shared(&args);
-        let run = |part: usize, slot: &mut Vec<f32>| {
+        let shared = Shared((&args, scratch.slots.as_mut_ptr()));
+        let run = |part: usize| {
             let (p0, p1) = split(pairs, parts, part);
+            let (args, slots) = shared.get();
             // SAFETY: the tier is available; buffer lengths and the mask were checked above;
             // each part handles distinct (batch, head) pairs, whose ctx columns and score rows
-            // are disjoint; each part has its own scratch slot of the needed length.
-            unsafe { f(shared.get(), p0, p1, &mut slot[..len]) };
+            // are disjoint; part `part` alone uses scratch slot `part` (of the `parts` sized
+            // above to `len` floats).
+            unsafe {
+                let slot = &mut *slots.add(part);
+                f(args, p0, p1, &mut slot[..len])
+            };
         };
-        if parts == 1 {
-            run(0, &mut scratch.slots[0]);
-        } else {
-            scratch.slots[..parts]
-                .par_iter_mut()
-                .enumerate()
-                .for_each(|(i, s)| run(i, s));
-        }
+        crate::team::for_parts(parts, &run);
         if let Some(qo) = q_out {
             self.quantize_out(ctx, w, qo, par);
         }
