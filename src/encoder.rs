@@ -659,16 +659,19 @@ impl TransformerEncoder {
     ) -> Result<()> {
         // On several threads, one team for the whole call: the helpers stay awake from one
         // kernel to the next instead of being woken a dozen times.
+        self.on_threads(|par| self.run(x, opts, out, scores, ws, par))
+    }
+
+    /// Run `body` where this encoder's kernels run their threads, with the `Par` to give them:
+    /// for several threads, inside its pool (if it has one) and one team of threads that stays
+    /// awake for the whole of `body` (a stack runs all its layers in one).
+    pub(crate) fn on_threads<R: Send>(&self, body: impl FnOnce(Par) -> R + Send) -> R {
         let n = match &self.threads {
-            Threads::Single => return self.run(x, opts, out, scores, ws, Par::Seq),
+            Threads::Single => return body(Par::Seq),
             Threads::Current => rayon::current_num_threads(),
             Threads::Pool(pool) => pool.current_num_threads(),
         };
-        let on = move || {
-            with_team(n, move || {
-                self.run(x, opts, out, scores, ws, Par::Threads(n))
-            })
-        };
+        let on = move || with_team(n, move || body(Par::Threads(n)));
         match &self.threads {
             Threads::Pool(pool) => pool.install(on),
             _ => on(),

@@ -137,33 +137,39 @@ impl EncoderStack {
             ws.ping.resize(n, 0.0);
         }
         let count = self.layers.len();
-        // Alternate between `out` and the ping buffer so the last layer writes `out`.
-        for (i, l) in self.layers.iter().enumerate() {
-            let to_out = (count - 1 - i).is_multiple_of(2);
-            if i == 0 {
-                if to_out {
-                    l.forward_into(x, opts, out, None, &mut ws.layer)?;
+        // All layers in one team of threads (see TransformerEncoder::on_threads); each layer's
+        // own call then joins it.
+        let ping = &mut ws.ping;
+        let lws = &mut ws.layer;
+        self.layers[0].on_threads(move |_| -> Result<()> {
+            // Alternate between `out` and the ping buffer so the last layer writes `out`.
+            for (i, l) in self.layers.iter().enumerate() {
+                let to_out = (count - 1 - i).is_multiple_of(2);
+                if i == 0 {
+                    if to_out {
+                        l.forward_into(x, opts, out, None, lws)?;
+                    } else {
+                        l.forward_into(x, opts, &mut ping[..n], None, lws)?;
+                    }
+                } else if to_out {
+                    l.forward_into(
+                        TensorView::new(&ping[..n], &[b, s, h]),
+                        opts,
+                        out,
+                        None,
+                        lws,
+                    )?;
                 } else {
-                    l.forward_into(x, opts, &mut ws.ping[..n], None, &mut ws.layer)?;
+                    l.forward_into(
+                        TensorView::new(out, &[b, s, h]),
+                        opts,
+                        &mut ping[..n],
+                        None,
+                        lws,
+                    )?;
                 }
-            } else if to_out {
-                l.forward_into(
-                    TensorView::new(&ws.ping[..n], &[b, s, h]),
-                    opts,
-                    out,
-                    None,
-                    &mut ws.layer,
-                )?;
-            } else {
-                l.forward_into(
-                    TensorView::new(out, &[b, s, h]),
-                    opts,
-                    &mut ws.ping[..n],
-                    None,
-                    &mut ws.layer,
-                )?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
