@@ -1,5 +1,5 @@
 //! No heap allocation per call after warm-up: a counting global allocator sees every thread.
-//! (Its own test binary, its tests one at a time, so no other test allocates while it counts.)
+//! (Its own test binary with a single test, so nothing else allocates while it counts.)
 
 // A global allocator is an unsafe trait; this test is the only place of the API package that
 // needs it.
@@ -56,9 +56,6 @@ fn pool(n: usize) -> Arc<rayon::ThreadPool> {
     )
 }
 
-/// The tests of this binary run one at a time: each counts every thread's allocations.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn count(f: impl FnOnce()) -> usize {
     ALLOCS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
@@ -67,9 +64,15 @@ fn count(f: impl FnOnce()) -> usize {
     ALLOCS.load(Ordering::SeqCst)
 }
 
+/// The only test of this binary: the counting allocator sees every thread, so no other test (and
+/// no harness output about one) may run while it counts.
 #[test]
+fn allocations() {
+    no_allocation_per_call_after_warm_up();
+    an_encoder_holds_its_weights_once();
+}
+
 fn no_allocation_per_call_after_warm_up() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (b, s, h) = (2, 40, 192);
     let x = values(b * s * h, 6, -1.0, 1.0);
     let pad: Vec<u8> = (0..b * s).map(|i| (i % s < 30) as u8).collect();
@@ -156,9 +159,7 @@ fn no_allocation_per_call_after_warm_up() {
     }
 }
 
-#[test]
 fn an_encoder_holds_its_weights_once() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // A BERT-base layer: 7.08 M parameters, 28.3 MB in float32. After construction the encoder
     // holds the packed panels and the small vectors only (no float copy of the kernels beside
     // them): the heap it frees on drop is at most 1.05x its packed bytes, and what
