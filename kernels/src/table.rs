@@ -577,7 +577,11 @@ impl Kernels {
         par: Par,
     ) -> Result<(), KernelError> {
         let Panels::Int8 {
-            panels, kg, comp, ..
+            panels,
+            kg,
+            comp,
+            inv_scale,
+            ..
         } = &b.data
         else {
             return Err(KernelError {
@@ -608,7 +612,8 @@ impl Kernels {
             ldr: n,
             act: Activation::Linear,
             comp: comp.as_ptr(),
-            wscale: std::ptr::null(),
+            // Not read for raw sums, but offset like the others: a valid pointer.
+            wscale: inv_scale.as_ptr(),
             xscale: qa.inv_scale.as_ptr(),
             raw: true,
         };

@@ -179,8 +179,16 @@ pub fn with_team<R: Send>(threads: usize, body: impl FnOnce() -> R + Send) -> R 
 }
 
 /// Run parts `0..parts` of `f`: on the team this thread leads, if any, else on rayon's current
-/// pool (`parts > 1`) or here.
-pub(crate) fn for_parts(parts: usize, f: Job<'_>) {
+/// pool (`parts > 1`) or here. Returns when every part is done.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use transformer_encoder_kernels::team::{for_parts, with_team};
+/// let hits: Vec<AtomicUsize> = (0..5).map(|_| AtomicUsize::new(0)).collect();
+/// with_team(2, || for_parts(5, &|i| { hits[i].fetch_add(1, Ordering::Relaxed); }));
+/// assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+/// ```
+pub fn for_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     if parts <= 1 {
         if parts == 1 {
             f(0);

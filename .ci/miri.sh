@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Miri (tree borrows) over the portable tier's kernel tests: the unsafe code every tier shares
+# (kernel bodies, the table's safe wrappers, the team of threads, aligned buffers) checked for
+# undefined behaviour. Installs the nightly miri component on first use.
+#   .ci/miri.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup +nightly component list --installed 2>/dev/null | grep -q '^miri' \
+  || rustup +nightly component add miri
+# rayon's global registry and crossbeam's epoch collector live for the process: not leaks of ours.
+export MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-disable-isolation"
+cargo +nightly miri test -p transformer-encoder-kernels --test portable
