@@ -19,7 +19,7 @@ pub struct ReferenceOutput {
 }
 
 /// Run the layer in float64 with the SPEC semantics. `scores_path` says whether the call asks for
-/// attention scores (which selects Keras' zero-row behaviour under [`MaskedRowPolicy::Keras`]).
+/// attention scores (which selects Keras' zero-row behaviour under [`MaskedRowPolicy::Keras`](crate::MaskedRowPolicy::Keras)).
 ///
 /// ```
 /// use transformer_encoder::{reference, CallOptions, EncoderConfig, EncoderWeights, TensorView};
