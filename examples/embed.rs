@@ -19,7 +19,7 @@ mod common;
 use std::process::ExitCode;
 use std::time::Instant;
 use transformer_encoder::conformance::max_abs_diff;
-use transformer_encoder::{Pooling, Precision, SentenceEncoder, pool};
+use transformer_encoder::{Pooling, Precision, SentenceEncoder};
 
 const USAGE: &str =
     "embed --model DIR [--threads N] [--precision fp32|int8] [--check GOLDEN] TEXT...";
@@ -164,16 +164,22 @@ fn run_check(
     // The sentence embedding: mean pooling + L2 normalisation (the model's own modules); its
     // float64 truth is the same pooling of the float64 last hidden state.
     let h = enc.model().config().hidden_size;
-    let last = states.last().map(Vec::as_slice).unwrap_or(&[]);
-    let ours = pool(
-        last,
-        &b.attention_mask,
-        b.batch,
-        b.seq,
-        h,
-        enc.pooling(),
-        true,
-    )?;
+    // The embeddings through the ragged path (no padding), which must equal the padded path's
+    // and any chunking's to the last bit.
+    let ours: Vec<f32> = enc.encode(&refs)?.concat();
+    let padded: Vec<f32> = enc.embed_padded(&refs)?.concat();
+    let one_each = enc.encode_with(&refs, 1)?.concat();
+    let same = |a: &[f32], b: &[f32]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    };
+    verdict(
+        same(&ours, &padded),
+        "ragged embeddings bit-identical to one padded call".into(),
+    );
+    verdict(
+        same(&ours, &one_each),
+        "ragged embeddings bit-identical to one text per call".into(),
+    );
     let truth_last = f64s(&format!("hidden_states_f64/{}", states.len() - 1))?;
     let truth = pool_f64(
         &truth_last,

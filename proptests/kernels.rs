@@ -184,6 +184,61 @@ proptest! {
             }
         }
     }
+
+    /// Ragged attention against the reference (each sequence alone), and bit for bit against the
+    /// kernel run on each sequence alone.
+    #[test]
+    fn attention_ragged_kernel(lengths in prop::collection::vec(size(40), 0..6), heads in 1usize..4, d in row_len(24), mask_kind in 0u8..3, uniform in any::<bool>(), drop in any::<bool>(), seed in any::<u64>()) {
+        let w = heads * d;
+        let m: usize = lengths.iter().sum();
+        let squares: usize = lengths.iter().map(|l| l * l).sum();
+        let qkv = values(m * 3 * w, seed, -2.0, 2.0);
+        let keys: Vec<u8> = values(m, seed ^ 5, 0.0, 1.0).iter().map(|v| (*v > 0.3) as u8).collect();
+        let full: Vec<u8> = values(squares, seed ^ 6, 0.0, 1.0).iter().map(|v| (*v > 0.4) as u8).collect();
+        let mask = match mask_kind {
+            0 => KeepMask::All,
+            1 => KeepMask::Keys(&keys),
+            _ => KeepMask::Full(&full),
+        };
+        let policy = if uniform { MaskedRows::Uniform } else { MaskedRows::Zeros };
+        let dropout = drop.then_some((0.25f32, seed));
+        let part = |o: usize| -> Vec<f64> { (0..m).flat_map(|t| (0..w).map(move |c| (t, c))).map(|(t, c)| qkv[t * 3 * w + o * w + c] as f64).collect() };
+        let (q, kk, v) = (part(0), part(1), part(2));
+        let (want_ctx, want_p) = r::attention_ragged(&q, &kk, &v, &lengths, heads, d, mask, policy, dropout);
+        let shape = RaggedShape { lengths: &lengths, heads, key_dim: d };
+        for isa in tiers() {
+            let k = Kernels::for_isa(isa).unwrap();
+            let mut scratch = AttentionScratch::new();
+            // Each sequence alone, as a uniform batch of one.
+            let (mut alone_ctx, mut alone_p) = (Vec::new(), Vec::new());
+            let (mut start, mut square) = (0, 0);
+            for &len in &lengths {
+                let one = AttentionShape { batch: 1, seq: len, heads, key_dim: d };
+                let sm = match mask {
+                    KeepMask::All => KeepMask::All,
+                    KeepMask::Keys(f) => KeepMask::Keys(&f[start..start + len]),
+                    KeepMask::Full(f) => KeepMask::Full(&f[square..square + len * len]),
+                };
+                let mut c = vec![f32::NAN; len * w];
+                let mut p = vec![f32::NAN; heads * len * len];
+                let x = &qkv[start * 3 * w..(start + len) * 3 * w];
+                k.attention(x, one, sm, policy, dropout, &mut c, Some(&mut p), &mut scratch, None, Par::Seq).unwrap();
+                alone_ctx.extend(c);
+                alone_p.extend(p);
+                start += len;
+                square += len * len;
+            }
+            for par in [Par::Seq, Par::Threads(2), Par::Threads(3)] {
+                let mut ctx = vec![f32::NAN; m * w];
+                let mut p = vec![f32::NAN; heads * squares];
+                k.attention_ragged(&qkv, shape, mask, policy, dropout, &mut ctx, Some(&mut p), &mut scratch, None, par).unwrap();
+                check_close(&p, &want_p, 1e-6, 1e-4, &format!("ragged probabilities {isa}")).map_err(TestCaseError::fail)?;
+                check_close(&ctx, &want_ctx, 1e-5 * 2.0 * 7.0, 1e-4, &format!("ragged context {isa}")).map_err(TestCaseError::fail)?;
+                prop_assert!(ctx.iter().zip(&alone_ctx).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa} {par:?}: ragged context differs from each sequence alone");
+                prop_assert!(p.iter().zip(&alone_p).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa} {par:?}: ragged scores differ from each sequence alone");
+            }
+        }
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! `[out, in]` PyTorch weights into the Keras `[in, out]` layout and builds an [`EncoderStack`].
 //! The attention mask (1 = real token) is passed as a key padding mask, as BERT does.
 
-use crate::encoder::{CallOptions, TensorView, Threads, TransformerEncoder};
+use crate::encoder::{CallOptions, RaggedView, TensorView, Threads, TransformerEncoder};
 use crate::error::{Error, Result, dims};
 use crate::mask::Mask;
 use crate::stack::{EncoderStack, StackWorkspace};
@@ -343,7 +343,6 @@ impl BertModel {
         batch: usize,
         seq: usize,
     ) -> Result<Vec<f32>> {
-        let h = self.config.hidden_size;
         let n = batch.checked_mul(seq).ok_or_else(|| {
             Error::shape("input_ids", "batch * seq to fit in usize", "an overflow")
         })?;
@@ -373,11 +372,76 @@ impl BertModel {
                 format!("{seq} tokens"),
             ));
         }
+        self.embed_rows(
+            input_ids,
+            token_type_ids,
+            &mut (0..batch).map(|b| (b * seq, seq)),
+        )
+    }
+
+    /// The embeddings output `[T, H]` of sequences of `lengths` packed end to end
+    /// (`T = sum(lengths)`): positions count from 0 in each sequence, so each sequence's rows
+    /// are those of [`embed`](BertModel::embed) on it alone.
+    pub fn embed_ragged(
+        &self,
+        input_ids: &[i64],
+        token_type_ids: Option<&[i64]>,
+        lengths: &[usize],
+    ) -> Result<Vec<f32>> {
+        let total = lengths
+            .iter()
+            .try_fold(0usize, |t, &l| t.checked_add(l))
+            .ok_or_else(|| Error::shape("lengths", "a total that fits in usize", "an overflow"))?;
+        if input_ids.len() != total {
+            return Err(Error::shape(
+                "input_ids",
+                format!("sum(lengths) = {total} ids"),
+                format!("{} ids", input_ids.len()),
+            ));
+        }
+        if let Some(tt) = token_type_ids
+            && tt.len() != total
+        {
+            return Err(Error::shape(
+                "token_type_ids",
+                format!("sum(lengths) = {total} ids"),
+                format!("{} ids", tt.len()),
+            ));
+        }
+        let max = self.config.max_position_embeddings;
+        if let Some((i, l)) = lengths.iter().enumerate().find(|(_, l)| **l > max) {
+            return Err(Error::shape(
+                "lengths",
+                format!("at most max_position_embeddings = {max} tokens per sequence"),
+                format!("{l} tokens in sequence {i}"),
+            ));
+        }
+        let mut start = 0;
+        self.embed_rows(
+            input_ids,
+            token_type_ids,
+            &mut lengths.iter().map(|&len| {
+                start += len;
+                (start - len, len)
+            }),
+        )
+    }
+
+    /// Word + position + token type, then LayerNorm, for the sequences `(first row, length)`
+    /// (ids and lengths already checked against each other and the position table).
+    fn embed_rows(
+        &self,
+        input_ids: &[i64],
+        token_type_ids: Option<&[i64]>,
+        spans: &mut dyn Iterator<Item = (usize, usize)>,
+    ) -> Result<Vec<f32>> {
+        let h = self.config.hidden_size;
+        let n = input_ids.len();
         let e = &self.embeddings;
         let mut sum = vec![0.0f32; n * h];
-        for b in 0..batch {
-            for s in 0..seq {
-                let i = b * seq + s;
+        for (start, len) in spans {
+            for s in 0..len {
+                let i = start + s;
                 let id = input_ids[i];
                 if id < 0 || id as u64 >= self.config.vocab_size as u64 {
                     return Err(Error::shape(
@@ -469,6 +533,27 @@ impl BertModel {
             .forward_into(TensorView::new(&x, &[batch, seq, h]), &opts, &mut out, ws)?;
         Ok(out)
     }
+
+    /// The last hidden state `[T, H]` of sequences of `lengths` packed end to end
+    /// (`T = sum(lengths)`, no padding, no mask), reusing `ws` between calls. Each sequence's
+    /// rows are bit-identical to [`forward`](BertModel::forward) on that sequence alone.
+    pub fn forward_ragged(
+        &self,
+        input_ids: &[i64],
+        token_type_ids: Option<&[i64]>,
+        lengths: &[usize],
+        ws: &mut StackWorkspace,
+    ) -> Result<Vec<f32>> {
+        let x = self.embed_ragged(input_ids, token_type_ids, lengths)?;
+        let mut out = vec![0.0f32; x.len()];
+        self.stack.forward_ragged_into(
+            RaggedView::new(&x, lengths),
+            &CallOptions::new(),
+            &mut out,
+            ws,
+        )?;
+        Ok(out)
+    }
 }
 
 /// How token states become one sentence vector (sentence-transformers' pooling modes).
@@ -514,59 +599,125 @@ pub fn pool(
         ));
     }
     let mut out = vec![0.0f32; batch * h];
-    for b in 0..batch {
-        let o = &mut out[b * h..(b + 1) * h];
+    for (b, o) in out.chunks_mut(h.max(1)).enumerate().take(batch) {
         let tok = |s: usize| &hidden[(b * seq + s) * h..(b * seq + s + 1) * h];
-        let real = (0..seq).filter(|&s| attention_mask[b * seq + s] != 0);
-        match pooling {
-            Pooling::Cls => {
-                if seq > 0 {
-                    o.copy_from_slice(tok(0));
-                }
-            }
-            Pooling::Mean => {
-                let mut acc = vec![0.0f64; h];
-                let mut count = 0usize;
-                for s in real {
-                    count += 1;
-                    for (a, v) in acc.iter_mut().zip(tok(s)) {
-                        *a += *v as f64;
-                    }
-                }
-                // sentence-transformers clamps the token count at 1e-9.
-                let c = (count as f64).max(1e-9);
-                for (x, a) in o.iter_mut().zip(&acc) {
-                    *x = (a / c) as f32;
-                }
-            }
-            Pooling::Max => {
-                let mut any = false;
-                o.fill(f32::NEG_INFINITY);
-                for s in real {
-                    any = true;
-                    for (x, v) in o.iter_mut().zip(tok(s)) {
-                        *x = x.max(*v);
-                    }
-                }
-                if !any {
-                    o.fill(0.0);
-                }
+        let real = (0..seq)
+            .filter(|&s| attention_mask[b * seq + s] != 0)
+            .map(tok);
+        pool_one(o, real, (seq > 0).then(|| tok(0)), pooling, normalize);
+    }
+    Ok(out)
+}
+
+/// Pool the hidden states `[T, H]` of sequences of `lengths` packed end to end (every token
+/// real) to `[lengths.len(), H]`, optionally L2-normalised: each sequence's vector is what
+/// [`pool`] gives for it alone.
+///
+/// ```
+/// use transformer_encoder::{pool_ragged, Pooling};
+/// let h = [1.0f32, 2.0, 3.0, 4.0, 10.0, 20.0]; // two sequences: 2 tokens, 1 token; H = 2
+/// let v = pool_ragged(&h, &[2, 1], 2, Pooling::Mean, false).unwrap();
+/// assert_eq!(v, vec![2.0, 3.0, 10.0, 20.0]);
+/// ```
+pub fn pool_ragged(
+    hidden: &[f32],
+    lengths: &[usize],
+    h: usize,
+    pooling: Pooling,
+    normalize: bool,
+) -> Result<Vec<f32>> {
+    let total = lengths.iter().try_fold(0usize, |t, &l| t.checked_add(l));
+    if total.and_then(|t| t.checked_mul(h)) != Some(hidden.len()) {
+        return Err(Error::shape(
+            "hidden",
+            format!("sum(lengths) * {h} values"),
+            format!("{}", hidden.len()),
+        ));
+    }
+    let mut out = vec![0.0f32; lengths.len() * h];
+    let mut start = 0;
+    for (o, &len) in out.chunks_mut(h.max(1)).zip(lengths) {
+        let rows = &hidden[start * h..(start + len) * h];
+        let toks = rows.chunks(h.max(1)).take(len);
+        pool_one(
+            o,
+            toks,
+            rows.get(..h).filter(|_| len > 0),
+            pooling,
+            normalize,
+        );
+        start += len;
+    }
+    Ok(out)
+}
+
+/// One sentence vector from its real tokens' states (`first`: the `[CLS]` state).
+fn pool_one<'a>(
+    o: &mut [f32],
+    real: impl Iterator<Item = &'a [f32]>,
+    first: Option<&[f32]>,
+    pooling: Pooling,
+    normalize: bool,
+) {
+    let h = o.len();
+    match pooling {
+        Pooling::Cls => {
+            if let Some(t) = first {
+                o.copy_from_slice(t);
             }
         }
-        if normalize {
-            let norm = o
-                .iter()
-                .map(|v| (*v as f64) * (*v as f64))
-                .sum::<f64>()
-                .sqrt();
-            // torch.nn.functional.normalize divides by max(norm, 1e-12).
-            let d = norm.max(1e-12);
-            for x in o.iter_mut() {
-                *x = (*x as f64 / d) as f32;
+        Pooling::Mean => {
+            let mut acc = vec![0.0f64; h];
+            let mut count = 0usize;
+            for t in real {
+                count += 1;
+                for (a, v) in acc.iter_mut().zip(t) {
+                    *a += *v as f64;
+                }
+            }
+            // sentence-transformers clamps the token count at 1e-9.
+            let c = (count as f64).max(1e-9);
+            for (x, a) in o.iter_mut().zip(&acc) {
+                *x = (a / c) as f32;
+            }
+        }
+        Pooling::Max => {
+            let mut any = false;
+            o.fill(f32::NEG_INFINITY);
+            for t in real {
+                any = true;
+                for (x, v) in o.iter_mut().zip(t) {
+                    *x = x.max(*v);
+                }
+            }
+            if !any {
+                o.fill(0.0);
             }
         }
     }
-    Ok(out)
+    if normalize {
+        let norm = o
+            .iter()
+            .map(|v| (*v as f64) * (*v as f64))
+            .sum::<f64>()
+            .sqrt();
+        // torch.nn.functional.normalize divides by max(norm, 1e-12).
+        let d = norm.max(1e-12);
+        for x in o.iter_mut() {
+            *x = (*x as f64 / d) as f32;
+        }
+    }
+}
+
+/// Tokenized texts without padding: ids end to end, and each text's length.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// `[T]` token ids, every text's after the one before.
+    pub input_ids: Vec<i64>,
+    /// `[T]` token type ids.
+    pub token_type_ids: Vec<i64>,
+    /// Each text's number of tokens.
+    pub lengths: Vec<usize>,
 }
 
 /// Tokenized, padded input for a batch of texts.
@@ -584,6 +735,9 @@ pub struct Batch {
     pub seq: usize,
 }
 
+/// The default token budget of one ragged batch in [`SentenceEncoder::encode`].
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16_384;
+
 /// A sentence-transformers model: tokenizer, BERT model, pooling and optional normalisation.
 pub struct SentenceEncoder {
     tokenizer: tokenizers::Tokenizer,
@@ -591,6 +745,7 @@ pub struct SentenceEncoder {
     pooling: Pooling,
     normalize: bool,
     max_seq_length: usize,
+    max_batch_tokens: usize,
 }
 
 impl std::fmt::Debug for SentenceEncoder {
@@ -600,6 +755,7 @@ impl std::fmt::Debug for SentenceEncoder {
             .field("pooling", &self.pooling)
             .field("normalize", &self.normalize)
             .field("max_seq_length", &self.max_seq_length)
+            .field("max_batch_tokens", &self.max_batch_tokens)
             .finish()
     }
 }
@@ -656,6 +812,7 @@ impl SentenceEncoder {
             pooling,
             normalize,
             max_seq_length,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
         })
     }
 
@@ -687,6 +844,22 @@ impl SentenceEncoder {
             .map_err(|e| Error::format("tokenizer.json", e.to_string()))?;
         self.max_seq_length = n;
         Ok(self)
+    }
+
+    /// Run [`encode`](SentenceEncoder::encode) in ragged batches of at most `n` tokens
+    /// (default 16,384, text-embeddings-inference's `max_batch_tokens`): the budget bounds
+    /// the memory of one call; results do not depend on it. `n = 0` is an error.
+    pub fn with_max_batch_tokens(mut self, n: usize) -> Result<SentenceEncoder> {
+        if n == 0 {
+            return Err(Error::config("max_batch_tokens", "at least 1, got 0"));
+        }
+        self.max_batch_tokens = n;
+        Ok(self)
+    }
+
+    /// The token budget of one ragged batch in [`encode`](SentenceEncoder::encode).
+    pub fn max_batch_tokens(&self) -> usize {
+        self.max_batch_tokens
     }
 
     /// The model.
@@ -731,8 +904,78 @@ impl SentenceEncoder {
         Ok(b)
     }
 
-    /// Embed texts: one vector of `hidden_size` per text.
+    /// Tokenize texts (with special tokens) without padding, truncated to `max_seq_length`:
+    /// the ids of every text end to end, and each text's length.
+    pub fn tokenize_ragged(&self, texts: &[&str]) -> Result<Tokens> {
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| Error::format("text", e.to_string()))?;
+        let mut t = Tokens::default();
+        for e in &enc {
+            let n = e.get_ids().len().min(self.max_seq_length);
+            t.input_ids
+                .extend(e.get_ids()[..n].iter().map(|&v| v as i64));
+            t.token_type_ids
+                .extend(e.get_type_ids()[..n].iter().map(|&v| v as i64));
+            t.lengths.push(n);
+        }
+        Ok(t)
+    }
+
+    /// Embed any number of texts, one vector of `hidden_size` per text, in input order.
+    /// Texts run without padding, as ragged batches (SPEC section 11) of at most
+    /// [`max_batch_tokens`](SentenceEncoder::with_max_batch_tokens) tokens each (a longer text
+    /// runs alone). A text's embedding is bit-identical whatever else is in the call and
+    /// however the texts are chunked.
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.encode_with(texts, self.max_batch_tokens)
+    }
+
+    /// [`encode`](SentenceEncoder::encode) with a token budget of `max_batch_tokens` for this
+    /// call (`0` is an error).
+    pub fn encode_with(&self, texts: &[&str], max_batch_tokens: usize) -> Result<Vec<Vec<f32>>> {
+        if max_batch_tokens == 0 {
+            return Err(Error::config("max_batch_tokens", "at least 1, got 0"));
+        }
+        let t = self.tokenize_ragged(texts)?;
+        let h = self.model.config.hidden_size;
+        let mut ws = StackWorkspace::new();
+        let mut out = Vec::with_capacity(texts.len());
+        let (mut first, mut row) = (0, 0);
+        while first < t.lengths.len() {
+            // The next chunk: as many texts as fit in the budget, at least one.
+            let mut last = first + 1;
+            let mut tokens = t.lengths[first];
+            while last < t.lengths.len() && tokens + t.lengths[last] <= max_batch_tokens {
+                tokens += t.lengths[last];
+                last += 1;
+            }
+            let lengths = &t.lengths[first..last];
+            let rows = row..row + tokens;
+            let hidden = self.model.forward_ragged(
+                &t.input_ids[rows.clone()],
+                Some(&t.token_type_ids[rows]),
+                lengths,
+                &mut ws,
+            )?;
+            let pooled = pool_ragged(&hidden, lengths, h, self.pooling, self.normalize)?;
+            out.extend(pooled.chunks(h.max(1)).map(<[f32]>::to_vec));
+            first = last;
+            row += tokens;
+        }
+        Ok(out)
+    }
+
+    /// Embed texts: the same as [`encode`](SentenceEncoder::encode).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.encode(texts)
+    }
+
+    /// Embed texts in one call padded to the longest text (with a padding mask): the path
+    /// [`encode`](SentenceEncoder::encode) replaces, kept for comparison. The same vectors up
+    /// to the last bit; the padding costs time.
+    pub fn embed_padded(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let b = self.tokenize(texts)?;
         let hidden = self.model.forward(
             &b.input_ids,

@@ -3,13 +3,13 @@
 use crate::config::{EncoderConfig, WeightPrecision};
 use crate::error::{Error, Result};
 use crate::int8::{Int8Dense, Int8Weights, Precision};
-use crate::mask::{Dims, Mask, merge};
+use crate::mask::{Dims, Mask, merge, merge_ragged};
 use crate::weights::{Dense, DenseWeights, EncoderWeights, NormWeights, Sublayers, WeightDims};
 use std::sync::Arc;
 use transformer_encoder_kernels::team::with_team;
 use transformer_encoder_kernels::{
     Activation, AttentionScratch, AttentionShape, Epilogue, Isa, KeepMask, Kernels, MaskedRows,
-    PackedMatrix, Par, QuantRows, WeightFormat, rng,
+    PackedMatrix, Par, QuantRows, RaggedShape, WeightFormat, rng,
 };
 
 /// Where an encoder's kernels run their threads. Results are bit-identical for every choice.
@@ -93,6 +93,79 @@ impl<'a> TensorView<'a> {
     }
 }
 
+/// Sequences of different lengths packed end to end (SPEC section 11): `data` is
+/// `[total_tokens, hidden]` row-major, sequence `i` holding the next `lengths[i]` rows. Lengths
+/// of 0 are allowed. Checked when used.
+///
+/// ```
+/// use transformer_encoder::RaggedView;
+/// let x = vec![0.0f32; (3 + 1 + 5) * 4]; // three sequences of hidden size 4
+/// let lengths = [3, 1, 5];
+/// let v = RaggedView::new(&x, &lengths);
+/// assert_eq!(v.tokens(), Some(9));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct RaggedView<'a> {
+    data: &'a [f32],
+    lengths: &'a [usize],
+}
+
+impl<'a> RaggedView<'a> {
+    /// A view of `data` holding sequences of `lengths` end to end.
+    pub fn new(data: &'a [f32], lengths: &'a [usize]) -> RaggedView<'a> {
+        RaggedView { data, lengths }
+    }
+
+    /// The values.
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+
+    /// Each sequence's length.
+    pub fn lengths(&self) -> &'a [usize] {
+        self.lengths
+    }
+
+    /// The total number of tokens (`None` if the sum overflows).
+    pub fn tokens(&self) -> Option<usize> {
+        self.lengths
+            .iter()
+            .try_fold(0usize, |t, &l| t.checked_add(l))
+    }
+
+    /// `sum(len_i^2)`: the size of the per-sequence `[len, len]` blocks end to end.
+    pub fn squares(&self) -> Option<usize> {
+        self.lengths.iter().try_fold(0usize, |t, &l| {
+            l.checked_mul(l).and_then(|q| q.checked_add(t))
+        })
+    }
+}
+
+/// How the rows of a call split into sequences.
+#[derive(Clone, Copy, Debug)]
+enum Layout<'a> {
+    /// `batch` sequences of `seq` rows.
+    Uniform { batch: usize, seq: usize },
+    /// Sequences of these lengths end to end.
+    Ragged(&'a [usize]),
+}
+
+impl Layout<'_> {
+    /// Call `f(first_row, len)` for each sequence.
+    fn each(&self, mut f: impl FnMut(usize, usize)) {
+        match *self {
+            Layout::Uniform { batch, seq } => (0..batch).for_each(|b| f(b * seq, seq)),
+            Layout::Ragged(lengths) => {
+                let mut start = 0;
+                for &len in lengths {
+                    f(start, len);
+                    start += len;
+                }
+            }
+        }
+    }
+}
+
 /// What a query row with every key masked gets (SPEC section 4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum MaskedRowPolicy {
@@ -131,9 +204,10 @@ impl MaskedRowPolicy {
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CallOptions<'a> {
-    /// Key padding mask `[B, S]`.
+    /// Key padding mask `[B, S]` (in a ragged call: `[T]`, one value per token).
     pub padding_mask: Option<Mask<'a>>,
-    /// Attention mask `[B, S, S]`.
+    /// Attention mask `[B, S, S]` (in a ragged call: each sequence's `[len_i, len_i]` mask end
+    /// to end, shape `[sum(len_i^2)]`).
     pub attention_mask: Option<Mask<'a>>,
     /// Training mode with this dropout seed (dropout acts only if the configuration's rate > 0).
     pub training: Option<u64>,
@@ -202,7 +276,7 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 /// A projection ready to run: its kernel packed once for the encoder's tier (float32 or int8
 /// panels), and its bias.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Projection {
     kernel: PackedMatrix,
     bias: Vec<f32>,
@@ -281,7 +355,7 @@ impl ProjectionWeights for Int8Dense {
 
 /// Keras' `self_attention_layer` (query, key and value fused into one product) and
 /// `self_attention_layer_norm`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct SelfAttention {
     qkv: Projection,
     output: Projection,
@@ -290,7 +364,7 @@ struct SelfAttention {
 
 /// Keras' `feedforward_intermediate_dense`, `feedforward_output_dense` and
 /// `feedforward_layer_norm`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct FeedForward {
     intermediate: Projection,
     output: Projection,
@@ -301,8 +375,20 @@ fn norm_bytes(n: &NormWeights) -> usize {
     (n.gamma.capacity() + n.beta.capacity()) * 4
 }
 
+/// A call's checked input: its rows, how they split into sequences, the merged masks.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    x: &'a [f32],
+    layout: Layout<'a>,
+    rows: usize,
+    /// `sum(len^2)` over the sequences.
+    squares: usize,
+    merged: crate::mask::Merged,
+}
+
 /// What one call does, resolved once: masks, the masked-row behaviour, dropout, threads.
 struct Call<'a> {
+    layout: Layout<'a>,
     keep: KeepMask<'a>,
     policy: MaskedRows,
     /// `(rate, seed)` in training mode with dropout > 0.
@@ -313,9 +399,9 @@ struct Call<'a> {
 /// One `keras_hub.layers.TransformerEncoder` layer with its weights, ready to run.
 ///
 /// `Send + Sync`; [`forward`](TransformerEncoder::forward) takes `&self`, so one encoder serves
-/// many threads. It holds its weights once, packed for its instruction-set tier
-/// ([`held_bytes`](TransformerEncoder::held_bytes)); [`weights`](TransformerEncoder::weights)
-/// unpacks them in Keras' layout on request.
+/// many threads (a clone copies the packed weights). It holds its weights once, packed for its
+/// instruction-set tier ([`held_bytes`](TransformerEncoder::held_bytes));
+/// [`weights`](TransformerEncoder::weights) unpacks them in Keras' layout on request.
 ///
 /// ```
 /// use transformer_encoder::{CallOptions, EncoderConfig, TensorView, TransformerEncoder};
@@ -324,7 +410,7 @@ struct Call<'a> {
 /// let y = enc.forward(TensorView::new(&x, &[2, 10, 64]), &CallOptions::new()).unwrap();
 /// assert_eq!(y.len(), x.len());
 /// ```
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TransformerEncoder {
     config: EncoderConfig,
     dims: WeightDims,
@@ -657,9 +743,142 @@ impl TransformerEncoder {
         scores: Option<&mut [f32]>,
         ws: &mut Workspace,
     ) -> Result<()> {
+        let (batch, seq, hidden) = x.dims3("inputs")?;
+        self.check_hidden(hidden)?;
+        // dims3 checked that batch * seq * hidden values exist, so the row count fits.
+        let rows = batch * seq;
+        let squares = rows.checked_mul(seq).ok_or_else(|| {
+            Error::shape("inputs", "a size whose scores fit in usize", "an overflow")
+        })?;
+        let merged = merge(
+            opts.padding_mask.as_ref(),
+            opts.attention_mask.as_ref(),
+            batch,
+            seq,
+            &mut ws.mask,
+        )?;
+        let call = Rows {
+            x: x.data,
+            layout: Layout::Uniform { batch, seq },
+            rows,
+            squares,
+            merged,
+        };
         // On several threads, one team for the whole call: the helpers stay awake from one
         // kernel to the next instead of being woken a dozen times.
-        self.on_threads(|par| self.run(x, opts, out, scores, ws, par))
+        self.on_threads(|par| self.run(call, opts, out, scores, ws, par))
+    }
+
+    /// Run the layer on sequences of different lengths packed end to end (SPEC section 11);
+    /// returns `[total_tokens, hidden]`. Each sequence's rows are bit-identical to
+    /// [`forward`](TransformerEncoder::forward) on that sequence alone (a batch of one), on
+    /// every tier and thread count, whatever else the call holds; no work is spent on padding.
+    /// In `opts`, a padding mask has one value per token and an attention mask holds each
+    /// sequence's `[len_i, len_i]` mask end to end; training-mode dropout draws by position
+    /// within each sequence.
+    ///
+    /// ```
+    /// use transformer_encoder::{CallOptions, EncoderConfig, RaggedView, TensorView, TransformerEncoder};
+    /// let enc = TransformerEncoder::init(EncoderConfig::new(32, 4), 16, 7).unwrap();
+    /// let lengths = [5, 2, 9];
+    /// let x: Vec<f32> = (0..16 * 16).map(|i| (i as f32 * 0.37).sin()).collect();
+    /// let y = enc.forward_ragged(RaggedView::new(&x, &lengths), &CallOptions::new()).unwrap();
+    /// // The second sequence alone, as a batch of one: the same bits.
+    /// let alone = enc
+    ///     .forward(TensorView::new(&x[5 * 16..7 * 16], &[1, 2, 16]), &CallOptions::new())
+    ///     .unwrap();
+    /// assert_eq!(&y[5 * 16..7 * 16], &alone[..]);
+    /// ```
+    pub fn forward_ragged(&self, x: RaggedView<'_>, opts: &CallOptions<'_>) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; x.data.len()];
+        self.forward_ragged_into(x, opts, &mut out, None, &mut Workspace::new())?;
+        Ok(out)
+    }
+
+    /// [`forward_ragged`](TransformerEncoder::forward_ragged) that also returns the attention
+    /// probabilities: each sequence's `[heads, len_i, len_i]`, end to end.
+    pub fn forward_ragged_with_scores(
+        &self,
+        x: RaggedView<'_>,
+        opts: &CallOptions<'_>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n = x
+            .squares()
+            .and_then(|q| q.checked_mul(self.dims.num_heads))
+            .ok_or_else(|| {
+                Error::shape(
+                    "lengths",
+                    "a size whose scores fit in memory",
+                    "an overflow",
+                )
+            })?;
+        let mut out = vec![0.0; x.data.len()];
+        let mut scores = vec![0.0; n];
+        self.forward_ragged_into(x, opts, &mut out, Some(&mut scores), &mut Workspace::new())?;
+        Ok((out, scores))
+    }
+
+    /// [`forward_ragged`](TransformerEncoder::forward_ragged) into caller-owned buffers: `out`
+    /// is `[total_tokens, hidden]`, `scores` (if given) each sequence's `[heads, len_i, len_i]`
+    /// end to end. With a reused workspace no call allocates after the first of its size. On
+    /// error nothing is written.
+    pub fn forward_ragged_into(
+        &self,
+        x: RaggedView<'_>,
+        opts: &CallOptions<'_>,
+        out: &mut [f32],
+        scores: Option<&mut [f32]>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let h = self.dims.hidden_dim;
+        let rows = x
+            .tokens()
+            .ok_or_else(|| Error::shape("lengths", "a total that fits in usize", "an overflow"))?;
+        let squares = x.squares().ok_or_else(|| {
+            Error::shape("lengths", "a size whose masks fit in usize", "an overflow")
+        })?;
+        let want = rows.checked_mul(h);
+        if want != Some(x.data.len()) {
+            return Err(Error::shape(
+                "inputs",
+                format!(
+                    "sum(lengths) * hidden = {rows} * {h} = {} values",
+                    want.map_or("an overflow".to_string(), |n| n.to_string())
+                ),
+                format!("{} values", x.data.len()),
+            ));
+        }
+        let merged = merge_ragged(
+            opts.padding_mask.as_ref(),
+            opts.attention_mask.as_ref(),
+            x.lengths,
+            rows,
+            squares,
+            &mut ws.mask,
+        )?;
+        let call = Rows {
+            x: x.data,
+            layout: Layout::Ragged(x.lengths),
+            rows,
+            squares,
+            merged,
+        };
+        self.on_threads(|par| self.run(call, opts, out, scores, ws, par))
+    }
+
+    /// The inputs' last dimension must be the weights' hidden size.
+    fn check_hidden(&self, hidden: usize) -> Result<()> {
+        if hidden != self.dims.hidden_dim {
+            return Err(Error::shape(
+                "inputs",
+                format!(
+                    "last dimension (hidden) = {} to match the weights",
+                    self.dims.hidden_dim
+                ),
+                format!("{hidden}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Run `body` where this encoder's kernels run their threads, with the `Par` to give them:
@@ -678,63 +897,60 @@ impl TransformerEncoder {
         }
     }
 
-    /// Check the call, then run the two blocks as Keras does.
+    /// Check the outputs of a call whose input and masks are checked, then run the two blocks
+    /// as Keras does.
     fn run(
         &self,
-        x: TensorView<'_>,
+        call: Rows<'_>,
         opts: &CallOptions<'_>,
         out: &mut [f32],
         scores: Option<&mut [f32]>,
         ws: &mut Workspace,
         par: Par,
     ) -> Result<()> {
-        let (batch, seq, hidden) = x.dims3("inputs")?;
-        if hidden != self.dims.hidden_dim {
-            return Err(Error::shape(
-                "inputs",
-                format!(
-                    "last dimension (hidden) = {} to match the weights",
-                    self.dims.hidden_dim
-                ),
-                format!("{hidden}"),
-            ));
-        }
-        if out.len() != x.data.len() {
+        let Rows {
+            x,
+            layout,
+            rows: m,
+            squares,
+            merged,
+        } = call;
+        let (h, heads) = (self.dims.hidden_dim, self.dims.num_heads);
+        let shape = |what: &str| match layout {
+            Layout::Uniform { batch, seq } => match what {
+                "out" => format!("[{batch}, {seq}, {h}]"),
+                _ => format!("[{batch}, {heads}, {seq}, {seq}]"),
+            },
+            Layout::Ragged(_) => match what {
+                "out" => format!("[{m}, {h}]"),
+                _ => format!("[{heads}, len_i, len_i] per sequence"),
+            },
+        };
+        if out.len() != x.len() {
             return Err(Error::shape(
                 "out",
-                format!("{} values ([{batch}, {seq}, {hidden}])", x.data.len()),
+                format!("{} values ({})", x.len(), shape("out")),
                 format!("{} values", out.len()),
             ));
         }
-        let heads = self.dims.num_heads;
         if let Some(s) = scores.as_deref() {
-            let want = batch
-                .checked_mul(heads)
-                .and_then(|v| v.checked_mul(seq))
-                .and_then(|v| v.checked_mul(seq))
-                .ok_or_else(|| {
-                    Error::shape("scores", "a size that fits in usize", "an overflow")
-                })?;
+            let want = squares.checked_mul(heads).ok_or_else(|| {
+                Error::shape("scores", "a size that fits in usize", "an overflow")
+            })?;
             if s.len() != want {
                 return Err(Error::shape(
                     "scores",
-                    format!("{want} values ([{batch}, {heads}, {seq}, {seq}])"),
+                    format!("{want} values ({})", shape("scores")),
                     format!("{} values", s.len()),
                 ));
             }
         }
-        let merged = merge(
-            opts.padding_mask.as_ref(),
-            opts.attention_mask.as_ref(),
-            batch,
-            seq,
-            &mut ws.mask,
-        )?;
-        if batch * seq == 0 {
+        if m == 0 {
             return Ok(());
         }
         let rate = self.config.dropout;
         let call = Call {
+            layout,
             keep: merged.keep(&ws.mask),
             policy: opts.masked_rows.resolve(scores.is_some(), rate),
             dropout: opts
@@ -743,14 +959,6 @@ impl TransformerEncoder {
                 .map(|seed| (rate as f32, seed)),
             par,
         };
-        let shape = AttentionShape {
-            batch,
-            seq,
-            heads,
-            key_dim: self.dims.key_dim,
-        };
-        let m = batch * seq;
-        let h = hidden;
         let x1 = grow(&mut ws.x1, m * h);
         let [qa, qb] = &mut ws.quant;
         let bufs = AttentionBuffers {
@@ -761,7 +969,7 @@ impl TransformerEncoder {
             scratch: &mut ws.scratch,
             quant: qa,
         };
-        self.self_attention_block(x.data, shape, &call, scores, bufs, x1)?;
+        self.self_attention_block(x, m, &call, scores, bufs, x1)?;
         let bufs = FeedForwardBuffers {
             normed: grow(&mut ws.normed, m * h),
             inter: grow(&mut ws.inter, m * self.dims.intermediate_dim),
@@ -779,7 +987,7 @@ impl TransformerEncoder {
     fn self_attention_block(
         &self,
         x: &[f32],
-        shape: AttentionShape,
+        m: usize,
         call: &Call<'_>,
         scores: Option<&mut [f32]>,
         b: AttentionBuffers<'_>,
@@ -787,7 +995,6 @@ impl TransformerEncoder {
     ) -> Result<()> {
         let k = self.kernels;
         let a = &self.attention;
-        let m = shape.batch * shape.seq;
         let pre = self.config.normalize_first;
         let eps = self.config.layer_norm_epsilon as f32;
         let h = self.dims.hidden_dim;
@@ -804,18 +1011,32 @@ impl TransformerEncoder {
         let ep = bias(&a.qkv.bias);
         k.gemm_prepared(input, b.quant, m, &a.qkv.kernel, &ep, b.qkv, None, par)?;
         b.quant.arm_for(&a.output.kernel);
-        k.attention(
-            b.qkv,
-            shape,
-            call.keep,
-            call.policy,
-            call.dropout,
-            b.ctx,
-            scores,
-            b.scratch,
-            Some(&mut *b.quant),
-            par,
-        )?;
+        let (heads, key_dim) = (self.dims.num_heads, self.dims.key_dim);
+        let (keep, policy, dropout) = (call.keep, call.policy, call.dropout);
+        let q = Some(&mut *b.quant);
+        match call.layout {
+            Layout::Uniform { batch, seq } => {
+                let shape = AttentionShape {
+                    batch,
+                    seq,
+                    heads,
+                    key_dim,
+                };
+                let ctx = &mut *b.ctx;
+                k.attention(
+                    b.qkv, shape, keep, policy, dropout, ctx, scores, b.scratch, q, par,
+                )?;
+            }
+            Layout::Ragged(lengths) => {
+                let shape = RaggedShape {
+                    lengths,
+                    heads,
+                    key_dim,
+                };
+                let (ctx, s) = (&mut *b.ctx, b.scratch);
+                k.attention_ragged(b.qkv, shape, keep, policy, dropout, ctx, scores, s, q, par)?;
+            }
+        }
         if pre {
             // x1 = x + dropout(ctx Wo + bo)
             self.residual_projection(&a.output, b.ctx, b.quant, m, x, call, 1, b.attn, x1)
@@ -824,7 +1045,7 @@ impl TransformerEncoder {
             let ep = bias(&a.output.bias);
             k.gemm_prepared(b.ctx, b.quant, m, &a.output.kernel, &ep, b.attn, None, par)?;
             if let Some((rate, seed)) = call.dropout {
-                apply_dropout(b.attn, rate, seed, 1);
+                apply_dropout(b.attn, h, call.layout, rate, seed, 1);
             }
             b.quant.arm_for(&self.feed_forward.intermediate.kernel);
             let q = Some(&mut *b.quant);
@@ -873,7 +1094,7 @@ impl TransformerEncoder {
             let ep = bias(&f.output.bias);
             k.gemm_prepared(b.inter, q2, m, &f.output.kernel, &ep, b.ffn, None, par)?;
             if let Some((rate, seed)) = call.dropout {
-                apply_dropout(b.ffn, rate, seed, 2);
+                apply_dropout(b.ffn, h, call.layout, rate, seed, 2);
             }
             k.layer_norm(
                 b.ffn,
@@ -918,7 +1139,8 @@ impl TransformerEncoder {
             }
             Some((rate, seed)) => {
                 k.gemm_prepared(input, q, m, &p.kernel, &bias(&p.bias), tmp, None, call.par)?;
-                apply_dropout(tmp, rate, seed, site);
+                let h = self.dims.hidden_dim;
+                apply_dropout(tmp, h, call.layout, rate, seed, site);
                 for ((o, a), r) in out.iter_mut().zip(tmp.iter()).zip(residual) {
                     *o = a + r;
                 }
@@ -979,15 +1201,19 @@ fn bias(t: &[f32]) -> Epilogue<'_> {
     }
 }
 
-/// Inverted dropout in place: each element kept with probability `1 - rate`, scaled by
-/// `1 / (1 - rate)`; the decision depends only on (seed, site, index).
-pub(crate) fn apply_dropout(x: &mut [f32], rate: f32, seed: u64, site: u64) {
+/// Inverted dropout in place over rows of `width`: each element kept with probability
+/// `1 - rate`, scaled by `1 / (1 - rate)`; the decision depends only on (seed, site, index
+/// within its sequence), so a sequence draws the same whatever else the call holds.
+fn apply_dropout(x: &mut [f32], width: usize, layout: Layout<'_>, rate: f32, seed: u64, site: u64) {
     let scale = 1.0 / (1.0 - rate);
-    for (i, v) in x.iter_mut().enumerate() {
-        *v = if rng::dropout_keep(seed, site, i as u64, rate) {
-            *v * scale
-        } else {
-            0.0
-        };
-    }
+    layout.each(|start, len| {
+        let seq = &mut x[start * width..(start + len) * width];
+        for (i, v) in seq.iter_mut().enumerate() {
+            *v = if rng::dropout_keep(seed, site, i as u64, rate) {
+                *v * scale
+            } else {
+                0.0
+            };
+        }
+    });
 }

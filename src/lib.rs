@@ -52,10 +52,13 @@ mod stack;
 mod weights;
 
 #[cfg(feature = "bert")]
-pub use bert::{Batch, BertConfig, BertModel, Pooling, SentenceEncoder, pool};
+pub use bert::{
+    Batch, BertConfig, BertModel, DEFAULT_MAX_BATCH_TOKENS, Pooling, SentenceEncoder, Tokens, pool,
+    pool_ragged,
+};
 pub use config::{DTYPE_POLICIES, EncoderConfig, INITIALIZER_NAMES, Initializer, WeightPrecision};
 pub use encoder::{
-    CallOptions, MaskedRowPolicy, TensorView, Threads, TransformerEncoder, Workspace,
+    CallOptions, MaskedRowPolicy, RaggedView, TensorView, Threads, TransformerEncoder, Workspace,
 };
 pub use error::{Error, Result};
 pub use int8::{Int8Dense, Int8Weights, Precision};

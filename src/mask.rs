@@ -180,6 +180,7 @@ impl<'a> Mask<'a> {
 }
 
 /// The merged keep-mask, in a caller-owned buffer.
+#[derive(Clone, Copy)]
 pub(crate) enum Merged {
     None,
     Keys,
@@ -246,6 +247,76 @@ pub(crate) fn merge(
                         buf[(b * seq + i) * seq + j] = (v != 0) as u8;
                     }
                 }
+            }
+            Ok(Merged::Full)
+        }
+    }
+}
+
+/// Merge the masks of a ragged call (SPEC section 11) into `buf`: `padding_mask` has one value
+/// per row (`[T]`, `T = sum(lengths)`), `attention_mask` each sequence's `[len_i, len_i]` block
+/// end to end (`[sum(len_i^2)]`). Like [`merge`]: key flags when only a padding mask is given,
+/// the blocks (combined with `min`) when an attention mask is given.
+pub(crate) fn merge_ragged(
+    padding: Option<&Mask<'_>>,
+    attention: Option<&Mask<'_>>,
+    lengths: &[usize],
+    rows: usize,
+    squares: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Merged> {
+    let check = |m: &Mask<'_>, arg: &str, n: usize, what: &str| -> Result<()> {
+        if m.shape.rank() != 1 || m.shape.get(0) != n {
+            return Err(Error::shape(
+                arg,
+                format!("rank 1 [{n}] ({what})"),
+                m.shape.describe(),
+            ));
+        }
+        if m.values.len() != n {
+            return Err(Error::shape(
+                arg,
+                format!("{n} values ({what})"),
+                format!("{} values", m.values.len()),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(p) = padding {
+        check(p, "padding_mask", rows, "one per token of the ragged batch")?;
+    }
+    if let Some(a) = attention {
+        check(
+            a,
+            "attention_mask",
+            squares,
+            "each sequence's [len, len] mask end to end",
+        )?;
+    }
+    match (padding, attention) {
+        (None, None) => Ok(Merged::None),
+        (Some(p), None) => {
+            buf.clear();
+            buf.extend((0..rows).map(|i| (p.values.int(i) != 0) as u8));
+            Ok(Merged::Keys)
+        }
+        (p, Some(a)) => {
+            buf.clear();
+            buf.resize(squares, 0);
+            let (mut start, mut square) = (0, 0);
+            for &len in lengths {
+                for i in 0..len {
+                    for j in 0..len {
+                        let at = square + i * len + j;
+                        let mut v = a.values.int(at);
+                        if let Some(p) = p {
+                            v = v.min(p.values.int(start + j));
+                        }
+                        buf[at] = (v != 0) as u8;
+                    }
+                }
+                start += len;
+                square += len * len;
             }
             Ok(Merged::Full)
         }

@@ -93,7 +93,7 @@ pub fn forward(
     let (ctx, scores) = r::attention(&q, &k, &v, shape, keep, policy, train.map(|s| (rate, s)));
     let mut a = project(&ctx, Dense::AttentionOutput);
     if let Some(seed) = train {
-        dropout(&mut a, rate, seed, 1);
+        dropout(&mut a, seq * h, rate, seed, 1);
     }
     let mut x1: Vec<f64> = a.iter().zip(&xin).map(|(a, b)| a + b).collect();
     if !pre {
@@ -108,7 +108,7 @@ pub fn forward(
     r::activation(config.activation, &mut inter, f);
     let mut ff = project(&inter, Dense::Output);
     if let Some(seed) = train {
-        dropout(&mut ff, rate, seed, 2);
+        dropout(&mut ff, seq * h, rate, seed, 2);
     }
     let mut y: Vec<f64> = ff.iter().zip(&x1).map(|(a, b)| a + b).collect();
     if !pre {
@@ -129,9 +129,10 @@ fn infer(x: TensorView<'_>, h: usize) -> Result<(usize, usize)> {
     }
 }
 
-fn dropout(x: &mut [f64], rate: f32, seed: u64, site: u64) {
+/// Dropout drawn by position within each sequence of `per_seq` values.
+fn dropout(x: &mut [f64], per_seq: usize, rate: f32, seed: u64, site: u64) {
     for (i, v) in x.iter_mut().enumerate() {
-        *v = if rng::dropout_keep(seed, site, i as u64, rate) {
+        *v = if rng::dropout_keep(seed, site, (i % per_seq.max(1)) as u64, rate) {
             *v / (1.0 - rate as f64)
         } else {
             0.0

@@ -1,7 +1,11 @@
 //! A stack of encoder layers run one after another with the same masks.
 
-use crate::encoder::{CallOptions, TensorView, TransformerEncoder, Workspace};
+use crate::encoder::{CallOptions, RaggedView, TensorView, TransformerEncoder, Workspace};
 use crate::error::{Error, Result};
+
+/// One layer's call in [`EncoderStack::chain`]: `(layer, input, output, workspace)`.
+type LayerCall<'a> =
+    dyn Fn(&TransformerEncoder, &[f32], &mut [f32], &mut Workspace) -> Result<()> + Sync + 'a;
 
 /// `N` encoder layers applied in order (Keras: several `TransformerEncoder`s called in a row).
 ///
@@ -132,41 +136,80 @@ impl EncoderStack {
         let (b, s, h) = x
             .shape3()
             .ok_or_else(|| Error::shape("inputs", "rank 3 [batch, seq, hidden]", "another rank"))?;
-        let n = x.data().len();
+        self.chain(x.data(), out, ws, &|l, input, o, lws| {
+            l.forward_into(TensorView::new(input, &[b, s, h]), opts, o, None, lws)
+        })
+    }
+
+    /// Run every layer on sequences of different lengths packed end to end (see
+    /// [`TransformerEncoder::forward_ragged`]); returns `[total_tokens, hidden]`, each
+    /// sequence's rows bit-identical to the stack run on that sequence alone.
+    ///
+    /// ```
+    /// use transformer_encoder::{CallOptions, EncoderConfig, EncoderStack, RaggedView, TransformerEncoder};
+    /// let layers = (0..2)
+    ///     .map(|i| TransformerEncoder::init(EncoderConfig::new(32, 4), 16, i))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let stack = EncoderStack::new(layers)?;
+    /// let x = vec![0.1f32; (3 + 7) * 16];
+    /// let y = stack.forward_ragged(RaggedView::new(&x, &[3, 7]), &CallOptions::new())?;
+    /// assert_eq!(y.len(), x.len());
+    /// # Ok::<(), transformer_encoder::Error>(())
+    /// ```
+    pub fn forward_ragged(&self, x: RaggedView<'_>, opts: &CallOptions<'_>) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; x.data().len()];
+        self.forward_ragged_into(x, opts, &mut out, &mut StackWorkspace::new())?;
+        Ok(out)
+    }
+
+    /// [`forward_ragged`](EncoderStack::forward_ragged) into `out` with a reusable workspace
+    /// (no allocation after warm-up).
+    pub fn forward_ragged_into(
+        &self,
+        x: RaggedView<'_>,
+        opts: &CallOptions<'_>,
+        out: &mut [f32],
+        ws: &mut StackWorkspace,
+    ) -> Result<()> {
+        let lengths = x.lengths();
+        self.chain(x.data(), out, ws, &|l, input, o, lws| {
+            l.forward_ragged_into(RaggedView::new(input, lengths), opts, o, None, lws)
+        })
+    }
+
+    /// Run `layer` for each layer in order, from `x` to `out`, in one team of threads.
+    fn chain(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        ws: &mut StackWorkspace,
+        layer: &LayerCall<'_>,
+    ) -> Result<()> {
+        let n = x.len();
+        if out.len() != n {
+            return Err(Error::shape(
+                "out",
+                format!("{n} values (as many as the inputs)"),
+                format!("{} values", out.len()),
+            ));
+        }
         if ws.ping.len() < n {
             ws.ping.resize(n, 0.0);
         }
         let count = self.layers.len();
+        let ping = &mut ws.ping[..n];
+        let lws = &mut ws.layer;
         // All layers in one team of threads (see TransformerEncoder::on_threads); each layer's
         // own call then joins it.
-        let ping = &mut ws.ping;
-        let lws = &mut ws.layer;
         self.layers[0].on_threads(move |_| -> Result<()> {
             // Alternate between `out` and the ping buffer so the last layer writes `out`.
             for (i, l) in self.layers.iter().enumerate() {
                 let to_out = (count - 1 - i).is_multiple_of(2);
-                if i == 0 {
-                    if to_out {
-                        l.forward_into(x, opts, out, None, lws)?;
-                    } else {
-                        l.forward_into(x, opts, &mut ping[..n], None, lws)?;
-                    }
-                } else if to_out {
-                    l.forward_into(
-                        TensorView::new(&ping[..n], &[b, s, h]),
-                        opts,
-                        out,
-                        None,
-                        lws,
-                    )?;
-                } else {
-                    l.forward_into(
-                        TensorView::new(out, &[b, s, h]),
-                        opts,
-                        &mut ping[..n],
-                        None,
-                        lws,
-                    )?;
+                match (i, to_out) {
+                    (0, true) => layer(l, x, out, lws)?,
+                    (0, false) => layer(l, x, ping, lws)?,
+                    (_, true) => layer(l, ping, out, lws)?,
+                    (_, false) => layer(l, out, ping, lws)?,
                 }
             }
             Ok(())

@@ -374,3 +374,80 @@ fn poolings() {
     let z = pool(&h[..6], &[0, 0, 0], 1, 3, 2, Pooling::Mean, true).unwrap();
     assert_eq!(z, vec![0.0, 0.0]);
 }
+
+/// `BertModel::forward_ragged`: each sequence's rows are bit-identical to the model run on it
+/// alone and to its real rows in a padded batch; `pool_ragged` gives what `pool` gives.
+#[test]
+fn ragged_bert_is_bit_identical_to_each_sequence_alone_and_to_padding() {
+    let (bytes, _) = checkpoint("", |n| Some(n.to_string()), |_, s| s);
+    let m = BertModel::from_parts(&config("gelu"), &bytes).unwrap();
+    let h = m.config().hidden_size;
+    let lengths = [7usize, 1, 0, 4];
+    let seq = 7;
+    let total: usize = lengths.iter().sum();
+    let ids: Vec<i64> = (0..total).map(|i| ((i * 5 + 1) % V) as i64).collect();
+    let tt: Vec<i64> = (0..total).map(|i| (i % 3 == 0) as i64).collect();
+    let mut ws = StackWorkspace::new();
+    let ragged = m
+        .forward_ragged(&ids, Some(&tt), &lengths, &mut ws)
+        .unwrap();
+    // The same sequences padded to 7 with a padding mask.
+    let n = lengths.len();
+    let (mut pids, mut ptt, mut mask) =
+        (vec![0i64; n * seq], vec![0i64; n * seq], vec![0u8; n * seq]);
+    let mut start = 0;
+    for (b, &len) in lengths.iter().enumerate() {
+        for s in 0..len {
+            pids[b * seq + s] = ids[start + s];
+            ptt[b * seq + s] = tt[start + s];
+            mask[b * seq + s] = 1;
+        }
+        let alone = m
+            .forward(
+                &ids[start..start + len],
+                Some(&tt[start..start + len]),
+                &vec![1; len],
+                1,
+                len,
+                &mut ws,
+            )
+            .unwrap();
+        assert_eq!(
+            &ragged[start * h..(start + len) * h],
+            &alone[..],
+            "sequence {b} alone"
+        );
+        start += len;
+    }
+    let padded = m
+        .forward(&pids, Some(&ptt), &mask, n, seq, &mut ws)
+        .unwrap();
+    let mut start = 0;
+    for (b, &len) in lengths.iter().enumerate() {
+        assert_eq!(
+            &ragged[start * h..(start + len) * h],
+            &padded[b * seq * h..(b * seq + len) * h],
+            "sequence {b} padded"
+        );
+        start += len;
+    }
+    for pooling in [Pooling::Mean, Pooling::Cls, Pooling::Max] {
+        let a = pool_ragged(&ragged, &lengths, h, pooling, true).unwrap();
+        let b = pool(&padded, &mask, n, seq, h, pooling, true).unwrap();
+        // A sequence of length 0 has no [CLS] state: its padded row 0 is a pad token's.
+        for s in [0, 1, 3] {
+            assert_eq!(
+                &a[s * h..(s + 1) * h],
+                &b[s * h..(s + 1) * h],
+                "{pooling:?} sequence {s}"
+            );
+        }
+    }
+    // Errors name the argument.
+    let e = m
+        .forward_ragged(&ids, Some(&tt), &[7, 1], &mut ws)
+        .unwrap_err();
+    assert!(e.to_string().contains("input_ids"), "{e}");
+    let e = pool_ragged(&ragged, &[7, 1], h, Pooling::Mean, true).unwrap_err();
+    assert!(e.to_string().contains("hidden"), "{e}");
+}

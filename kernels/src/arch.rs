@@ -213,13 +213,11 @@ macro_rules! shells {
             }
 
             /// # Safety
-            /// The tier's CPU features; `attention_head`'s contract for each pair.
+            /// The tier's CPU features; `attention_head`'s contract.
             $(#[$attr])*
-            pub(crate) unsafe fn attention(args: &AttnArgs<'_>, bh0: usize, bh1: usize, scratch: &mut [f32]) {
-                for bh in bh0..bh1 {
-                    // SAFETY: forwarded contract; features enabled on this function.
-                    unsafe { attention_head::<$simd, $mr, $nv>(args, bh, scratch) }
-                }
+            pub(crate) unsafe fn attention(args: &AttnArgs<'_>, seq: usize, head: usize, scratch: &mut [f32]) {
+                // SAFETY: forwarded contract; features enabled on this function.
+                unsafe { attention_head::<$simd, $mr, $nv>(args, seq, head, scratch) }
             }
 
             /// # Safety

@@ -35,7 +35,8 @@ pub use activation::{Activation, ErrorBound};
 pub use isa::{Isa, IsaError};
 pub use quant::{QuantRows, WeightFormat};
 pub use table::{
-    AttentionScratch, AttentionShape, Epilogue, Kernels, PackedMatrix, Par, baseline_sgemm,
+    AttentionScratch, AttentionShape, Epilogue, Kernels, PackedMatrix, Par, RaggedShape,
+    baseline_sgemm,
 };
 
 use std::fmt;
@@ -45,9 +46,10 @@ use std::fmt;
 pub enum KeepMask<'a> {
     /// No mask: every key is kept.
     All,
-    /// A key mask `[B, S]`, broadcast over query rows.
+    /// A key mask `[B, S]`, broadcast over query rows (ragged: one flag per row).
     Keys(&'a [u8]),
-    /// A full mask `[B, S, S]`: entry `[b, i, j]` lets query `i` attend to key `j`.
+    /// A full mask `[B, S, S]`: entry `[b, i, j]` lets query `i` attend to key `j` (ragged: each
+    /// sequence's `[len, len]` block, end to end).
     Full(&'a [u8]),
 }
 
@@ -59,14 +61,6 @@ impl KeepMask<'_> {
             KeepMask::All => true,
             KeepMask::Keys(m) => m[b * s + j] != 0,
             KeepMask::Full(m) => m[(b * s + i) * s + j] != 0,
-        }
-    }
-
-    fn check(&self, batch: usize, seq: usize) -> Result<(), KernelError> {
-        match self {
-            KeepMask::All => Ok(()),
-            KeepMask::Keys(m) => expect_len("key mask", m.len(), batch * seq),
-            KeepMask::Full(m) => expect_len("attention mask", m.len(), batch * seq * seq),
         }
     }
 }

@@ -84,7 +84,8 @@ pub fn masked_softmax(logits: &[f64], keep: &[bool], policy: MaskedRows) -> Vec<
 /// `n*D..(n+1)*D`), `q` NOT yet scaled. Returns the context `[B*S, N*D]` and the probabilities
 /// `[B, N, S, S]`. A masked key contributes nothing to a row with a kept key, whatever its value.
 /// `dropout` is `(rate, seed)`: probabilities are dropped (inverted dropout, site 0) after being
-/// recorded.
+/// recorded, drawn by position within the sequence (`(n * S + i) * S + j`: every batch item draws
+/// the same stream).
 pub fn attention(
     q: &[f64],
     k: &[f64],
@@ -124,7 +125,12 @@ pub fn attention(
                 for j in 0..seq {
                     let mut pj = p[j];
                     if let Some((rate, seed)) = dropout {
-                        pj = if crate::rng::dropout_keep(seed, 0, (prow + j) as u64, rate) {
+                        pj = if crate::rng::dropout_keep(
+                            seed,
+                            0,
+                            (n * seq + i) as u64 * seq as u64 + j as u64,
+                            rate,
+                        ) {
                             pj / (1.0 - rate as f64)
                         } else {
                             0.0
@@ -144,6 +150,54 @@ pub fn attention(
                 }
             }
         }
+    }
+    (ctx, probs)
+}
+
+/// Ragged attention (SPEC section 11), by definition: each sequence of `lengths` alone, through
+/// [`attention`] with a batch of one, with its own slice of the mask (`Keys`: its rows' flags;
+/// `Full`: its `[len, len]` block). Returns the context `[T, N*D]` and every sequence's
+/// `[N, len, len]` probabilities end to end.
+pub fn attention_ragged(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    lengths: &[usize],
+    heads: usize,
+    key_dim: usize,
+    mask: KeepMask<'_>,
+    policy: MaskedRows,
+    dropout: Option<(f32, u64)>,
+) -> (Vec<f64>, Vec<f64>) {
+    let w = heads * key_dim;
+    let (mut ctx, mut probs) = (Vec::new(), Vec::new());
+    let (mut start, mut square) = (0, 0);
+    for &len in lengths {
+        let rows = start * w..(start + len) * w;
+        let m = match mask {
+            KeepMask::All => KeepMask::All,
+            KeepMask::Keys(f) => KeepMask::Keys(&f[start..start + len]),
+            KeepMask::Full(f) => KeepMask::Full(&f[square..square + len * len]),
+        };
+        let shape = AttentionShape {
+            batch: 1,
+            seq: len,
+            heads,
+            key_dim,
+        };
+        let (c, p) = attention(
+            &q[rows.clone()],
+            &k[rows.clone()],
+            &v[rows],
+            shape,
+            m,
+            policy,
+            dropout,
+        );
+        ctx.extend(c);
+        probs.extend(p);
+        start += len;
+        square += len * len;
     }
     (ctx, probs)
 }

@@ -1,4 +1,9 @@
-//! Masked softmax attention for one (batch item, head).
+//! Masked softmax attention for one (sequence, head).
+//!
+//! A call holds sequences end to end ([`SeqSpan`]: a uniform batch is the case of equal
+//! lengths). Each (sequence, head) reads only its own rows, mask block and scores block, and
+//! dropout draws by position within the sequence, so its result is the same whatever else the
+//! call holds.
 //!
 //! Queries are processed `MR` rows at a time; the logits are `q·k` and `1/sqrt(D)` is applied in
 //! the softmax exponent (the query projection stays Keras' own). For each block the logits of every key are formed
@@ -18,11 +23,20 @@ use crate::simd::Simd;
 use crate::simd::math::exp;
 use crate::{KeepMask, MaskedRows};
 
+/// One sequence of a call: its first row, its length, and `sum len_j^2` over the sequences
+/// before it (where its `[len, len]` mask block starts; its scores start at `heads` times that).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SeqSpan {
+    pub start: usize,
+    pub len: usize,
+    pub square: usize,
+}
+
 /// Sizes and operands of one attention call (validated by the safe wrapper).
 #[derive(Clone, Copy)]
 pub(crate) struct AttnArgs<'a> {
     pub qkv: *const f32,
-    pub seq: usize,
+    pub spans: &'a [SeqSpan],
     pub heads: usize,
     pub key_dim: usize,
     pub mask: KeepMask<'a>,
@@ -46,21 +60,41 @@ pub(crate) fn scratch_len(s: usize, d: usize, mr: usize, nr: usize) -> usize {
     d * sp + sp * dp + mr * sp
 }
 
-/// Attention for the (batch item, head) pair `bh`.
+/// Attention for head `h` of sequence `b`.
 ///
 /// # Safety
-/// * `args` describe valid buffers: `qkv` `[B*S, 3*N*D]`, `ctx` `[B*S, N*D]` (only the columns of
-///   head `h` of batch item `b` are written), `scores` `[B, N, S, S]` or null; the mask has the
-///   shape it claims. No other thread writes the same head's regions.
-/// * `scratch` holds at least [`scratch_len`] floats. `S >= 1`, `D >= 1`. S's features enabled.
+/// * `args` describe valid buffers: `qkv` `[T, 3*N*D]`, `ctx` `[T, N*D]` for the `T` rows the
+///   spans cover (only the columns of head `h` of sequence `b` are written), `scores` (null or
+///   `[N, len, len]` per sequence, end to end); a key mask covers the `T` rows, a full mask the
+///   `[len, len]` blocks end to end. No other thread writes the same head's regions.
+/// * `b < spans.len()`, `h < heads`; `scratch` holds at least [`scratch_len`] floats for the
+///   sequence's length. `D >= 1`. S's features enabled.
 #[inline(always)]
 pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
     args: &AttnArgs<'_>,
-    bh: usize,
+    b: usize,
+    h: usize,
     scratch: &mut [f32],
 ) {
-    let (s, d, n_heads) = (args.seq, args.key_dim, args.heads);
-    let (b, h) = (bh / n_heads, bh % n_heads);
+    let span = args.spans[b];
+    let (s, d, n_heads) = (span.len, args.key_dim, args.heads);
+    if s == 0 {
+        return;
+    }
+    // This sequence's keep flags: key flags over its rows, or its `[s, s]` block.
+    let keys: Option<&[u8]> = match args.mask {
+        KeepMask::Keys(m) => Some(&m[span.start..span.start + s]),
+        _ => None,
+    };
+    let block: Option<&[u8]> = match args.mask {
+        KeepMask::Full(m) => Some(&m[span.square..span.square + s * s]),
+        _ => None,
+    };
+    let keep = |i: usize, j: usize| match (keys, block) {
+        (Some(k), _) => k[j] != 0,
+        (_, Some(f)) => f[i * s + j] != 0,
+        _ => true,
+    };
     // Keys and values padded to whole vectors (not whole tiles): short sequences and narrow
     // heads waste little. A row length that is a multiple of 64 floats gets one vector more, so
     // the rows of a tile do not all fall into the same few L1 sets (256 B strides and their
@@ -76,19 +110,13 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
     // SAFETY: all offsets below are within the buffers described in the contract: rows
     // b*s..(b+1)*s of qkv/ctx, columns of head h, and the scratch extents computed above.
     unsafe {
-        let base = args.qkv.add(b * s * ld3);
+        let base = args.qkv.add(span.start * ld3);
         // Transposed keys [D, S_pad] and padded values [S_pad, D_pad]. With a key padding mask,
         // the values of padded keys are replaced by zeros (unless every key is padded, when the
         // uniform policy averages them all, as Keras does): their probability is exactly 0, so
         // nothing they hold (NaN, Inf) can reach another row, and the result is bit-identical to
         // any other content of the padded positions.
-        let key_row: Option<&[u8]> = match args.mask {
-            KeepMask::Keys(m) => {
-                let r = &m[b * s..(b + 1) * s];
-                r.iter().any(|&k| k != 0).then_some(r)
-            }
-            _ => None,
-        };
+        let key_row: Option<&[u8]> = keys.filter(|r| r.iter().any(|&k| k != 0));
         // Values: row copies; zeros for padded keys and in the padding rows and columns only
         // (the rest is overwritten).
         let mut poison = S::splat(0.0);
@@ -146,15 +174,14 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
             for r in 0..rows {
                 let i = i0 + r;
                 let row = &mut p[r * sp..(r + 1) * sp];
-                let mrow: Option<&[u8]> = match args.mask {
-                    KeepMask::All => None,
-                    KeepMask::Keys(m) => Some(&m[b * s..(b + 1) * s]),
-                    KeepMask::Full(m) => Some(&m[(b * s + i) * s..(b * s + i + 1) * s]),
-                };
+                let mrow: Option<&[u8]> = keys.or(block.map(|f| &f[i * s..(i + 1) * s]));
                 softmax_row::<S>(row, s, mrow, args.policy, scale);
-                let prow = ((b * n_heads + h) * s + i) * s;
+                // Row i of this head's [s, s] block: the scores' index and dropout's stream
+                // position (counted within the sequence, as a batch-1 call counts).
+                let prow = (h * s + i) * s;
                 if !args.scores.is_null() {
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), args.scores.add(prow), s);
+                    let at = args.scores.add(n_heads * span.square + prow);
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), at, s);
                 }
                 if let Some((rate, seed)) = args.dropout {
                     let scale = 1.0 / (1.0 - rate);
@@ -168,14 +195,14 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                 }
             }
             // Context: ctx[i0.., h*D..] = P · V.
-            let cbase = args.ctx.add((b * s + i0) * w + h * d);
+            let cbase = args.ctx.add((span.start + i0) * w + h * d);
             if finite {
                 columns::<S, MR, NV>(rows, s, p.as_ptr(), sp, vs.as_ptr(), dp, dp, cbase, w, d);
             } else {
                 // Some value is NaN or Inf: skip keys a row does not use, one by one.
                 for r in 0..rows {
                     let i = i0 + r;
-                    let all_masked = (0..s).all(|j| !args.mask.keep(b, i, j, s));
+                    let all_masked = (0..s).all(|j| !keep(i, j));
                     let uses_all = all_masked && args.policy == MaskedRows::Uniform;
                     let out = cbase.add(r * w);
                     for dd in 0..d {
@@ -183,7 +210,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                     }
                     for j in 0..s {
                         let pj = p[r * sp + j];
-                        if !(uses_all || args.mask.keep(b, i, j, s)) || pj == 0.0 {
+                        if !(uses_all || keep(i, j)) || pj == 0.0 {
                             continue;
                         }
                         for dd in 0..d {
