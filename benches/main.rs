@@ -43,6 +43,8 @@ fn gemm(c: &mut Criterion) {
             ("bert_qkv", 128, 768, 2304),
             ("bert_ffn_in", 128, 768, 3072),
             ("bert_ffn_out", 128, 3072, 768),
+            ("minilm_ragged_ffn_in", 4352, 384, 1536),
+            ("minilm_ragged_ffn_out", 4352, 1536, 384),
         ]
     };
     for &(name, m, k, n) in shapes {
@@ -87,6 +89,10 @@ fn gemm_int8(c: &mut Criterion) {
             ("bert_qkv", 128, 768, 2304),
             ("bert_ffn_in", 128, 768, 3072),
             ("bert_ffn_out", 128, 3072, 768),
+            // MiniLM's products over a whole ragged batch (the 64-text corpus: 4,352 tokens).
+            ("minilm_ragged_qkv", 4352, 384, 1152),
+            ("minilm_ragged_ffn_in", 4352, 384, 1536),
+            ("minilm_ragged_ffn_out", 4352, 1536, 384),
         ]
     };
     for &(name, m, k, n) in shapes {

@@ -500,7 +500,36 @@ impl Kernels {
                 }
             }
             self.rows_pass(out, n, act, epilogue.residual, par);
+            if let Some(qo) = q_out {
+                self.quantize_out(out, n, qo, par);
+            }
         } else {
+            // The row-wise rest of the epilogue, on rows as soon as they are finished: a
+            // row-wise activation (with the residual after it), then quantizing the rows for the
+            // next int8 product.
+            let (act_rows, quant) = (self.act_rows, self.quant);
+            let rp = match epilogue.residual {
+                Some(r) if rowwise => r.as_ptr(),
+                _ => std::ptr::null(),
+            };
+            let fin_ptrs = Shared((out.as_mut_ptr(), rp, q_out));
+            let finish_rows = move |r0: usize, r1: usize| {
+                let (op, rp, qo) = fin_ptrs.get();
+                // SAFETY: the tier is available; rows r0..r1 of out ([m, n]), of the residual
+                // ([m, n], checked above) and of the quantized destination (armed for m rows of
+                // n) are in bounds, finished by the product, and handed to one caller only.
+                unsafe {
+                    if rowwise {
+                        let r = if rp.is_null() { rp } else { rp.add(r0 * n) };
+                        act_rows(op.add(r0 * n), r1 - r0, n, act, r);
+                    }
+                    if let Some(qo) = qo {
+                        quant(op.add(r0 * n), r1 - r0, n, &qo.skip(r0));
+                    }
+                }
+            };
+            let finish: Option<&(dyn Fn(usize, usize) + Sync)> =
+                (rowwise || q_out.is_some()).then_some(&finish_rows);
             match &b.data {
                 Panels::F32(data) => {
                     let epi = Epi {
@@ -511,32 +540,43 @@ impl Kernels {
                     };
                     let f = self.gemm;
                     let ptrs = Shared((a.as_ptr(), data.as_ptr(), out.as_mut_ptr(), epi));
-                    self.split_product(m, k, n, self.mr, self.nr, par, |r0, r1, p0, p1| {
-                        let (ap, bp, cp, mut epi) = ptrs.get();
-                        // SAFETY: the table's tier is available (tables are only handed out
-                        // for available tiers); a is [m, k], the packed weights hold
-                        // ceil(n / nr) panels of k * nr, out is [m, n], bias [n] and residual
-                        // [m, n] were checked above; rows r0..r1 and panels p0..p1 are in range,
-                        // and parts write disjoint rows or columns.
-                        unsafe {
-                            if !epi.residual.is_null() {
-                                epi.residual = epi.residual.add(r0 * n);
-                            }
-                            f(
-                                ap.add(r0 * k),
-                                k,
-                                r1 - r0,
-                                k,
-                                bp,
-                                n,
-                                cp.add(r0 * n),
-                                n,
-                                p0,
-                                p1,
-                                &epi,
-                            )
-                        };
-                    });
+                    let (mr, nr) = (self.mr, self.nr);
+                    self.split_product(
+                        m,
+                        k,
+                        n,
+                        mr,
+                        nr,
+                        4 * k,
+                        par,
+                        |r0, r1, p0, p1| {
+                            let (ap, bp, cp, mut epi) = ptrs.get();
+                            // SAFETY: the table's tier is available (tables are only handed out
+                            // for available tiers); a is [m, k], the packed weights hold
+                            // ceil(n / nr) panels of k * nr, out is [m, n], bias [n] and residual
+                            // [m, n] were checked above; rows r0..r1 and panels p0..p1 are in range,
+                            // and parts write disjoint rows or columns.
+                            unsafe {
+                                if !epi.residual.is_null() {
+                                    epi.residual = epi.residual.add(r0 * n);
+                                }
+                                f(
+                                    ap.add(r0 * k),
+                                    k,
+                                    r1 - r0,
+                                    k,
+                                    bp,
+                                    n,
+                                    cp.add(r0 * n),
+                                    n,
+                                    p0,
+                                    p1,
+                                    &epi,
+                                )
+                            };
+                        },
+                        finish,
+                    );
                 }
                 Panels::Int8 {
                     panels,
@@ -555,15 +595,10 @@ impl Kernels {
                         xscale: qa.inv_scale.as_ptr(),
                         raw: false,
                     };
-                    self.run_int8(qa, *kg, panels.as_ptr(), n, out.as_mut_ptr(), epi, par);
+                    let c = out.as_mut_ptr();
+                    self.run_int8(qa, *kg, panels.as_ptr(), n, c, epi, par, finish);
                 }
             }
-            if rowwise {
-                self.rows_pass(out, n, act, epilogue.residual, par);
-            }
-        }
-        if let Some(qo) = q_out {
-            self.quantize_out(out, n, qo, par);
         }
         Ok(())
     }
@@ -626,12 +661,14 @@ impl Kernels {
             out.as_mut_ptr() as *mut f32,
             epi,
             par,
+            None,
         );
         Ok(())
     }
 
     /// Run the int8 product over parts (validated by the callers: `qa` holds `m` rows of `k`,
     /// `c` has `m * n` elements of 4 bytes).
+    #[allow(clippy::too_many_arguments)]
     fn run_int8(
         &self,
         qa: &QuantRows,
@@ -641,50 +678,70 @@ impl Kernels {
         c: *mut f32,
         epi: QEpi,
         par: Par,
+        finish: Option<&(dyn Fn(usize, usize) + Sync)>,
     ) {
         let (m, stride) = (qa.rows, qa.stride);
         let f = self.qgemm;
         let ptrs = Shared((qa.bytes.as_ptr(), panels, c, epi));
         // Four int8 multiply-adds cost about one float one.
-        self.split_product(m, kg, n, self.qmr, self.qnr, par, |r0, r1, p0, p1| {
-            let (ap, bp, cp, mut epi) = ptrs.get();
-            // SAFETY: the tier is available; qa holds m rows of `stride >= 4 kg` bytes and m
-            // scales; the panels hold ceil(n / qnr) panels of kg * qnr * 4 bytes, comp and
-            // inv_scale ceil(n / qnr) * qnr values; c is [m, n]; bias [n] and residual [m, n]
-            // were checked by the caller; rows r0..r1 and panels p0..p1 are in range, and parts
-            // write disjoint rows or columns.
-            unsafe {
-                if !epi.residual.is_null() {
-                    epi.residual = epi.residual.add(r0 * n);
-                }
-                epi.xscale = epi.xscale.add(r0);
-                let cp = if epi.raw {
-                    (cp as *mut i32).add(r0 * n) as *mut f32
-                } else {
-                    cp.add(r0 * n)
+        let (mr, nr) = (self.qmr, self.qnr);
+        self.split_product(
+            m,
+            kg,
+            n,
+            mr,
+            nr,
+            stride,
+            par,
+            |r0, r1, p0, p1| {
+                let (ap, bp, cp, mut epi) = ptrs.get();
+                // SAFETY: the tier is available; qa holds m rows of `stride >= 4 kg` bytes and m
+                // scales; the panels hold ceil(n / qnr) panels of kg * qnr * 4 bytes, comp and
+                // inv_scale ceil(n / qnr) * qnr values; c is [m, n]; bias [n] and residual [m, n]
+                // were checked by the caller; rows r0..r1 and panels p0..p1 are in range, and parts
+                // write disjoint rows or columns.
+                unsafe {
+                    if !epi.residual.is_null() {
+                        epi.residual = epi.residual.add(r0 * n);
+                    }
+                    epi.xscale = epi.xscale.add(r0);
+                    let cp = if epi.raw {
+                        (cp as *mut i32).add(r0 * n) as *mut f32
+                    } else {
+                        cp.add(r0 * n)
+                    };
+                    f(
+                        ap.add(r0 * stride),
+                        stride,
+                        r1 - r0,
+                        kg,
+                        bp,
+                        n,
+                        cp,
+                        n,
+                        p0,
+                        p1,
+                        &epi,
+                    )
                 };
-                f(
-                    ap.add(r0 * stride),
-                    stride,
-                    r1 - r0,
-                    kg,
-                    bp,
-                    n,
-                    cp,
-                    n,
-                    p0,
-                    p1,
-                    &epi,
-                )
-            };
-        });
+            },
+            finish,
+        );
     }
 
     /// Split a product of `m` rows, `k` inner steps and `n` columns (panels of `nr`) between
-    /// threads and run `f(r0, r1, p0, p1)` on each part: by rows when A is taller than B is wide
-    /// (each part streams every weight panel past its own rows), else by column panels (each part
-    /// reads only its share of the weights and all of A). A few parts per thread even out uneven
-    /// costs. Every output element is computed the same way whatever the split.
+    /// threads, run `f(r0, r1, p0, p1)` on each part, then `finish(r0, r1)` on finished rows
+    /// (the row-wise work of the epilogue: a row-wise activation, quantizing the output for the
+    /// next product). Every output element is computed the same way whatever the split.
+    ///
+    /// * By row blocks, when A is tall (many rows: a ragged batch, a large batch), or taller than
+    ///   B is wide on several threads: blocks of rows whose A (`row_bytes` per row) and output
+    ///   stay in L2, claimed in order by whichever thread is free; each block streams every
+    ///   weight panel past its rows and is finished at once, while its output is in cache.
+    /// * Else by column panels (each part reads only its share of the weights and all of A), a
+    ///   few parts per thread to even out uneven costs; `finish` then runs over all rows, split
+    ///   between threads.
+    #[allow(clippy::too_many_arguments)]
     fn split_product(
         &self,
         m: usize,
@@ -692,8 +749,10 @@ impl Kernels {
         n: usize,
         mr: usize,
         nr: usize,
+        row_bytes: usize,
         par: Par,
         f: impl Fn(usize, usize, usize, usize) + Sync,
+        finish: Option<&(dyn Fn(usize, usize) + Sync)>,
     ) {
         let panels = n.div_ceil(nr);
         let work = m.saturating_mul(k).saturating_mul(n);
@@ -701,25 +760,54 @@ impl Kernels {
             Par::Threads(t) if work >= PAR_MIN_FMAS => t.max(1),
             _ => 1,
         };
-        let by_rows = threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n;
-        let parts = if threads == 1 {
-            1
-        } else if by_rows {
-            (threads * 2).min(m.div_ceil(mr))
+        let tall = m >= TALL_ROWS;
+        let by_rows = tall || (threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n);
+        if by_rows {
+            // A block of A in a quarter of L2 and its output in half of it, whole tiles of
+            // rows, and at least two blocks per thread.
+            let fit = (L2_BYTES / 4 / row_bytes.max(1)).min(L2_BYTES / 2 / (4 * n).max(1));
+            let per_thread = m.div_ceil(2 * threads).div_ceil(mr) * mr;
+            let mb = (fit.clamp(2 * mr, 512) / mr * mr).min(per_thread).max(mr);
+            let blocks = m.div_ceil(mb);
+            let next = AtomicUsize::new(0);
+            let run = |_part: usize| {
+                loop {
+                    let u = next.fetch_add(1, Ordering::Relaxed);
+                    if u >= blocks {
+                        break;
+                    }
+                    let (r0, r1) = (u * mb, ((u + 1) * mb).min(m));
+                    f(r0, r1, 0, panels);
+                    if let Some(fin) = finish {
+                        fin(r0, r1);
+                    }
+                }
+            };
+            crate::team::for_parts(threads.min(blocks), &run);
         } else {
-            (threads * 3).min(panels)
-        };
-        let run = |part: usize| {
-            if by_rows {
-                // Row ranges on tile boundaries.
-                let (t0, t1) = split(m.div_ceil(mr), parts, part);
-                f(t0 * mr, (t1 * mr).min(m), 0, panels);
+            let parts = if threads == 1 {
+                1
             } else {
+                (threads * 3).min(panels)
+            };
+            let run = |part: usize| {
                 let (p0, p1) = split(panels, parts, part);
                 f(0, m, p0, p1);
+            };
+            crate::team::for_parts(parts, &run);
+            if let Some(fin) = finish {
+                let parts = if m * n < 1 << 15 {
+                    1
+                } else {
+                    par.parts().min(m)
+                };
+                let run = |part: usize| {
+                    let (r0, r1) = split(m, parts, part);
+                    fin(r0, r1);
+                };
+                crate::team::for_parts(parts, &run);
             }
-        };
-        crate::team::for_parts(parts, &run);
+        }
     }
 
     /// Quantize finished output rows (`[rows, n]`) into a shaped destination.
@@ -1215,6 +1303,13 @@ struct Totals {
     squares: usize,
     longest: usize,
 }
+
+/// From this many rows a product runs by row blocks whatever the thread count (A and the output
+/// no longer fit in L2 otherwise).
+const TALL_ROWS: usize = 1024;
+
+/// The L2 size the row blocks are sized for (per core; 1-2 MiB on the CPUs of the field).
+const L2_BYTES: usize = 1 << 20;
 
 /// The largest `k` of an int8 product: `255 * 127 * k` stays below 2^31.
 const MAX_INT8_K: usize = 65_536;

@@ -67,10 +67,12 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
     epi: &QEpi,
 ) {
     let steps = kg / 16;
-    let mut sums = [0i32; BLOCK * BLOCK];
-    let sp = sums.as_mut_ptr();
+    // Two blocks of sums: the epilogue of one block runs while the tiles compute the next.
+    let mut sums = [[0i32; BLOCK * BLOCK]; 2];
+    let mut pending: Option<Pending> = None;
+    let mut which = 0;
     // SAFETY: the tile instructions run on a CPU that has them (contract); every tile load
-    // reads 16 rows of 64 bytes inside the buffers described above, every store writes the
+    // reads 16 rows of 64 bytes inside the buffers described above, every store writes a
     // 4 KiB block on the stack; the epilogue stays within C's rows and columns.
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
@@ -113,6 +115,11 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
                     );
                     b = b.add(2048);
                 }
+                // The previous block's epilogue (vector work) overlaps this block's tile work.
+                if let Some(prev) = pending.take() {
+                    block_epilogue::<S>(&prev, sums[prev.buf].as_ptr(), c, ldc, epi);
+                }
+                let sp = sums[which].as_mut_ptr();
                 asm!(
                     "tilestored [{s} + {ld}*1], tmm0",
                     "tilestored [{s1} + {ld}*1], tmm1",
@@ -125,48 +132,94 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
                     ld = in(reg) 4 * BLOCK,
                     options(nostack)
                 );
-                let e = QEpi {
-                    bias: if epi.bias.is_null() {
-                        epi.bias
-                    } else {
-                        epi.bias.add(col0)
-                    },
-                    residual: if epi.residual.is_null() {
-                        epi.residual
-                    } else {
-                        epi.residual.add(r0 * epi.ldr + col0)
-                    },
-                    comp: epi.comp,
-                    wscale: epi.wscale.add(col0),
-                    xscale: epi.xscale.add(r0),
-                    ..*epi
-                };
-                let cp = c.add(r0 * ldc + col0);
-                for i in 0..rows {
-                    let xs = S::splat(*e.xscale.add(i));
-                    let mut cc = 0;
-                    while cc < cols {
-                        let nn = (cols - cc).min(S::LANES);
-                        let src = sp.add(i * BLOCK + cc);
-                        if e.raw {
-                            std::ptr::copy_nonoverlapping(
-                                src,
-                                (c as *mut i32).add((r0 + i) * ldc + col0 + cc),
-                                nn,
-                            );
-                        } else {
-                            let y = S::load_i32_f32(src, nn);
-                            finish::<S>(y, xs, &e, i, cc, nn, cp.add(i * ldc + cc));
-                        }
-                        cc += nn;
-                    }
-                }
-                if !e.raw && e.act != Activation::Linear {
-                    apply_tile::<S>(cp, ldc, rows, cols, e.act, e.residual, e.ldr);
-                }
+                pending = Some(Pending {
+                    buf: which,
+                    r0,
+                    col0,
+                    rows,
+                    cols,
+                });
+                which ^= 1;
                 r0 += BLOCK;
             }
         }
+        if let Some(prev) = pending {
+            block_epilogue::<S>(&prev, sums[prev.buf].as_ptr(), c, ldc, epi);
+        }
         asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+/// A block whose sums wait in `sums[buf]` for their epilogue.
+struct Pending {
+    buf: usize,
+    r0: usize,
+    col0: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// Dequantization, bias, activation and residual of one block (or its raw sums), from the
+/// block of sums at `sp` (`BLOCK x BLOCK` int32, row-major).
+///
+/// # Safety
+/// As [`qgemm_amx`]'s operands; the block lies within C. S's features enabled.
+#[inline(always)]
+unsafe fn block_epilogue<S: Simd>(
+    blk: &Pending,
+    sp: *const i32,
+    c: *mut f32,
+    ldc: usize,
+    epi: &QEpi,
+) {
+    let Pending {
+        r0,
+        col0,
+        rows,
+        cols,
+        ..
+    } = *blk;
+    // SAFETY: the contract above: rows r0..r0+rows and columns col0..col0+cols of C and of the
+    // epilogue operands are in bounds.
+    unsafe {
+        let e = QEpi {
+            bias: if epi.bias.is_null() {
+                epi.bias
+            } else {
+                epi.bias.add(col0)
+            },
+            residual: if epi.residual.is_null() {
+                epi.residual
+            } else {
+                epi.residual.add(r0 * epi.ldr + col0)
+            },
+            comp: epi.comp,
+            wscale: epi.wscale.add(col0),
+            xscale: epi.xscale.add(r0),
+            ..*epi
+        };
+        let cp = c.add(r0 * ldc + col0);
+        for i in 0..rows {
+            let xs = S::splat(*e.xscale.add(i));
+            let mut cc = 0;
+            while cc < cols {
+                let nn = (cols - cc).min(S::LANES);
+                let src = sp.add(i * BLOCK + cc);
+                if e.raw {
+                    std::ptr::copy_nonoverlapping(
+                        src,
+                        (c as *mut i32).add((r0 + i) * ldc + col0 + cc),
+                        nn,
+                    );
+                } else {
+                    let y = S::load_i32_f32(src, nn);
+                    finish::<S>(y, xs, &e, i, cc, nn, cp.add(i * ldc + cc));
+                }
+                cc += nn;
+            }
+        }
+        if !e.raw && e.act != Activation::Linear {
+            apply_tile::<S>(cp, ldc, rows, cols, e.act, e.residual, e.ldr);
+        }
     }
 }

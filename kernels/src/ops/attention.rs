@@ -20,7 +20,7 @@
 
 use super::gemm::{Epi, tile};
 use crate::simd::Simd;
-use crate::simd::math::exp;
+use crate::simd::math::exp_nonpositive;
 use crate::{KeepMask, MaskedRows};
 
 /// One sequence of a call: its first row, its length, and `sum len_j^2` over the sequences
@@ -340,7 +340,8 @@ unsafe fn softmax_row<S: Simd>(
         let mut acc = S::splat(0.0);
         let mut j = 0;
         while j < n {
-            let e = exp::<S>(S::mul(S::sub(S::load(ptr.add(j)), mv), sv));
+            // (l - max) * scale <= 0, or NaN.
+            let e = exp_nonpositive::<S>(S::mul(S::sub(S::load(ptr.add(j)), mv), sv));
             S::store(ptr.add(j), e);
             acc = S::add(acc, e);
             j += l;

@@ -43,6 +43,31 @@ pub(crate) unsafe fn exp<S: Simd>(x: S::V) -> S::V {
     }
 }
 
+/// [`exp`] for `x <= 0` or NaN (the softmax's shifted logits), bit for bit, more cheaply: there
+/// `2^n` is one normal power of two (`n >= -126`), and nothing overflows. 0 below -87.33 (and for
+/// `-inf`), NaN for NaN (it runs through the polynomial).
+#[inline(always)]
+pub(crate) unsafe fn exp_nonpositive<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let lo_lim = S::splat(-87.33);
+        let n = S::round(S::mul(x, S::splat(std::f32::consts::LOG2_E)));
+        let r = S::fma(n, S::splat(-LN2_HI), x);
+        let r = S::fma(n, S::splat(-LN2_LO), r);
+        let mut p = S::splat(1.0 / 5040.0);
+        p = S::fma(p, r, S::splat(1.0 / 720.0));
+        p = S::fma(p, r, S::splat(1.0 / 120.0));
+        p = S::fma(p, r, S::splat(1.0 / 24.0));
+        p = S::fma(p, r, S::splat(1.0 / 6.0));
+        p = S::fma(p, r, S::splat(0.5));
+        p = S::fma(p, r, S::splat(1.0));
+        p = S::fma(p, r, S::splat(1.0));
+        // Below the limit (n may be far out of range there) the result is 0 anyway.
+        let res = S::mul(p, S::pow2i(S::max(n, S::splat(-126.0))));
+        S::select(S::lt(x, lo_lim), S::splat(0.0), res)
+    }
+}
+
 /// `e^x - 1` with full relative accuracy near 0 (about 2 ulp), for `x <= 88`; `-1` below -30
 /// (where `e^x` is below half an ulp of 1), NaN for NaN. The kernels use it for `x <= 18` only.
 ///
@@ -192,12 +217,18 @@ pub(crate) unsafe fn gelu_erf<S: Simd>(x: S::V) -> S::V {
         // out of the tail arithmetic (gelu(inf) = inf, gelu(-inf) = -inf * 0 = NaN as in Keras).
         let xc = S::min(S::max(x, S::splat(-20.0)), S::splat(20.0));
         let t = S::mul(S::abs(xc), S::splat(std::f32::consts::FRAC_1_SQRT_2));
-        let w = S::div(S::sub(t, S::splat(2.0)), S::add(t, S::splat(2.0)));
+        // One division for both quotients: 1 / ((t + 2)(1 + 2t)).
+        let (tp2, one2t) = (
+            S::add(t, S::splat(2.0)),
+            S::fma(t, S::splat(2.0), S::splat(1.0)),
+        );
+        let inv = S::div(S::splat(1.0), S::mul(tp2, one2t));
+        let w = S::mul(S::mul(S::sub(t, S::splat(2.0)), one2t), inv);
         let mut p = S::splat(ERFCX_W[0]);
         for &c in &ERFCX_W[1..] {
             p = S::fma(p, w, S::splat(c));
         }
-        let erfcx = S::div(p, S::fma(t, S::splat(2.0), S::splat(1.0)));
+        let erfcx = S::mul(p, S::mul(tp2, inv));
         // t^2 = x^2 / 2 = hi + lo exactly (the 1/sqrt2 rounding of t must not enter the
         // exponent): Dekker's split, exact with or without a fused multiply-add.
         let xx = S::mul(xc, xc);
@@ -328,6 +359,93 @@ pub(crate) unsafe fn activate<S: Simd>(x: S::V, act: Activation) -> S::V {
                 S::select(S::eq(x, S::splat(f32::NEG_INFINITY)), S::splat(f32::NAN), r)
             }
             Activation::Exponential => exp::<S>(x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{exp, exp_nonpositive};
+    use crate::simd::Simd;
+
+    /// Inputs at or below zero: a fine grid, the flush limit's neighbourhood, -0, tiny values,
+    /// -inf and NaN.
+    fn inputs() -> Vec<f32> {
+        let mut v: Vec<f32> = (0..200_000).map(|i| -(i as f32) * 5e-4).collect();
+        let lim = -87.33f32;
+        let mut x = lim;
+        for _ in 0..64 {
+            v.push(x);
+            x = f32::from_bits(x.to_bits() - 1);
+        }
+        let mut x = lim;
+        for _ in 0..64 {
+            v.push(x);
+            x = f32::from_bits(x.to_bits() + 1);
+        }
+        v.extend([
+            -0.0,
+            0.0,
+            -1e-30,
+            -1e-45,
+            -1e-7,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -1e30,
+        ]);
+        v
+    }
+
+    #[inline(always)]
+    unsafe fn same_as_exp<S: Simd>() {
+        let mut a = [0.0f32; 16];
+        let mut b = [0.0f32; 16];
+        for chunk in inputs().chunks(S::LANES) {
+            let n = chunk.len();
+            // SAFETY: the caller enabled S's features; the buffers hold 16 >= LANES values.
+            unsafe {
+                let x = S::load_partial(chunk.as_ptr(), n);
+                S::store(a.as_mut_ptr(), exp::<S>(x));
+                S::store(b.as_mut_ptr(), exp_nonpositive::<S>(x));
+            }
+            for i in 0..n {
+                assert!(
+                    a[i].to_bits() == b[i].to_bits() || (a[i].is_nan() && b[i].is_nan()),
+                    "x = {}: exp {} vs exp_nonpositive {}",
+                    chunk[i],
+                    a[i],
+                    b[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exp_nonpositive_is_exp_bit_for_bit_portable() {
+        // SAFETY: the portable tier needs no CPU feature.
+        unsafe { same_as_exp::<crate::simd::portable::Portable>() }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp_nonpositive_is_exp_bit_for_bit_x86() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2() {
+            // SAFETY: features enabled on this function.
+            unsafe { same_as_exp::<crate::simd::avx2::Avx2>() }
+        }
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        unsafe fn avx512() {
+            // SAFETY: features enabled on this function.
+            unsafe { same_as_exp::<crate::simd::avx512::Avx512>() }
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: detected just above.
+            unsafe { avx2() }
+        }
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: detected just above.
+            unsafe { avx512() }
         }
     }
 }
