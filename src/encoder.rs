@@ -9,7 +9,7 @@ use std::sync::Arc;
 use transformer_encoder_kernels::team::with_team;
 use transformer_encoder_kernels::{
     Activation, AttentionScratch, AttentionShape, Epilogue, Isa, KeepMask, Kernels, MaskedRows,
-    PackedMatrix, Par, QuantRows, RaggedShape, WeightFormat, rng,
+    PackedMatrix, Par, ProductScratch, QuantRows, RaggedShape, WeightFormat, rng,
 };
 
 /// Where an encoder's kernels run their threads. Results are bit-identical for every choice.
@@ -255,6 +255,8 @@ pub struct Workspace {
     inter: Vec<f32>,
     ffn: Vec<f32>,
     scratch: AttentionScratch,
+    /// The int8 feed-forward's intermediate activation, a block of rows per thread.
+    product: ProductScratch,
     /// The quantized input of the next int8 product, and of the one after (a product reads one
     /// while it fills the other); untouched for float32 weights.
     quant: [QuantRows; 2],
@@ -970,11 +972,22 @@ impl TransformerEncoder {
             quant: qa,
         };
         self.self_attention_block(x, m, &call, scores, bufs, x1)?;
+        // The intermediate activation in float32 only for float32 output weights (int8 ones
+        // take it quantized, from a block of rows per thread).
+        let f32_inter = self.feed_forward.output.kernel.format() == WeightFormat::F32;
         let bufs = FeedForwardBuffers {
             normed: grow(&mut ws.normed, m * h),
-            inter: grow(&mut ws.inter, m * self.dims.intermediate_dim),
+            inter: grow(
+                &mut ws.inter,
+                if f32_inter {
+                    m * self.dims.intermediate_dim
+                } else {
+                    0
+                },
+            ),
             ffn: grow(&mut ws.ffn, m * h),
             quant: [qa, qb],
+            product: &mut ws.product,
         };
         self.feed_forward_block(&ws.x1[..m * h], m, &call, bufs, out)
     }
@@ -1084,10 +1097,15 @@ impl TransformerEncoder {
             activation: Some(self.config.activation),
             residual: None,
         };
-        // The activation's output, quantized for W2 while it is in cache.
+        // The activation's output, quantized for W2 while it is in cache (for int8 W2 it is
+        // needed only quantized).
         q2.arm_for(&f.output.kernel);
         let kernel = &f.intermediate.kernel;
-        k.gemm_prepared(input, q1, m, kernel, &ep1, b.inter, Some(&mut *q2), par)?;
+        if q2.is_armed() {
+            k.gemm_quantized(q1, m, kernel, &ep1, q2, b.product, par)?;
+        } else {
+            k.gemm_prepared(input, q1, m, kernel, &ep1, b.inter, None, par)?;
+        }
         if pre {
             self.residual_projection(&f.output, b.inter, q2, m, x1, call, 2, b.ffn, out)
         } else {
@@ -1166,6 +1184,7 @@ struct FeedForwardBuffers<'a> {
     inter: &'a mut [f32],
     ffn: &'a mut [f32],
     quant: [&'a mut QuantRows; 2],
+    product: &'a mut ProductScratch,
 }
 
 /// Configuration and weights must describe the same layer.

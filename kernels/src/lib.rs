@@ -35,8 +35,8 @@ pub use activation::{Activation, ErrorBound};
 pub use isa::{Isa, IsaError};
 pub use quant::{QuantRows, WeightFormat};
 pub use table::{
-    AttentionScratch, AttentionShape, Epilogue, Kernels, PackedMatrix, Par, RaggedShape,
-    baseline_sgemm,
+    AttentionScratch, AttentionShape, Epilogue, Kernels, PackedMatrix, Par, ProductScratch,
+    RaggedShape, baseline_sgemm,
 };
 
 use std::fmt;

@@ -485,13 +485,6 @@ impl Kernels {
             return Ok(());
         }
         let act = epilogue.activation.unwrap_or(Activation::Linear);
-        let rowwise = act.is_rowwise();
-        let bias = epilogue.bias.map_or(std::ptr::null(), |b| b.as_ptr());
-        let residual = match epilogue.residual {
-            Some(r) if !rowwise => r.as_ptr(),
-            _ => std::ptr::null(),
-        };
-        let fused = if rowwise { Activation::Linear } else { act };
         if k == 0 {
             for row in out.chunks_mut(n) {
                 match epilogue.bias {
@@ -504,103 +497,231 @@ impl Kernels {
                 self.quantize_out(out, n, qo, par);
             }
         } else {
-            // The row-wise rest of the epilogue, on rows as soon as they are finished: a
-            // row-wise activation (with the residual after it), then quantizing the rows for the
-            // next int8 product.
-            let (act_rows, quant) = (self.act_rows, self.quant);
-            let rp = match epilogue.residual {
-                Some(r) if rowwise => r.as_ptr(),
-                _ => std::ptr::null(),
-            };
-            let fin_ptrs = Shared((out.as_mut_ptr(), rp, q_out));
-            let finish_rows = move |r0: usize, r1: usize| {
-                let (op, rp, qo) = fin_ptrs.get();
-                // SAFETY: the tier is available; rows r0..r1 of out ([m, n]), of the residual
-                // ([m, n], checked above) and of the quantized destination (armed for m rows of
-                // n) are in bounds, finished by the product, and handed to one caller only.
-                unsafe {
-                    if rowwise {
-                        let r = if rp.is_null() { rp } else { rp.add(r0 * n) };
-                        act_rows(op.add(r0 * n), r1 - r0, n, act, r);
-                    }
-                    if let Some(qo) = qo {
-                        quant(op.add(r0 * n), r1 - r0, n, &qo.skip(r0));
-                    }
-                }
-            };
-            let finish: Option<&(dyn Fn(usize, usize) + Sync)> =
-                (rowwise || q_out.is_some()).then_some(&finish_rows);
-            match &b.data {
-                Panels::F32(data) => {
-                    let epi = Epi {
-                        bias,
-                        residual,
-                        ldr: n,
-                        act: fused,
-                    };
-                    let f = self.gemm;
-                    let ptrs = Shared((a.as_ptr(), data.as_ptr(), out.as_mut_ptr(), epi));
-                    let (mr, nr) = (self.mr, self.nr);
-                    self.split_product(
-                        m,
-                        k,
-                        n,
-                        mr,
-                        nr,
-                        4 * k,
-                        par,
-                        |r0, r1, p0, p1| {
-                            let (ap, bp, cp, mut epi) = ptrs.get();
-                            // SAFETY: the table's tier is available (tables are only handed out
-                            // for available tiers); a is [m, k], the packed weights hold
-                            // ceil(n / nr) panels of k * nr, out is [m, n], bias [n] and residual
-                            // [m, n] were checked above; rows r0..r1 and panels p0..p1 are in range,
-                            // and parts write disjoint rows or columns.
-                            unsafe {
-                                if !epi.residual.is_null() {
-                                    epi.residual = epi.residual.add(r0 * n);
-                                }
-                                f(
-                                    ap.add(r0 * k),
-                                    k,
-                                    r1 - r0,
-                                    k,
-                                    bp,
-                                    n,
-                                    cp.add(r0 * n),
-                                    n,
-                                    p0,
-                                    p1,
-                                    &epi,
-                                )
-                            };
-                        },
-                        finish,
-                    );
-                }
-                Panels::Int8 {
-                    panels,
-                    kg,
-                    comp,
-                    inv_scale,
-                    ..
-                } => {
-                    let epi = QEpi {
-                        bias,
-                        residual,
-                        ldr: n,
-                        act: fused,
-                        comp: comp.as_ptr(),
-                        wscale: inv_scale.as_ptr(),
-                        xscale: qa.inv_scale.as_ptr(),
-                        raw: false,
-                    };
-                    let c = out.as_mut_ptr();
-                    self.run_int8(qa, *kg, panels.as_ptr(), n, c, epi, par, finish);
-                }
-            }
+            let c = out.as_mut_ptr();
+            self.run_product(a, qa, m, b, epilogue, Target::Out(c), q_out, par);
         }
         Ok(())
+    }
+
+    /// `act(qa · B + bias) + residual` for int8 weights `B`, when only its quantized form is
+    /// needed: the rows are quantized into `q_out` (armed for the next int8 product, as
+    /// [`gemm_prepared`](Kernels::gemm_prepared)'s `q_out`) and the float32 output lives only in
+    /// `scratch`, a block of rows per thread that stays in cache (the int8 feed-forward's
+    /// intermediate activation: `[tokens, intermediate]` floats would otherwise go to memory and
+    /// back). The quantized rows are bit-identical to `gemm_prepared`'s.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Epilogue, Isa, Kernels, Par, ProductScratch, QuantRows};
+    /// use transformer_encoder_kernels::quant::quantize_weights;
+    /// let k = Kernels::for_isa(Isa::Portable)?;
+    /// let (wq, ws) = quantize_weights(&[1.0, -2.0, 0.5, 4.0], 2, 2);
+    /// let w = k.pack_int8(&wq, &ws, 2, 2).unwrap();
+    /// let (mut qa, mut q_out) = (QuantRows::new(), QuantRows::new());
+    /// qa.arm_for(&w);
+    /// k.prepare(&[0.5, -1.0], 2, &mut qa, Par::Seq).unwrap();
+    /// q_out.arm_for(&w); // the next product takes 2 inputs too
+    /// let mut scratch = ProductScratch::new();
+    /// k.gemm_quantized(&qa, 1, &w, &Epilogue::default(), &mut q_out, &mut scratch, Par::Seq)
+    ///     .unwrap();
+    /// assert_eq!(q_out.rows(), 1);
+    /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_quantized(
+        &self,
+        qa: &QuantRows,
+        m: usize,
+        b: &PackedMatrix,
+        epilogue: &Epilogue<'_>,
+        q_out: &mut QuantRows,
+        scratch: &mut ProductScratch,
+        par: Par,
+    ) -> Result<(), KernelError> {
+        let (k, n) = (b.k, b.n);
+        if !matches!(b.data, Panels::Int8 { .. }) || b.isa != self.isa {
+            return Err(KernelError {
+                message: format!(
+                    "gemm_quantized takes int8 weights packed for tier {}, got {:?} weights for {}",
+                    self.isa,
+                    b.format(),
+                    b.isa
+                ),
+            });
+        }
+        if qa.isa != Some(self.isa) || qa.rows != m || qa.cols != k {
+            return Err(KernelError {
+                message: format!(
+                    "int8 weights [{k}, {n}] need the {m} input rows quantized for tier {}, got {} \
+                     rows of {} quantized for {:?}",
+                    self.isa, qa.rows, qa.cols, qa.isa
+                ),
+            });
+        }
+        if !q_out.is_armed() {
+            return Err(KernelError {
+                message: "gemm_quantized's q_out must be armed for the next product".into(),
+            });
+        }
+        let mn = m.checked_mul(n).ok_or_else(|| overflow("gemm output"))?;
+        if let Some(bias) = epilogue.bias {
+            expect_len("gemm bias", bias.len(), n)?;
+        }
+        if let Some(r) = epilogue.residual {
+            expect_len("gemm residual", r.len(), mn)?;
+        }
+        let Some(qo) = self.armed_out(Some(q_out), m, n)? else {
+            unreachable!("checked armed above")
+        };
+        if mn == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            let out = grow_f32(&mut scratch.buf, mn);
+            for row in out.chunks_mut(n) {
+                match epilogue.bias {
+                    Some(bias) => row.copy_from_slice(bias),
+                    None => row.fill(0.0),
+                }
+            }
+            let act = epilogue.activation.unwrap_or(Activation::Linear);
+            self.rows_pass(out, n, act, epilogue.residual, par);
+            self.quantize_out(out, n, qo, par);
+            return Ok(());
+        }
+        let a: &[f32] = &[];
+        self.run_product(
+            a,
+            qa,
+            m,
+            b,
+            epilogue,
+            Target::Scratch(scratch),
+            Some(qo),
+            par,
+        );
+        Ok(())
+    }
+
+    /// The product of checked operands with `k >= 1` and `m * n >= 1`, into `target`, finished
+    /// row-wise (row-wise activation, then quantizing into `q_out`) as rows complete.
+    #[allow(clippy::too_many_arguments)]
+    fn run_product(
+        &self,
+        a: &[f32],
+        qa: &QuantRows,
+        m: usize,
+        b: &PackedMatrix,
+        epilogue: &Epilogue<'_>,
+        target: Target<'_>,
+        q_out: Option<QuantOut>,
+        par: Par,
+    ) {
+        let (k, n) = (b.k, b.n);
+        let act = epilogue.activation.unwrap_or(Activation::Linear);
+        let rowwise = act.is_rowwise();
+        let bias = epilogue.bias.map_or(std::ptr::null(), |b| b.as_ptr());
+        let residual = match epilogue.residual {
+            Some(r) if !rowwise => r.as_ptr(),
+            _ => std::ptr::null(),
+        };
+        let fused = if rowwise { Activation::Linear } else { act };
+        let plan = match &b.data {
+            Panels::F32(_) => self.plan_product(m, k, n, self.mr, self.nr, 4 * k, par),
+            Panels::Int8 { kg, .. } => {
+                self.plan_product(m, *kg, n, self.qmr, self.qnr, qa.stride, par)
+            }
+        };
+        let c = match target {
+            Target::Out(p) => COut {
+                base: p,
+                per_part: 0,
+                blocked: false,
+            },
+            Target::Scratch(s) => {
+                let per_part = plan.part_rows() * n;
+                let buf = grow_f32(&mut s.buf, plan.buffers() * per_part);
+                COut {
+                    base: buf.as_mut_ptr(),
+                    per_part,
+                    blocked: plan.block.is_some(),
+                }
+            }
+        };
+        // The row-wise rest of the epilogue, on rows as soon as they are finished: a row-wise
+        // activation (with the residual after it), then quantizing the rows for the next int8
+        // product.
+        let (act_rows, quant) = (self.act_rows, self.quant);
+        let rp = match epilogue.residual {
+            Some(r) if rowwise => r.as_ptr(),
+            _ => std::ptr::null(),
+        };
+        let fin_ptrs = Shared((c, rp, q_out));
+        let finish_rows = move |part: usize, r0: usize, r1: usize| {
+            let (c, rp, qo) = fin_ptrs.get();
+            // SAFETY: the tier is available; rows r0..r1 of the output (at `c.at`), of the
+            // residual ([m, n], checked by the caller) and of the quantized destination (armed
+            // for m rows of n) are in bounds, finished by the product, and handed to one caller
+            // only.
+            unsafe {
+                let op = c.at(part, r0, n);
+                if rowwise {
+                    let r = if rp.is_null() { rp } else { rp.add(r0 * n) };
+                    act_rows(op, r1 - r0, n, act, r);
+                }
+                if let Some(qo) = qo {
+                    quant(op, r1 - r0, n, &qo.skip(r0));
+                }
+            }
+        };
+        let finish: Option<&(dyn Fn(usize, usize, usize) + Sync)> =
+            (rowwise || q_out.is_some()).then_some(&finish_rows);
+        match &b.data {
+            Panels::F32(data) => {
+                let epi = Epi {
+                    bias,
+                    residual,
+                    ldr: n,
+                    act: fused,
+                };
+                let f = self.gemm;
+                let ptrs = Shared((a.as_ptr(), data.as_ptr(), c, epi));
+                let run = |part: usize, r0: usize, r1: usize, p0: usize, p1: usize| {
+                    let (ap, bp, c, mut epi) = ptrs.get();
+                    // SAFETY: the table's tier is available (tables are only handed out for
+                    // available tiers); a is [m, k], the packed weights hold ceil(n / nr)
+                    // panels of k * nr, the output rows r0..r1 at `c.at` have n columns, bias
+                    // [n] and residual [m, n] were checked by the caller; rows r0..r1 and
+                    // panels p0..p1 are in range, and parts write disjoint rows or columns.
+                    unsafe {
+                        if !epi.residual.is_null() {
+                            epi.residual = epi.residual.add(r0 * n);
+                        }
+                        let cp = c.at(part, r0, n);
+                        f(ap.add(r0 * k), k, r1 - r0, k, bp, n, cp, n, p0, p1, &epi)
+                    };
+                };
+                self.run_plan(plan, run, finish);
+            }
+            Panels::Int8 {
+                panels,
+                kg,
+                comp,
+                inv_scale,
+                ..
+            } => {
+                let epi = QEpi {
+                    bias,
+                    residual,
+                    ldr: n,
+                    act: fused,
+                    comp: comp.as_ptr(),
+                    wscale: inv_scale.as_ptr(),
+                    xscale: qa.inv_scale.as_ptr(),
+                    raw: false,
+                };
+                self.run_int8(qa, *kg, panels.as_ptr(), n, c, epi, plan, finish);
+            }
+        }
     }
 
     /// The int32 sums of an int8 product, `out[m, n] = sum_k q_a[i, k] w_q[k, j]`, exactly (the
@@ -653,21 +774,18 @@ impl Kernels {
             xscale: qa.inv_scale.as_ptr(),
             raw: true,
         };
-        self.run_int8(
-            qa,
-            *kg,
-            panels.as_ptr(),
-            n,
-            out.as_mut_ptr() as *mut f32,
-            epi,
-            par,
-            None,
-        );
+        let plan = self.plan_product(m, *kg, n, self.qmr, self.qnr, qa.stride, par);
+        let c = COut {
+            base: out.as_mut_ptr() as *mut f32,
+            per_part: 0,
+            blocked: false,
+        };
+        self.run_int8(qa, *kg, panels.as_ptr(), n, c, epi, plan, None);
         Ok(())
     }
 
-    /// Run the int8 product over parts (validated by the callers: `qa` holds `m` rows of `k`,
-    /// `c` has `m * n` elements of 4 bytes).
+    /// Run the int8 product over the parts of `plan` (validated by the callers: `qa` holds `m`
+    /// rows of `k`, the output rows at `c` have `n` elements of 4 bytes).
     #[allow(clippy::too_many_arguments)]
     fn run_int8(
         &self,
@@ -675,74 +793,58 @@ impl Kernels {
         kg: usize,
         panels: *const i8,
         n: usize,
-        c: *mut f32,
+        c: COut,
         epi: QEpi,
-        par: Par,
-        finish: Option<&(dyn Fn(usize, usize) + Sync)>,
+        plan: Plan,
+        finish: Option<&(dyn Fn(usize, usize, usize) + Sync)>,
     ) {
-        let (m, stride) = (qa.rows, qa.stride);
+        let stride = qa.stride;
         let f = self.qgemm;
         let ptrs = Shared((qa.bytes.as_ptr(), panels, c, epi));
-        // Four int8 multiply-adds cost about one float one.
-        let (mr, nr) = (self.qmr, self.qnr);
-        self.split_product(
-            m,
-            kg,
-            n,
-            mr,
-            nr,
-            stride,
-            par,
-            |r0, r1, p0, p1| {
-                let (ap, bp, cp, mut epi) = ptrs.get();
-                // SAFETY: the tier is available; qa holds m rows of `stride >= 4 kg` bytes and m
-                // scales; the panels hold ceil(n / qnr) panels of kg * qnr * 4 bytes, comp and
-                // inv_scale ceil(n / qnr) * qnr values; c is [m, n]; bias [n] and residual [m, n]
-                // were checked by the caller; rows r0..r1 and panels p0..p1 are in range, and parts
-                // write disjoint rows or columns.
-                unsafe {
-                    if !epi.residual.is_null() {
-                        epi.residual = epi.residual.add(r0 * n);
-                    }
-                    epi.xscale = epi.xscale.add(r0);
-                    let cp = if epi.raw {
-                        (cp as *mut i32).add(r0 * n) as *mut f32
-                    } else {
-                        cp.add(r0 * n)
-                    };
-                    f(
-                        ap.add(r0 * stride),
-                        stride,
-                        r1 - r0,
-                        kg,
-                        bp,
-                        n,
-                        cp,
-                        n,
-                        p0,
-                        p1,
-                        &epi,
-                    )
-                };
-            },
-            finish,
-        );
+        let run = |part: usize, r0: usize, r1: usize, p0: usize, p1: usize| {
+            let (ap, bp, c, mut epi) = ptrs.get();
+            // SAFETY: the tier is available; qa holds m rows of `stride >= 4 kg` bytes and m
+            // scales; the panels hold ceil(n / qnr) panels of kg * qnr * 4 bytes, comp and
+            // inv_scale ceil(n / qnr) * qnr values; the output rows r0..r1 at `c.at` have n
+            // columns (f32 or i32); bias [n] and residual [m, n] were checked by the caller;
+            // rows r0..r1 and panels p0..p1 are in range, and parts write disjoint rows or
+            // columns.
+            unsafe {
+                if !epi.residual.is_null() {
+                    epi.residual = epi.residual.add(r0 * n);
+                }
+                epi.xscale = epi.xscale.add(r0);
+                let cp = c.at(part, r0, n);
+                f(
+                    ap.add(r0 * stride),
+                    stride,
+                    r1 - r0,
+                    kg,
+                    bp,
+                    n,
+                    cp,
+                    n,
+                    p0,
+                    p1,
+                    &epi,
+                )
+            };
+        };
+        self.run_plan(plan, run, finish);
     }
 
-    /// Split a product of `m` rows, `k` inner steps and `n` columns (panels of `nr`) between
-    /// threads, run `f(r0, r1, p0, p1)` on each part, then `finish(r0, r1)` on finished rows
-    /// (the row-wise work of the epilogue: a row-wise activation, quantizing the output for the
-    /// next product). Every output element is computed the same way whatever the split.
+    /// How to split a product of `m` rows, `k` inner steps and `n` columns (panels of `nr`)
+    /// between threads (`row_bytes`: the bytes of one row of A).
     ///
     /// * By row blocks, when A is tall (many rows: a ragged batch, a large batch), or taller than
-    ///   B is wide on several threads: blocks of rows whose A (`row_bytes` per row) and output
-    ///   stay in L2, claimed in order by whichever thread is free; each block streams every
-    ///   weight panel past its rows and is finished at once, while its output is in cache.
+    ///   B is wide on several threads: blocks of rows whose A and output stay in L2, claimed in
+    ///   order by whichever thread is free; each block streams every weight panel past its rows
+    ///   and is finished at once, while its output is in cache.
     /// * Else by column panels (each part reads only its share of the weights and all of A), a
-    ///   few parts per thread to even out uneven costs; `finish` then runs over all rows, split
-    ///   between threads.
+    ///   few parts per thread to even out uneven costs; the row-wise finish then runs over all
+    ///   rows, split between threads.
     #[allow(clippy::too_many_arguments)]
-    fn split_product(
+    fn plan_product(
         &self,
         m: usize,
         k: usize,
@@ -751,9 +853,7 @@ impl Kernels {
         nr: usize,
         row_bytes: usize,
         par: Par,
-        f: impl Fn(usize, usize, usize, usize) + Sync,
-        finish: Option<&(dyn Fn(usize, usize) + Sync)>,
-    ) {
+    ) -> Plan {
         let panels = n.div_ceil(nr);
         let work = m.saturating_mul(k).saturating_mul(n);
         let threads = match par {
@@ -761,51 +861,85 @@ impl Kernels {
             _ => 1,
         };
         let tall = m >= TALL_ROWS;
-        let by_rows = tall || (threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n);
-        if by_rows {
+        if tall || (threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n) {
             // A block of A in a quarter of L2 and its output in half of it, whole tiles of
             // rows, and at least two blocks per thread.
             let fit = (L2_BYTES / 4 / row_bytes.max(1)).min(L2_BYTES / 2 / (4 * n).max(1));
             let per_thread = m.div_ceil(2 * threads).div_ceil(mr) * mr;
             let mb = (fit.clamp(2 * mr, 512) / mr * mr).min(per_thread).max(mr);
             let blocks = m.div_ceil(mb);
-            let next = AtomicUsize::new(0);
-            let run = |_part: usize| {
-                loop {
-                    let u = next.fetch_add(1, Ordering::Relaxed);
-                    if u >= blocks {
-                        break;
-                    }
-                    let (r0, r1) = (u * mb, ((u + 1) * mb).min(m));
-                    f(r0, r1, 0, panels);
-                    if let Some(fin) = finish {
-                        fin(r0, r1);
-                    }
-                }
-            };
-            crate::team::for_parts(threads.min(blocks), &run);
+            Plan {
+                m,
+                panels,
+                block: Some(mb),
+                parts: threads.min(blocks),
+                finish_parts: 1,
+            }
         } else {
-            let parts = if threads == 1 {
-                1
-            } else {
-                (threads * 3).min(panels)
-            };
-            let run = |part: usize| {
-                let (p0, p1) = split(panels, parts, part);
-                f(0, m, p0, p1);
-            };
-            crate::team::for_parts(parts, &run);
-            if let Some(fin) = finish {
-                let parts = if m * n < 1 << 15 {
+            Plan {
+                m,
+                panels,
+                block: None,
+                parts: if threads == 1 {
+                    1
+                } else {
+                    (threads * 3).min(panels)
+                },
+                finish_parts: if m * n < 1 << 15 {
                     1
                 } else {
                     par.parts().min(m)
-                };
+                },
+            }
+        }
+    }
+
+    /// Run a planned product: `f(part, r0, r1, p0, p1)` on each part, then
+    /// `finish(part, r0, r1)` on finished rows (the row-wise rest of the epilogue). With row
+    /// blocks, `part` is the thread's part (a part runs on one thread at a time); with column
+    /// panels every `finish` call has part 0. Every output element is computed the same way
+    /// whatever the split.
+    fn run_plan(
+        &self,
+        plan: Plan,
+        f: impl Fn(usize, usize, usize, usize, usize) + Sync,
+        finish: Option<&(dyn Fn(usize, usize, usize) + Sync)>,
+    ) {
+        let (m, panels) = (plan.m, plan.panels);
+        match plan.block {
+            Some(mb) => {
+                let blocks = m.div_ceil(mb);
+                let next = AtomicUsize::new(0);
                 let run = |part: usize| {
-                    let (r0, r1) = split(m, parts, part);
-                    fin(r0, r1);
+                    loop {
+                        let u = next.fetch_add(1, Ordering::Relaxed);
+                        if u >= blocks {
+                            break;
+                        }
+                        let (r0, r1) = (u * mb, ((u + 1) * mb).min(m));
+                        f(part, r0, r1, 0, panels);
+                        if let Some(fin) = finish {
+                            fin(part, r0, r1);
+                        }
+                    }
+                };
+                crate::team::for_parts(plan.parts, &run);
+            }
+            None => {
+                let parts = plan.parts;
+                let run = |part: usize| {
+                    let (p0, p1) = split(panels, parts, part);
+                    f(part, 0, m, p0, p1);
                 };
                 crate::team::for_parts(parts, &run);
+                if let Some(fin) = finish {
+                    let fp = plan.finish_parts;
+                    let run = |part: usize| {
+                        let (r0, r1) = split(m, fp, part);
+                        fin(0, r0, r1);
+                    };
+                    crate::team::for_parts(fp, &run);
+                }
             }
         }
     }
@@ -1302,6 +1436,86 @@ struct Totals {
     rows: usize,
     squares: usize,
     longest: usize,
+}
+
+/// Where a product writes its output: the caller's `[m, n]` buffer, or scratch space.
+enum Target<'a> {
+    Out(*mut f32),
+    Scratch(&'a mut ProductScratch),
+}
+
+/// The output rows of a product's parts: one `[m, n]` buffer (row `r` at `r * n`), or a block
+/// buffer per part (`per_part` floats apart; a block's first row at its start).
+#[derive(Clone, Copy)]
+struct COut {
+    base: *mut f32,
+    per_part: usize,
+    blocked: bool,
+}
+
+impl COut {
+    /// Where part `part` writes row `r0` (the first row of its current rows).
+    ///
+    /// # Safety
+    /// The row is within the buffer the plan sized.
+    #[inline]
+    unsafe fn at(&self, part: usize, r0: usize, n: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if self.blocked {
+                self.base.add(part * self.per_part)
+            } else {
+                self.base.add(r0 * n)
+            }
+        }
+    }
+}
+
+/// Scratch space for [`Kernels::gemm_quantized`]: the float32 output blocks of its threads,
+/// grown on first use and then reused.
+#[derive(Debug, Default)]
+pub struct ProductScratch {
+    buf: Vec<f32>,
+}
+
+impl ProductScratch {
+    /// Empty scratch space.
+    pub fn new() -> ProductScratch {
+        ProductScratch::default()
+    }
+}
+
+/// `v` grown to at least `n` values; its first `n`.
+fn grow_f32(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// A product's split between threads ([`Kernels::plan_product`]).
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    m: usize,
+    panels: usize,
+    /// Rows per block when split by row blocks; `None`: by column panels.
+    block: Option<usize>,
+    parts: usize,
+    /// Parts of the row-wise finish after a split by column panels.
+    finish_parts: usize,
+}
+
+impl Plan {
+    /// Rows of output one part holds at a time: a block, or every row.
+    fn part_rows(&self) -> usize {
+        self.block.unwrap_or(self.m)
+    }
+
+    /// Output buffers the parts need when each writes its own: one per part for row blocks,
+    /// one shared (disjoint columns) for column panels.
+    fn buffers(&self) -> usize {
+        if self.block.is_some() { self.parts } else { 1 }
+    }
 }
 
 /// From this many rows a product runs by row blocks whatever the thread count (A and the output
