@@ -11,7 +11,8 @@ use transformer_encoder::{
     TransformerEncoder, Workspace,
 };
 use transformer_encoder_kernels::{
-    AttentionScratch, AttentionShape, Epilogue, KeepMask, Kernels, MaskedRows, Par, baseline_sgemm,
+    AttentionScratch, AttentionShape, Epilogue, KeepMask, Kernels, MaskedRows, Par, RaggedShape,
+    baseline_sgemm,
 };
 
 #[path = "../examples/common/mod.rs"]
@@ -226,7 +227,52 @@ fn small_kernels(c: &mut Criterion) {
         }
         g.finish();
     }
+    // The mixed-length corpus' 64 texts as MiniLM tokenizes them (12 heads of 32), one ragged
+    // call: short sequences, where copying and transposing weigh most.
+    let lengths = CORPUS_LENGTHS;
+    let (heads, d) = (12, 32);
+    let t: usize = lengths.iter().sum();
+    let squares: usize = lengths.iter().map(|l| l * l).sum();
+    let qkv = vals(t * 3 * heads * d, 9);
+    let mut ctx = vec![0.0; t * heads * d];
+    let mut g = c.benchmark_group("attention/ragged_corpus64_heads12_d32");
+    g.throughput(Throughput::Elements((4 * squares * heads * d) as u64));
+    for isa in tiers() {
+        let k = Kernels::for_isa(isa).unwrap();
+        let mut scratch = AttentionScratch::new();
+        let shape = RaggedShape {
+            lengths: &lengths,
+            heads,
+            key_dim: d,
+        };
+        g.bench_function(isa.name(), |b| {
+            b.iter(|| {
+                k.attention_ragged(
+                    black_box(&qkv),
+                    shape,
+                    KeepMask::All,
+                    MaskedRows::Uniform,
+                    None,
+                    &mut ctx,
+                    None,
+                    &mut scratch,
+                    None,
+                    Par::Seq,
+                )
+                .unwrap()
+            })
+        });
+    }
+    g.finish();
 }
+
+/// The token counts of `tests/data/corpus/mixed_lengths.txt` under all-MiniLM-L6-v2's tokenizer
+/// (truncated to 128): 4,352 tokens.
+const CORPUS_LENGTHS: [usize; 64] = [
+    120, 94, 10, 65, 118, 14, 90, 84, 99, 16, 54, 105, 101, 48, 59, 117, 111, 25, 44, 40, 50, 27,
+    12, 71, 38, 52, 31, 73, 63, 29, 23, 56, 33, 126, 98, 88, 92, 115, 42, 21, 18, 109, 8, 128, 61,
+    78, 67, 96, 107, 77, 103, 58, 75, 82, 80, 35, 19, 113, 86, 124, 122, 69, 46, 37,
+];
 
 fn layers(c: &mut Criterion) {
     // (name, hidden, heads, inter, batch, seq, threads)

@@ -124,9 +124,8 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
             let dst = &mut vs[j * dp..(j + 1) * dp];
             if key_row.is_none_or(|r| r[j] != 0) {
                 let src = base.add(j * ld3 + h * d + 2 * w);
-                std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), d);
-                zero::<S>(dst.as_mut_ptr().add(d), dp - d);
-                // x - x is NaN exactly for NaN and the infinities.
+                // Copied in vector registers (a call to memcpy per row costs more), zeros in the
+                // padding columns; x - x is NaN exactly for NaN and the infinities.
                 let mut k = 0;
                 while k < d {
                     let n = (d - k).min(S::LANES);
@@ -135,9 +134,12 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                     } else {
                         S::load_partial(src.add(k), n)
                     };
+                    // A partial load's other lanes are 0: the store zeroes the padding.
+                    S::store(dst.as_mut_ptr().add(k), v);
                     poison = S::add(poison, S::sub(v, v));
                     k += n;
                 }
+                zero::<S>(dst.as_mut_ptr().add(k), dp - k);
             } else {
                 zero::<S>(dst.as_mut_ptr(), dp);
             }
