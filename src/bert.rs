@@ -735,8 +735,10 @@ pub struct Batch {
     pub seq: usize,
 }
 
-/// The default token budget of one ragged batch in [`SentenceEncoder::encode`].
-pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16_384;
+/// The default token budget of one ragged batch in [`SentenceEncoder::encode`]: small enough that
+/// a chunk's activations stay in cache between the kernels (measured on an Intel Xeon with 2
+/// threads and all-MiniLM-L6-v2: float32 about 10 % faster than with 16,384, int8 the same).
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 1_024;
 
 /// A sentence-transformers model: tokenizer, BERT model, pooling and optional normalisation.
 pub struct SentenceEncoder {
@@ -847,8 +849,9 @@ impl SentenceEncoder {
     }
 
     /// Run [`encode`](SentenceEncoder::encode) in ragged batches of at most `n` tokens
-    /// (default 16,384, text-embeddings-inference's `max_batch_tokens`): the budget bounds
-    /// the memory of one call; results do not depend on it. `n = 0` is an error.
+    /// (text-embeddings-inference's `max_batch_tokens`; default [`DEFAULT_MAX_BATCH_TOKENS`]):
+    /// the budget bounds the memory of one call and sets how much stays in cache; results do
+    /// not depend on it. `n = 0` is an error.
     pub fn with_max_batch_tokens(mut self, n: usize) -> Result<SentenceEncoder> {
         if n == 0 {
             return Err(Error::config("max_batch_tokens", "at least 1, got 0"));

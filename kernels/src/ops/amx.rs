@@ -21,6 +21,7 @@ use super::qgemm::{QEpi, finish};
 use crate::activation::Activation;
 use crate::simd::Simd;
 use std::arch::asm;
+use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
 
 /// Rows and columns of a block (two tiles each way).
 pub(crate) const BLOCK: usize = 32;
@@ -87,6 +88,15 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
                 let a0 = a.add(r0 * lda);
                 let a1 = a0.add(16 * lda);
                 let mut b = packed.add(p * kg * 4 * BLOCK);
+                // The block's output rows, fetched for writing while the tiles compute: its
+                // epilogue (one block later) then stores into cache instead of waiting on memory
+                // (measured: 0.8 -> 1.4 TOP/s on a 26 MB output; fetching further ahead did
+                // not help).
+                for i in 0..rows {
+                    let row = c.add((r0 + i) * ldc + col0) as *const i8;
+                    _mm_prefetch::<_MM_HINT_ET0>(row);
+                    _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(64));
+                }
                 asm!(
                     "tilezero tmm0",
                     "tilezero tmm1",
