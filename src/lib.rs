@@ -69,3 +69,8 @@ pub use transformer_encoder_kernels::{Isa, IsaError};
 pub use weights::{
     Dense, DenseWeights, EncoderWeights, NormRole, NormWeights, Sublayers, WEIGHT_NAMES, WeightDims,
 };
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

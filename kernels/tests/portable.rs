@@ -93,6 +93,64 @@ fn int8_product_and_quantization() {
         .collect();
     close(&out, &want, 1e-5);
     assert_eq!(next.rows(), m);
+    // Only the quantized output, the float rows in per-thread scratch: the same quantized rows.
+    let mut only = QuantRows::new();
+    only.arm_for(&p);
+    let mut scratch = ProductScratch::new();
+    kern()
+        .gemm_quantized(&q, m, &p, &ep, &mut only, &mut scratch, Par::Threads(2))
+        .unwrap();
+    for i in 0..m {
+        assert_eq!(only.row(i), next.row(i));
+    }
+}
+
+/// A tall product (by row blocks, each finished as it completes), float32 and int8.
+#[test]
+fn tall_products_by_row_blocks() {
+    let (m, k, n) = (1100, 3, 5);
+    let (a, w) = (vals(m * k, 20), vals(k * n, 21));
+    let p = kern().pack(&w, k, n).unwrap();
+    let mut out = vec![0.0; m * n];
+    let ep = Epilogue {
+        activation: Some(Activation::Softmax),
+        ..Epilogue::default()
+    };
+    kern()
+        .gemm(&a, m, &p, &ep, &mut out, Par::Threads(2))
+        .unwrap();
+    let mut want = r::matmul(&f64s(&a), &f64s(&w), m, k, n);
+    r::activation(Activation::Softmax, &mut want, n);
+    close(&out, &want, 1e-5);
+    let (wq, ws) = quantize_weights(&w, k, n);
+    let p8 = kern().pack_int8(&wq, &ws, k, n).unwrap();
+    let mut q = QuantRows::new();
+    q.arm_for(&p8);
+    kern().prepare(&a, k, &mut q, Par::Seq).unwrap();
+    let (mut next, mut only) = (QuantRows::new(), QuantRows::new());
+    next.arm_for(&p8);
+    only.arm_for(&p8);
+    let mut out = vec![0.0; m * n];
+    let none = Epilogue::default();
+    kern()
+        .gemm_prepared(
+            &a,
+            &q,
+            m,
+            &p8,
+            &none,
+            &mut out,
+            Some(&mut next),
+            Par::Threads(2),
+        )
+        .unwrap();
+    let mut scratch = ProductScratch::new();
+    kern()
+        .gemm_quantized(&q, m, &p8, &none, &mut only, &mut scratch, Par::Threads(2))
+        .unwrap();
+    for i in (0..m).step_by(97) {
+        assert_eq!(only.row(i), next.row(i));
+    }
 }
 
 #[test]
@@ -168,6 +226,51 @@ fn layer_norm_attention_and_activations() {
         shape,
         KeepMask::Keys(&keep),
         MaskedRows::Zeros,
+        None,
+    );
+    close(&ctx, &want, 1e-5);
+    close(&scores, &want_p, 1e-5);
+
+    // Ragged: sequences of 2, 0 and 3 tokens with their own [len, len] masks.
+    let lengths = [2usize, 0, 3];
+    let full = [1u8, 0, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 1];
+    let qkv = vals(5 * 3 * 4, 13);
+    let mut ctx = vec![0.0; 5 * 4];
+    let mut scores = vec![0.0; 2 * 13];
+    let shape = RaggedShape {
+        lengths: &lengths,
+        heads: 2,
+        key_dim: 2,
+    };
+    kern()
+        .attention_ragged(
+            &qkv,
+            shape,
+            KeepMask::Full(&full),
+            MaskedRows::Uniform,
+            None,
+            &mut ctx,
+            Some(&mut scores),
+            &mut AttentionScratch::new(),
+            None,
+            Par::Threads(2),
+        )
+        .unwrap();
+    let col = |off: usize| -> Vec<f64> {
+        (0..5)
+            .flat_map(|t| (0..4).map(move |c| (t, c)))
+            .map(|(t, c)| qkv[t * 12 + off + c] as f64)
+            .collect()
+    };
+    let (want, want_p) = r::attention_ragged(
+        &col(0),
+        &col(4),
+        &col(8),
+        &lengths,
+        2,
+        2,
+        KeepMask::Full(&full),
+        MaskedRows::Uniform,
         None,
     );
     close(&ctx, &want, 1e-5);
