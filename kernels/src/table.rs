@@ -626,9 +626,9 @@ impl Kernels {
         };
         let fused = if rowwise { Activation::Linear } else { act };
         let plan = match &b.data {
-            Panels::F32(_) => self.plan_product(m, k, n, self.mr, self.nr, 4 * k, par),
+            Panels::F32(_) => self.plan_product(m, k, n, self.mr, self.nr, 4 * k, b.bytes(), par),
             Panels::Int8 { kg, .. } => {
-                self.plan_product(m, *kg, n, self.qmr, self.qnr, qa.stride, par)
+                self.plan_product(m, *kg, n, self.qmr, self.qnr, qa.stride, b.bytes(), par)
             }
         };
         let c = match target {
@@ -774,7 +774,7 @@ impl Kernels {
             xscale: qa.inv_scale.as_ptr(),
             raw: true,
         };
-        let plan = self.plan_product(m, *kg, n, self.qmr, self.qnr, qa.stride, par);
+        let plan = self.plan_product(m, *kg, n, self.qmr, self.qnr, qa.stride, b.bytes(), par);
         let c = COut {
             base: out.as_mut_ptr() as *mut f32,
             per_part: 0,
@@ -834,10 +834,11 @@ impl Kernels {
     }
 
     /// How to split a product of `m` rows, `k` inner steps and `n` columns (panels of `nr`)
-    /// between threads (`row_bytes`: the bytes of one row of A).
+    /// between threads (`row_bytes`: the bytes of one row of A, `b_bytes`: the packed weights').
     ///
-    /// * By row blocks, when A is tall (many rows: a ragged batch, a large batch), or taller than
-    ///   B is wide on several threads: blocks of rows whose A and output stay in L2, claimed in
+    /// * By row blocks, when A is tall (many rows: a ragged batch, a large batch) and the weights
+    ///   fit in L2 (each block streams them all), or A is taller than B is wide on several
+    ///   threads: blocks of rows whose A and output stay in L2, claimed in
     ///   order by whichever thread is free; each block streams every weight panel past its rows
     ///   and is finished at once, while its output is in cache.
     /// * Else by column panels (each part reads only its share of the weights and all of A), a
@@ -852,6 +853,7 @@ impl Kernels {
         mr: usize,
         nr: usize,
         row_bytes: usize,
+        b_bytes: usize,
         par: Par,
     ) -> Plan {
         let panels = n.div_ceil(nr);
@@ -860,7 +862,10 @@ impl Kernels {
             Par::Threads(t) if work >= PAR_MIN_FMAS => t.max(1),
             _ => 1,
         };
-        let tall = m >= TALL_ROWS;
+        // Measured on the Xeon: int8 MiniLM weights (0.6 MB) over 4,352 rows twice as fast in
+        // blocks on one thread; float32 BERT-base weights (7 MB) over 1,024 rows slower (62-69
+        // ms against 67-71 ms for the layer at batch 8, interleaved runs).
+        let tall = m >= TALL_ROWS && b_bytes <= 4 * L2_BYTES;
         if tall || (threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n) {
             // A block of A in a quarter of L2 and its output in half of it, whole tiles of
             // rows, and at least two blocks per thread.
