@@ -104,7 +104,15 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
                     "tilezero tmm3",
                     options(nostack, nomem)
                 );
+                let prev = pending.take();
                 for t in 0..steps {
+                    // The previous block's epilogue (vector work), a share of its rows after
+                    // each step, overlaps this block's tile work.
+                    if let Some(prev) = &prev {
+                        let (i0, i1) = (prev.rows * t / steps, prev.rows * (t + 1) / steps);
+                        let sp = sums[prev.buf].as_ptr();
+                        block_epilogue::<S>(prev, sp, c, ldc, epi, i0, i1);
+                    }
                     let ka = t * STEP;
                     asm!(
                         "tileloadd tmm4, [{a0} + {sa}*1]",
@@ -124,10 +132,6 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
                         options(nostack, readonly)
                     );
                     b = b.add(2048);
-                }
-                // The previous block's epilogue (vector work) overlaps this block's tile work.
-                if let Some(prev) = pending.take() {
-                    block_epilogue::<S>(&prev, sums[prev.buf].as_ptr(), c, ldc, epi);
                 }
                 let sp = sums[which].as_mut_ptr();
                 asm!(
@@ -154,7 +158,7 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
             }
         }
         if let Some(prev) = pending {
-            block_epilogue::<S>(&prev, sums[prev.buf].as_ptr(), c, ldc, epi);
+            block_epilogue::<S>(&prev, sums[prev.buf].as_ptr(), c, ldc, epi, 0, prev.rows);
         }
         asm!("tilerelease", options(nostack, nomem));
     }
@@ -169,8 +173,8 @@ struct Pending {
     cols: usize,
 }
 
-/// Dequantization, bias, activation and residual of one block (or its raw sums), from the
-/// block of sums at `sp` (`BLOCK x BLOCK` int32, row-major).
+/// Dequantization, bias, activation and residual of rows `i0..i1` of one block (or their raw
+/// sums), from the block of sums at `sp` (`BLOCK x BLOCK` int32, row-major).
 ///
 /// # Safety
 /// As [`qgemm_amx`]'s operands; the block lies within C. S's features enabled.
@@ -181,6 +185,8 @@ unsafe fn block_epilogue<S: Simd>(
     c: *mut f32,
     ldc: usize,
     epi: &QEpi,
+    i0: usize,
+    i1: usize,
 ) {
     let Pending {
         r0,
@@ -209,7 +215,8 @@ unsafe fn block_epilogue<S: Simd>(
             ..*epi
         };
         let cp = c.add(r0 * ldc + col0);
-        for i in 0..rows {
+        debug_assert!(i1 <= rows);
+        for i in i0..i1 {
             let xs = S::splat(*e.xscale.add(i));
             let mut cc = 0;
             while cc < cols {
@@ -228,8 +235,13 @@ unsafe fn block_epilogue<S: Simd>(
                 cc += nn;
             }
         }
-        if !e.raw && e.act != Activation::Linear {
-            apply_tile::<S>(cp, ldc, rows, cols, e.act, e.residual, e.ldr);
+        if !e.raw && e.act != Activation::Linear && i1 > i0 {
+            let res = if e.residual.is_null() {
+                e.residual
+            } else {
+                e.residual.add(i0 * e.ldr)
+            };
+            apply_tile::<S>(cp.add(i0 * ldc), ldc, i1 - i0, cols, e.act, res, e.ldr);
         }
     }
 }
