@@ -799,6 +799,20 @@ impl TransformerEncoder {
 
     /// [`forward_ragged`](TransformerEncoder::forward_ragged) that also returns the attention
     /// probabilities: each sequence's `[heads, len_i, len_i]`, end to end.
+    ///
+    /// ```
+    /// use transformer_encoder::{CallOptions, EncoderConfig, RaggedView, TransformerEncoder};
+    /// let enc = TransformerEncoder::init(EncoderConfig::new(32, 4), 16, 7).unwrap();
+    /// let lengths = [3, 5];
+    /// let x = vec![0.25f32; 8 * 16];
+    /// let (y, scores) = enc
+    ///     .forward_ragged_with_scores(RaggedView::new(&x, &lengths), &CallOptions::new())
+    ///     .unwrap();
+    /// assert_eq!((y.len(), scores.len()), (8 * 16, 4 * (3 * 3 + 5 * 5)));
+    /// // Each query row's probabilities sum to 1.
+    /// let first_row: f32 = scores[..3].iter().sum();
+    /// assert!((first_row - 1.0).abs() < 1e-6);
+    /// ```
     pub fn forward_ragged_with_scores(
         &self,
         x: RaggedView<'_>,
@@ -824,6 +838,23 @@ impl TransformerEncoder {
     /// is `[total_tokens, hidden]`, `scores` (if given) each sequence's `[heads, len_i, len_i]`
     /// end to end. With a reused workspace no call allocates after the first of its size. On
     /// error nothing is written.
+    ///
+    /// ```
+    /// use transformer_encoder::{CallOptions, EncoderConfig, RaggedView, TransformerEncoder, Workspace};
+    /// let enc = TransformerEncoder::init(EncoderConfig::new(32, 4), 16, 7).unwrap();
+    /// let mut ws = Workspace::new();
+    /// let mut out = vec![0.0f32; 6 * 16];
+    /// for lengths in [[1usize, 5], [4, 2], [0, 6]] {
+    ///     let x = vec![0.5f32; 6 * 16];
+    ///     enc.forward_ragged_into(RaggedView::new(&x, &lengths), &CallOptions::new(), &mut out,
+    ///         None, &mut ws).unwrap();
+    /// }
+    /// // Lengths that do not cover the rows are an error naming the inputs.
+    /// let x = vec![0.5f32; 6 * 16];
+    /// let e = enc.forward_ragged_into(RaggedView::new(&x, &[2, 2]), &CallOptions::new(),
+    ///     &mut out, None, &mut ws);
+    /// assert!(e.unwrap_err().to_string().contains("inputs"));
+    /// ```
     pub fn forward_ragged_into(
         &self,
         x: RaggedView<'_>,

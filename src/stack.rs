@@ -164,6 +164,20 @@ impl EncoderStack {
 
     /// [`forward_ragged`](EncoderStack::forward_ragged) into `out` with a reusable workspace
     /// (no allocation after warm-up).
+    ///
+    /// ```
+    /// use transformer_encoder::{
+    ///     CallOptions, EncoderConfig, EncoderStack, RaggedView, StackWorkspace, TransformerEncoder,
+    /// };
+    /// let layers = (0..2)
+    ///     .map(|i| TransformerEncoder::init(EncoderConfig::new(32, 4), 16, i))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let stack = EncoderStack::new(layers)?;
+    /// let (x, mut out) = (vec![0.1f32; 9 * 16], vec![0.0f32; 9 * 16]);
+    /// let mut ws = StackWorkspace::new();
+    /// stack.forward_ragged_into(RaggedView::new(&x, &[4, 5]), &CallOptions::new(), &mut out, &mut ws)?;
+    /// # Ok::<(), transformer_encoder::Error>(())
+    /// ```
     pub fn forward_ragged_into(
         &self,
         x: RaggedView<'_>,

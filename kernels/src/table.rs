@@ -1477,7 +1477,7 @@ impl COut {
 }
 
 /// Scratch space for [`Kernels::gemm_quantized`]: the float32 output blocks of its threads,
-/// grown on first use and then reused.
+/// grown on first use and then reused (see that method for an example).
 #[derive(Debug, Default)]
 pub struct ProductScratch {
     buf: Vec<f32>,
@@ -1702,8 +1702,8 @@ pub struct Epilogue<'a> {
     pub residual: Option<&'a [f32]>,
 }
 
-/// The shape of a ragged attention call ([`Kernels::attention_ragged`]): sequences of these
-/// lengths end to end.
+/// The shape of a ragged attention call ([`Kernels::attention_ragged`], which has an example):
+/// sequences of these lengths end to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RaggedShape<'a> {
     /// Each sequence's length (zero allowed).
