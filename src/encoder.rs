@@ -260,9 +260,49 @@ pub struct Workspace {
     /// The quantized input of the next int8 product, and of the one after (a product reads one
     /// while it fills the other); untouched for float32 weights.
     quant: [QuantRows; 2],
+    /// Between the layers of a stack: a layer's output quantized for the next layer's first
+    /// product by the layer's last LayerNorm, while each row is in L1 (see [`Carry`]).
+    carry: QuantRows,
+    carry_in: bool,
+    carry_out: bool,
+    carried: bool,
+}
+
+/// How a stack hands a layer's output to the next layer in int8 (the flags hold for one call
+/// and are cleared by the stack after it).
+pub(crate) enum Carry<'a> {
+    /// The next layer's first product is int8 and takes this call's output as it is: quantize
+    /// the output for it too.
+    Out(&'a PackedMatrix),
+    /// The previous call left this call's input quantized for its first product (set before
+    /// `Out`).
+    In,
 }
 
 impl Workspace {
+    /// Arm the hand-over between stacked layers for the next call (see [`Carry`]).
+    pub(crate) fn set_carry(&mut self, c: Carry<'_>) {
+        match c {
+            Carry::Out(next) => {
+                self.carry.arm_for(next);
+                self.carry_out = true;
+            }
+            Carry::In => {
+                // The carried rows become the first product's input buffer (before the carry
+                // buffer is armed again for this call's own output).
+                std::mem::swap(&mut self.quant[0], &mut self.carry);
+                self.carry_in = true;
+            }
+        }
+    }
+
+    /// Clear the hand-over flags after a call; `true` if that call left its output quantized.
+    pub(crate) fn end_carry(&mut self) -> bool {
+        self.carry_in = false;
+        self.carry_out = false;
+        std::mem::take(&mut self.carried)
+    }
+
     /// An empty workspace.
     pub fn new() -> Workspace {
         Workspace::default()
@@ -981,6 +1021,11 @@ impl TransformerEncoder {
         if m == 0 {
             return Ok(());
         }
+        // A stack's hand-over: the input arrives quantized (post-norm: the first product reads
+        // the input itself), or the output is to leave quantized for the next layer.
+        let pre = self.config.normalize_first;
+        let input_ready = std::mem::take(&mut ws.carry_in) && !pre;
+        let carry_out = std::mem::take(&mut ws.carry_out) && !pre;
         let rate = self.config.dropout;
         let call = Call {
             layout,
@@ -1002,7 +1047,7 @@ impl TransformerEncoder {
             scratch: &mut ws.scratch,
             quant: qa,
         };
-        self.self_attention_block(x, m, &call, scores, bufs, x1)?;
+        self.self_attention_block(x, m, &call, scores, bufs, x1, input_ready)?;
         // The intermediate activation in float32 only for float32 output weights (int8 ones
         // take it quantized, from a block of rows per thread).
         let f32_inter = self.feed_forward.output.kernel.format() == WeightFormat::F32;
@@ -1018,9 +1063,24 @@ impl TransformerEncoder {
             ),
             ffn: grow(&mut ws.ffn, m * h),
             quant: [qa, qb],
+            carry: if carry_out { Some(&mut ws.carry) } else { None },
             product: &mut ws.product,
         };
-        self.feed_forward_block(&ws.x1[..m * h], m, &call, bufs, out)
+        self.feed_forward_block(&ws.x1[..m * h], m, &call, bufs, out)?;
+        ws.carried = carry_out;
+        Ok(())
+    }
+
+    /// The matrix of the layer's first product when it takes the layer's input as it is (post-norm
+    /// mode): a stack quantizes the previous layer's output for it.
+    pub(crate) fn takes_input_for(&self) -> Option<&PackedMatrix> {
+        let k = &self.attention.qkv.kernel;
+        (!self.config.normalize_first && k.format() == WeightFormat::Int8).then_some(k)
+    }
+
+    /// Does the layer end with a LayerNorm that can quantize its output (post-norm mode)?
+    pub(crate) fn ends_with_norm(&self) -> bool {
+        !self.config.normalize_first
     }
 
     /// `x1 = x + dropout(attention(norm?(x)))`, then `LN1(x1)` in post-norm mode. Each
@@ -1036,6 +1096,7 @@ impl TransformerEncoder {
         scores: Option<&mut [f32]>,
         b: AttentionBuffers<'_>,
         x1: &mut [f32],
+        input_ready: bool,
     ) -> Result<()> {
         let k = self.kernels;
         let a = &self.attention;
@@ -1043,13 +1104,17 @@ impl TransformerEncoder {
         let eps = self.config.layer_norm_epsilon as f32;
         let h = self.dims.hidden_dim;
         let (g, par) = (&a.norm, call.par);
-        b.quant.arm_for(&a.qkv.kernel);
+        if !input_ready {
+            b.quant.arm_for(&a.qkv.kernel);
+        }
         let input = if pre {
             let q = Some(&mut *b.quant);
             k.layer_norm(x, None, h, &g.gamma, &g.beta, eps, b.normed, None, q, par)?;
             &*b.normed
         } else {
-            k.prepare(x, h, b.quant, par)?;
+            if !input_ready {
+                k.prepare(x, h, b.quant, par)?;
+            }
             x
         };
         let ep = bias(&a.qkv.bias);
@@ -1154,7 +1219,7 @@ impl TransformerEncoder {
                 eps,
                 out,
                 None,
-                None,
+                b.carry,
                 par,
             )?;
             Ok(())
@@ -1215,6 +1280,8 @@ struct FeedForwardBuffers<'a> {
     inter: &'a mut [f32],
     ffn: &'a mut [f32],
     quant: [&'a mut QuantRows; 2],
+    /// Armed for the next layer's first product: LN2's output quantized for it.
+    carry: Option<&'a mut QuantRows>,
     product: &'a mut ProductScratch,
 }
 

@@ -1,6 +1,6 @@
 //! A stack of encoder layers run one after another with the same masks.
 
-use crate::encoder::{CallOptions, RaggedView, TensorView, TransformerEncoder, Workspace};
+use crate::encoder::{CallOptions, Carry, RaggedView, TensorView, TransformerEncoder, Workspace};
 use crate::error::{Error, Result};
 
 /// One layer's call in [`EncoderStack::chain`]: `(layer, input, output, workspace)`.
@@ -217,14 +217,26 @@ impl EncoderStack {
         // own call then joins it.
         self.layers[0].on_threads(move |_| -> Result<()> {
             // Alternate between `out` and the ping buffer so the last layer writes `out`.
+            // In int8, a post-norm layer's last LayerNorm also quantizes its output for the next
+            // layer's first product (the rows are in L1 then), and the next layer skips that pass.
+            let mut carried = false;
             for (i, l) in self.layers.iter().enumerate() {
                 let to_out = (count - 1 - i).is_multiple_of(2);
-                match (i, to_out) {
-                    (0, true) => layer(l, x, out, lws)?,
-                    (0, false) => layer(l, x, ping, lws)?,
-                    (_, true) => layer(l, ping, out, lws)?,
-                    (_, false) => layer(l, out, ping, lws)?,
+                if carried {
+                    lws.set_carry(Carry::In);
                 }
+                let next = self.layers.get(i + 1).and_then(|n| n.takes_input_for());
+                if let Some(next) = next.filter(|_| l.ends_with_norm()) {
+                    lws.set_carry(Carry::Out(next));
+                }
+                let r = match (i, to_out) {
+                    (0, true) => layer(l, x, out, lws),
+                    (0, false) => layer(l, x, ping, lws),
+                    (_, true) => layer(l, ping, out, lws),
+                    (_, false) => layer(l, out, ping, lws),
+                };
+                carried = lws.end_carry();
+                r?;
             }
             Ok(())
         })

@@ -131,6 +131,28 @@ fn no_allocation_per_call_after_warm_up() {
                 "{isa} {precision}: one thread: {n} allocations in {} warm calls",
                 3 * CALLS
             );
+            // A stack of three such layers (in int8 post-norm mode each layer's output goes to
+            // the next one quantized, through the stack's workspace): none either.
+            let stack = EncoderStack::new(vec![enc.clone(), enc.clone(), enc.clone()]).unwrap();
+            let mut sws = StackWorkspace::new();
+            for _ in 0..3 {
+                stack
+                    .forward_ragged_into(rv, &CallOptions::new(), &mut out, &mut sws)
+                    .unwrap();
+                stack.forward_into(xv, &opts, &mut out, &mut sws).unwrap();
+            }
+            let n = count(|| {
+                for _ in 0..CALLS {
+                    stack
+                        .forward_ragged_into(rv, &CallOptions::new(), &mut out, &mut sws)
+                        .unwrap();
+                    stack.forward_into(xv, &opts, &mut out, &mut sws).unwrap();
+                }
+            });
+            assert_eq!(
+                n, 0,
+                "{isa} {precision}: a stack: {n} allocations in warm calls"
+            );
             // A pool, called from one of its own threads (a service running on the pool): none.
             let enc = enc.with_threads(Threads::Current);
             let n = p.install(|| {

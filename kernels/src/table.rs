@@ -1396,30 +1396,57 @@ impl Kernels {
             ctx: ctx.as_mut_ptr(),
             scores: scores.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
         };
-        let f = self.attn;
+        let (f, quant) = (self.attn, self.quant);
+        // Many sequences: a thread claims a whole sequence (every head), so its context rows
+        // are complete in that thread's cache and are quantized there for the output projection.
+        // Few (a long passage alone): (sequence, head) units, so every thread has work, and the
+        // context is quantized in a pass after.
+        let whole = parts == 1 || order.len() >= 4 * parts;
+        let claims = if whole { order.len() } else { units };
+        let fused = if whole { q_out } else { None };
         let next = AtomicUsize::new(0);
         let order: &[usize] = order;
-        let shared = Shared((&args, slots.as_mut_ptr()));
+        let shared = Shared((&args, slots.as_mut_ptr(), fused));
         let run = |part: usize| {
-            let (args, slots) = shared.get();
+            let (args, slots, fused) = shared.get();
             // SAFETY: part `part` alone uses scratch slot `part` (of the `parts` sized above
             // to `len` floats, enough for the longest sequence).
             let slot = unsafe { &mut (&mut *slots.add(part))[..len] };
             loop {
-                // Units in order (longest sequences first), each claimed by exactly one thread.
+                // Claims in order (longest sequences first), each taken by exactly one thread.
                 let u = next.fetch_add(1, Ordering::Relaxed);
-                if u >= units {
+                if u >= claims {
                     break;
                 }
-                let (seq, head) = (order[u / heads], u % heads);
-                // SAFETY: the tier is available; buffer lengths and the mask were checked
-                // against the spans; each unit is claimed once, and distinct (sequence, head)
-                // units write disjoint ctx columns and score blocks.
-                unsafe { f(args, seq, head, slot) };
+                let (seq, h0, h1) = if whole {
+                    (order[u], 0, heads)
+                } else {
+                    (order[u / heads], u % heads, u % heads + 1)
+                };
+                for head in h0..h1 {
+                    // SAFETY: the tier is available; buffer lengths and the mask were checked
+                    // against the spans; each unit is claimed once, and distinct (sequence,
+                    // head) units write disjoint ctx columns and score blocks.
+                    unsafe { f(args, seq, head, slot) };
+                }
+                let span = args.spans[seq];
+                if let Some(qo) = fused.filter(|_| span.len > 0) {
+                    // SAFETY: this thread wrote every column of the sequence's ctx rows above
+                    // (no other thread touches them); the destination is shaped for all the
+                    // call's rows, and these rows are this claim's alone.
+                    unsafe {
+                        quant(
+                            args.ctx.add(span.start * w),
+                            span.len,
+                            w,
+                            &qo.skip(span.start),
+                        )
+                    };
+                }
             }
         };
         crate::team::for_parts(parts, &run);
-        if let Some(qo) = q_out {
+        if let Some(qo) = q_out.filter(|_| !whole) {
             self.quantize_out(ctx, w, qo, par);
         }
     }

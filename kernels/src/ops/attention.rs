@@ -117,10 +117,31 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
         // nothing they hold (NaN, Inf) can reach another row, and the result is bit-identical to
         // any other content of the padded positions.
         let key_row: Option<&[u8]> = keys.filter(|r| r.iter().any(|&k| k != 0));
+        // The head's rows of Q, K and V come from the projection's output, mostly out of L1/L2
+        // and `3 N D` floats apart (a stride the hardware prefetchers do not follow across
+        // pages): each is fetched a few rows ahead of the copies below.
+        const AHEAD: usize = 8;
+        let fetch = |j: usize| {
+            let r = base.add(j * ld3 + h * d);
+            for part in [0, w, 2 * w] {
+                let mut k = 0;
+                while k < d {
+                    S::prefetch(r.add(part + k));
+                    k += 16;
+                }
+                S::prefetch(r.add(part + d - 1));
+            }
+        };
+        for j in 0..AHEAD.min(s) {
+            fetch(j);
+        }
         // Values: row copies; zeros for padded keys and in the padding rows and columns only
         // (the rest is overwritten).
         let mut poison = S::splat(0.0);
         for j in 0..s {
+            if j + AHEAD < s {
+                fetch(j + AHEAD);
+            }
             let dst = &mut vs[j * dp..(j + 1) * dp];
             if key_row.is_none_or(|r| r[j] != 0) {
                 let src = base.add(j * ld3 + h * d + 2 * w);
@@ -312,9 +333,6 @@ unsafe fn softmax_row<S: Simd>(
             any
         }
     };
-    for v in &mut row[s..] {
-        *v = f32::NEG_INFINITY;
-    }
     if !any {
         let fill = match policy {
             MaskedRows::Zeros => 0.0,
@@ -326,32 +344,51 @@ unsafe fn softmax_row<S: Simd>(
     }
     let l = S::LANES;
     let n = row.len();
-    debug_assert!(n.is_multiple_of(l));
+    debug_assert!(n.is_multiple_of(l) && s <= n);
+    // Whole vectors, then the lanes of a last partial one (selected with a lane mask: the
+    // padding past `s` is never written lane by lane and then read as a vector, which would stall
+    // store forwarding).
+    let full = s - s % l;
+    let tail = s - full;
+    let end = if tail > 0 { full + l } else { full };
     let ptr = row.as_mut_ptr();
-    // SAFETY: n is a multiple of LANES and ptr is valid for n values; features by the caller.
+    // SAFETY: n is a multiple of LANES, end <= n, and ptr is valid for n values; features by
+    // the caller.
     unsafe {
-        let mut mx = S::splat(f32::NEG_INFINITY);
+        let keep = S::first(tail);
+        let (ninf, zero) = (S::splat(f32::NEG_INFINITY), S::splat(0.0));
+        let mut mx = ninf;
         let mut j = 0;
-        while j < n {
+        while j < full {
             mx = S::max(mx, S::load(ptr.add(j)));
             j += l;
+        }
+        if tail > 0 {
+            mx = S::max(mx, S::select(keep, S::load(ptr.add(full)), ninf));
         }
         let m = S::reduce_max(mx);
         let mv = S::splat(m);
         let sv = S::splat(scale);
-        let mut acc = S::splat(0.0);
+        let mut acc = zero;
         let mut j = 0;
-        while j < n {
-            // (l - max) * scale <= 0, or NaN.
-            let e = exp_nonpositive::<S>(S::mul(S::sub(S::load(ptr.add(j)), mv), sv));
+        while j < end {
+            // (l - max) * scale <= 0, or NaN, on the lanes below s.
+            let mut e = exp_nonpositive::<S>(S::mul(S::sub(S::load(ptr.add(j)), mv), sv));
+            if j == full {
+                e = S::select(keep, e, zero);
+            }
             S::store(ptr.add(j), e);
             acc = S::add(acc, e);
             j += l;
         }
         let inv = S::splat(1.0 / S::reduce_sum(acc));
         let mut j = 0;
-        while j < n {
+        while j < end {
             S::store(ptr.add(j), S::mul(S::load(ptr.add(j)), inv));
+            j += l;
+        }
+        while j < n {
+            S::store(ptr.add(j), zero);
             j += l;
         }
     }

@@ -122,6 +122,17 @@ unsafe impl Simd for Avx2 {
         })
     }
     #[inline(always)]
+    unsafe fn first(n: usize) -> __m256 {
+        intr!(_mm256_cmp_ps::<_CMP_LT_OQ>(
+            _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0),
+            _mm256_set1_ps(n as f32)
+        ))
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        intr!(_mm_prefetch::<_MM_HINT_T0>(p as *const i8))
+    }
+    #[inline(always)]
     unsafe fn abs(a: __m256) -> __m256 {
         intr!(_mm256_andnot_ps(_mm256_set1_ps(-0.0), a))
     }

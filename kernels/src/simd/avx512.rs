@@ -126,6 +126,15 @@ unsafe impl Simd for Avx512 {
         })
     }
     #[inline(always)]
+    unsafe fn first(n: usize) -> __mmask16 {
+        debug_assert!(n <= 16);
+        ((1u32 << n) - 1) as __mmask16
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        intr!(_mm_prefetch::<_MM_HINT_T0>(p as *const i8))
+    }
+    #[inline(always)]
     unsafe fn abs(a: __m512) -> __m512 {
         intr!(_mm512_abs_ps(a))
     }

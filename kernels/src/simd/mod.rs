@@ -62,6 +62,12 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     unsafe fn is_nan(a: Self::V) -> Self::M;
     /// `m ? a : b` lane-wise.
     unsafe fn select(m: Self::M, a: Self::V, b: Self::V) -> Self::V;
+    /// Lanes `0..n` set, the others clear (`n <= LANES`).
+    unsafe fn first(n: usize) -> Self::M;
+    /// A hint to bring the cache line holding `p` into L1 (none on tiers without one). Any
+    /// address may be given: nothing is read.
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const f32) {}
     /// Sum of the lanes (a fixed order per tier).
     unsafe fn reduce_sum(a: Self::V) -> f32;
     /// Maximum of the lanes.
