@@ -27,9 +27,37 @@ pub(crate) unsafe fn quantize_row<S: Simd>(
     let zero_byte = if offset { 128u8 } else { 0 };
     // SAFETY: every access is below n (floats) or kp (bytes), as the contract requires.
     unsafe {
-        let mut amax = S::splat(0.0);
-        let mut poison = S::splat(0.0);
+        // The destination is usually not in cache: its lines are requested for writing now,
+        // while the first pass reads the row, instead of stalling the stores of the second.
+        let mut o = 0;
+        while o < kp {
+            S::prefetch_write(q.add(o));
+            o += 64;
+        }
+        // Four independent maxima and poison sums over whole groups of four vectors (a single
+        // chain would wait on each max's latency), then the rest. The maximum is exact in any
+        // order, and the poison sum is 0 exactly when every value is finite.
+        let z = S::splat(0.0);
+        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+        let (mut p0, mut p1, mut p2, mut p3) = (z, z, z, z);
         let mut j = 0;
+        while j + 4 * l <= n {
+            let v0 = S::load(x.add(j));
+            let v1 = S::load(x.add(j + l));
+            let v2 = S::load(x.add(j + 2 * l));
+            let v3 = S::load(x.add(j + 3 * l));
+            a0 = S::max(a0, S::abs(v0));
+            a1 = S::max(a1, S::abs(v1));
+            a2 = S::max(a2, S::abs(v2));
+            a3 = S::max(a3, S::abs(v3));
+            p0 = S::add(p0, S::sub(v0, v0));
+            p1 = S::add(p1, S::sub(v1, v1));
+            p2 = S::add(p2, S::sub(v2, v2));
+            p3 = S::add(p3, S::sub(v3, v3));
+            j += 4 * l;
+        }
+        let mut amax = S::max(S::max(a0, a1), S::max(a2, a3));
+        let mut poison = S::add(S::add(p0, p1), S::add(p2, p3));
         while j < n {
             let k = (n - j).min(l);
             let v = if k == l {

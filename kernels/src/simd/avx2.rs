@@ -133,6 +133,10 @@ unsafe impl Simd for Avx2 {
         intr!(_mm_prefetch::<_MM_HINT_T0>(p as *const i8))
     }
     #[inline(always)]
+    unsafe fn prefetch_write(p: *const u8) {
+        intr!(_mm_prefetch::<_MM_HINT_ET0>(p as *const i8))
+    }
+    #[inline(always)]
     unsafe fn abs(a: __m256) -> __m256 {
         intr!(_mm256_andnot_ps(_mm256_set1_ps(-0.0), a))
     }

@@ -222,7 +222,7 @@ pub(crate) unsafe fn gelu_erf<S: Simd>(x: S::V) -> S::V {
             S::add(t, S::splat(2.0)),
             S::fma(t, S::splat(2.0), S::splat(1.0)),
         );
-        let inv = S::div(S::splat(1.0), S::mul(tp2, one2t));
+        let inv = S::recip(S::mul(tp2, one2t));
         let w = S::mul(S::mul(S::sub(t, S::splat(2.0)), one2t), inv);
         let mut p = S::splat(ERFCX_W[0]);
         for &c in &ERFCX_W[1..] {

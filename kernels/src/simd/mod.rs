@@ -62,12 +62,23 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     unsafe fn is_nan(a: Self::V) -> Self::M;
     /// `m ? a : b` lane-wise.
     unsafe fn select(m: Self::M, a: Self::V, b: Self::V) -> Self::V;
+    /// `1 / a`, within an ulp (the division by default; a reciprocal estimate refined by a
+    /// Newton step where that is much cheaper than the divider).
+    #[inline(always)]
+    unsafe fn recip(a: Self::V) -> Self::V {
+        // SAFETY: the caller runs inside the tier's features (trait contract).
+        unsafe { Self::div(Self::splat(1.0), a) }
+    }
     /// Lanes `0..n` set, the others clear (`n <= LANES`).
     unsafe fn first(n: usize) -> Self::M;
     /// A hint to bring the cache line holding `p` into L1 (none on tiers without one). Any
     /// address may be given: nothing is read.
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
+    /// A hint to bring the cache line holding `p` into L1 for writing (none on tiers without
+    /// one). Any address may be given: nothing is read or written.
+    #[inline(always)]
+    unsafe fn prefetch_write(_p: *const u8) {}
     /// Sum of the lanes (a fixed order per tier).
     unsafe fn reduce_sum(a: Self::V) -> f32;
     /// Maximum of the lanes.
