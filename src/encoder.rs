@@ -1046,6 +1046,7 @@ impl TransformerEncoder {
             attn: grow(&mut ws.attn, m * h),
             scratch: &mut ws.scratch,
             quant: qa,
+            spare: qb,
         };
         self.self_attention_block(x, m, &call, scores, bufs, x1, input_ready)?;
         // The intermediate activation in float32 only for float32 output weights (int8 ones
@@ -1062,7 +1063,8 @@ impl TransformerEncoder {
                 },
             ),
             ffn: grow(&mut ws.ffn, m * h),
-            quant: [qa, qb],
+            // Post-norm: LN1 left x1 quantized in the second buffer.
+            quant: if pre { [qa, qb] } else { [qb, qa] },
             carry: if carry_out { Some(&mut ws.carry) } else { None },
             product: &mut ws.product,
         };
@@ -1150,15 +1152,41 @@ impl TransformerEncoder {
             // x1 = x + dropout(ctx Wo + bo)
             self.residual_projection(&a.output, b.ctx, b.quant, m, x, call, 1, b.attn, x1)
         } else {
-            // x1 = LN1(x + dropout(ctx Wo + bo))
-            let ep = bias(&a.output.bias);
-            k.gemm_prepared(b.ctx, b.quant, m, &a.output.kernel, &ep, b.attn, None, par)?;
-            if let Some((rate, seed)) = call.dropout {
-                apply_dropout(b.attn, h, call.layout, rate, seed, 1);
-            }
-            b.quant.arm_for(&self.feed_forward.intermediate.kernel);
-            let q = Some(&mut *b.quant);
-            k.layer_norm(b.attn, Some(x), h, &g.gamma, &g.beta, eps, x1, None, q, par)?;
+            // x1 = LN1(x + dropout(ctx Wo + bo)), LN1's output quantized for the feed-forward
+            // block's first product.
+            let (wo, bo) = (&a.output.kernel, &a.output.bias);
+            let norm = (&g.gamma[..], &g.beta[..], eps);
+            let q_next = b.spare;
+            q_next.arm_for(&self.feed_forward.intermediate.kernel);
+            match call.dropout {
+                // Without dropout each block of rows is normalised as soon as the product
+                // finishes it.
+                None => {
+                    let q = Some(q_next);
+                    k.gemm_layer_norm(
+                        b.ctx,
+                        b.quant,
+                        m,
+                        wo,
+                        Some(bo),
+                        Some(x),
+                        norm,
+                        b.attn,
+                        x1,
+                        q,
+                        par,
+                    )
+                }
+                Some((rate, seed)) => {
+                    let ep = bias(bo);
+                    k.gemm_prepared(b.ctx, b.quant, m, wo, &ep, b.attn, None, par)
+                        .and_then(|()| {
+                            apply_dropout(b.attn, h, call.layout, rate, seed, 1);
+                            let q = Some(q_next);
+                            k.layer_norm(b.attn, Some(x), h, norm.0, norm.1, eps, x1, None, q, par)
+                        })
+                }
+            }?;
             Ok(())
         }
     }
@@ -1205,23 +1233,41 @@ impl TransformerEncoder {
         if pre {
             self.residual_projection(&f.output, b.inter, q2, m, x1, call, 2, b.ffn, out)
         } else {
-            let ep = bias(&f.output.bias);
-            k.gemm_prepared(b.inter, q2, m, &f.output.kernel, &ep, b.ffn, None, par)?;
-            if let Some((rate, seed)) = call.dropout {
-                apply_dropout(b.ffn, h, call.layout, rate, seed, 2);
+            // out = LN2(x1 + dropout(inter W2 + b2)), each block of rows normalised as soon as
+            // the product finishes it when there is no dropout between them.
+            let (w2, b2) = (&f.output.kernel, &f.output.bias);
+            let norm = (&g.gamma[..], &g.beta[..], eps);
+            match call.dropout {
+                None => k.gemm_layer_norm(
+                    b.inter,
+                    q2,
+                    m,
+                    w2,
+                    Some(b2),
+                    Some(x1),
+                    norm,
+                    b.ffn,
+                    out,
+                    b.carry,
+                    par,
+                )?,
+                Some((rate, seed)) => {
+                    k.gemm_prepared(b.inter, q2, m, w2, &bias(b2), b.ffn, None, par)?;
+                    apply_dropout(b.ffn, h, call.layout, rate, seed, 2);
+                    k.layer_norm(
+                        b.ffn,
+                        Some(x1),
+                        h,
+                        norm.0,
+                        norm.1,
+                        eps,
+                        out,
+                        None,
+                        b.carry,
+                        par,
+                    )?;
+                }
             }
-            k.layer_norm(
-                b.ffn,
-                Some(x1),
-                h,
-                &g.gamma,
-                &g.beta,
-                eps,
-                out,
-                None,
-                b.carry,
-                par,
-            )?;
             Ok(())
         }
     }
@@ -1272,6 +1318,9 @@ struct AttentionBuffers<'a> {
     attn: &'a mut [f32],
     scratch: &'a mut AttentionScratch,
     quant: &'a mut QuantRows,
+    /// Post-norm: LN1's output quantized for the feed-forward block's first product (the
+    /// output projection still reads `quant` while LN1 runs block by block).
+    spare: &'a mut QuantRows,
 }
 
 /// The workspace buffers of the feed-forward block.

@@ -165,11 +165,26 @@ macro_rules! shells {
                 sum_out: *mut f32,
                 q: &QuantOut,
             ) {
+                // Rows are fetched two ahead: the residual in particular (the layer's input, or
+                // the attention block's output) was written long before and is rarely in cache.
+                const AHEAD: usize = 2;
                 for i in 0..rows {
                     let off = i * n;
                     // SAFETY: row i of every operand lies within the caller's [rows, n] buffers
-                    // (and the quantized rows' buffers, if any).
+                    // (and the quantized rows' buffers, if any); the row fetched ahead is row
+                    // i + AHEAD < rows of the same buffers.
                     unsafe {
+                        if i + AHEAD < rows {
+                            let next = off + AHEAD * n;
+                            let mut j = 0;
+                            while j < n {
+                                <$simd as crate::simd::Simd>::prefetch(a.add(next + j));
+                                if !r.is_null() {
+                                    <$simd as crate::simd::Simd>::prefetch(r.add(next + j));
+                                }
+                                j += 16;
+                            }
+                        }
                         layer_norm_row::<$simd>(
                             a.add(off),
                             if r.is_null() { r } else { r.add(off) },

@@ -449,6 +449,109 @@ impl Kernels {
         q_out: Option<&mut QuantRows>,
         par: Par,
     ) -> Result<(), KernelError> {
+        self.check_product(a, qa, m, b, epilogue, out.len())?;
+        let (k, n) = (b.k, b.n);
+        let q_out = self.armed_out(q_out, m, n)?;
+        if m * n == 0 {
+            return Ok(());
+        }
+        let act = epilogue.activation.unwrap_or(Activation::Linear);
+        if k == 0 {
+            for row in out.chunks_mut(n) {
+                match epilogue.bias {
+                    Some(bias) => row.copy_from_slice(bias),
+                    None => row.fill(0.0),
+                }
+            }
+            self.rows_pass(out, n, act, epilogue.residual, par);
+            if let Some(qo) = q_out {
+                self.quantize_out(out, n, qo, par);
+            }
+        } else {
+            let c = out.as_mut_ptr();
+            self.run_product(a, qa, m, b, epilogue, Target::Out(c), q_out, None, par);
+        }
+        Ok(())
+    }
+
+    /// `out = LayerNorm(a · B + bias + residual)` row by row (the post-norm sub-layer's end):
+    /// the product of [`gemm_prepared`](Kernels::gemm_prepared) with `bias` into `tmp`, then
+    /// [`layer_norm`](Kernels::layer_norm) of `tmp + residual` into `out` (and into `quant`, if
+    /// it is armed), bit for bit those two calls. When the product runs by blocks of rows, each
+    /// block is normalised as soon as it is finished, while it is in cache, instead of in a pass
+    /// over all rows afterwards.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels, Par, QuantRows};
+    /// let k = Kernels::for_isa(Isa::Portable)?;
+    /// let w = k.pack(&[1.0, 0.0, 0.0, 1.0], 2, 2).unwrap(); // identity
+    /// let (mut tmp, mut out) = ([0.0; 2], [0.0; 2]);
+    /// let (g, b) = ([1.0, 1.0], [0.0, 0.0]);
+    /// let none = QuantRows::new();
+    /// k.gemm_layer_norm(&[1.0, 3.0], &none, 1, &w, None, None, (&g, &b, 0.0), &mut tmp,
+    ///     &mut out, None, Par::Seq).unwrap();
+    /// assert_eq!(out, [-1.0, 1.0]);
+    /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_layer_norm(
+        &self,
+        a: &[f32],
+        qa: &QuantRows,
+        m: usize,
+        b: &PackedMatrix,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        (gamma, beta, eps): (&[f32], &[f32], f32),
+        tmp: &mut [f32],
+        out: &mut [f32],
+        quant: Option<&mut QuantRows>,
+        par: Par,
+    ) -> Result<(), KernelError> {
+        let ep = Epilogue {
+            bias,
+            activation: None,
+            residual: None,
+        };
+        let (k, n) = (b.k, b.n);
+        if k == 0 || n == 0 || m == 0 {
+            // Nothing to fuse: the two calls (with their own checks and edge cases).
+            self.gemm_prepared(a, qa, m, b, &ep, tmp, None, par)?;
+            return self.layer_norm(tmp, residual, n, gamma, beta, eps, out, None, quant, par);
+        }
+        self.check_product(a, qa, m, b, &ep, tmp.len())?;
+        let mn = m * n; // checked by check_product
+        expect_len("layer norm gamma", gamma.len(), n)?;
+        expect_len("layer norm beta", beta.len(), n)?;
+        expect_len("layer norm output", out.len(), mn)?;
+        if let Some(r) = residual {
+            expect_len("layer norm residual", r.len(), mn)?;
+        }
+        let qo = self.armed_out(quant, m, n)?.unwrap_or(QuantOut::NONE);
+        let norm = RowNorm {
+            residual: residual.map_or(std::ptr::null(), |r| r.as_ptr()),
+            gamma: gamma.as_ptr(),
+            beta: beta.as_ptr(),
+            eps,
+            out: out.as_mut_ptr(),
+            qo,
+        };
+        let c = tmp.as_mut_ptr();
+        self.run_product(a, qa, m, b, &ep, Target::Out(c), None, Some(norm), par);
+        Ok(())
+    }
+
+    /// The checks of a product's operands (tier, sizes, the quantized input for int8 weights,
+    /// output length `out_len`, bias and residual lengths).
+    fn check_product(
+        &self,
+        a: &[f32],
+        qa: &QuantRows,
+        m: usize,
+        b: &PackedMatrix,
+        epilogue: &Epilogue<'_>,
+        out_len: usize,
+    ) -> Result<(), KernelError> {
         let (k, n) = (b.k, b.n);
         if b.isa != self.isa {
             return Err(KernelError {
@@ -466,39 +569,21 @@ impl Kernels {
                 if qa.isa != Some(self.isa) || qa.rows != m || qa.cols != k {
                     return Err(KernelError {
                         message: format!(
-                            "int8 weights [{k}, {n}] need the {m} input rows quantized for tier {}                              (a QuantRows armed for the matrix and filled), got {} rows of {}                              quantized for {:?}",
+                            "int8 weights [{k}, {n}] need the {m} input rows quantized for tier {} \
+                         (a QuantRows armed for the matrix and filled), got {} rows of {} \
+                         quantized for {:?}",
                             self.isa, qa.rows, qa.cols, qa.isa
                         ),
                     });
                 }
             }
         }
-        expect_len("gemm output", out.len(), mn)?;
+        expect_len("gemm output", out_len, mn)?;
         if let Some(bias) = epilogue.bias {
             expect_len("gemm bias", bias.len(), n)?;
         }
         if let Some(r) = epilogue.residual {
             expect_len("gemm residual", r.len(), mn)?;
-        }
-        let q_out = self.armed_out(q_out, m, n)?;
-        if mn == 0 {
-            return Ok(());
-        }
-        let act = epilogue.activation.unwrap_or(Activation::Linear);
-        if k == 0 {
-            for row in out.chunks_mut(n) {
-                match epilogue.bias {
-                    Some(bias) => row.copy_from_slice(bias),
-                    None => row.fill(0.0),
-                }
-            }
-            self.rows_pass(out, n, act, epilogue.residual, par);
-            if let Some(qo) = q_out {
-                self.quantize_out(out, n, qo, par);
-            }
-        } else {
-            let c = out.as_mut_ptr();
-            self.run_product(a, qa, m, b, epilogue, Target::Out(c), q_out, par);
         }
         Ok(())
     }
@@ -597,6 +682,7 @@ impl Kernels {
             epilogue,
             Target::Scratch(scratch),
             Some(qo),
+            None,
             par,
         );
         Ok(())
@@ -614,6 +700,7 @@ impl Kernels {
         epilogue: &Epilogue<'_>,
         target: Target<'_>,
         q_out: Option<QuantOut>,
+        norm: Option<RowNorm>,
         par: Par,
     ) {
         let (k, n) = (b.k, b.n);
@@ -661,14 +748,14 @@ impl Kernels {
         // The row-wise rest of the epilogue, on rows as soon as they are finished: a row-wise
         // activation (with the residual after it), then quantizing the rows for the next int8
         // product.
-        let (act_rows, quant) = (self.act_rows, self.quant);
+        let (act_rows, quant, norm_rows) = (self.act_rows, self.quant, self.norm);
         let rp = match epilogue.residual {
             Some(r) if rowwise => r.as_ptr(),
             _ => std::ptr::null(),
         };
-        let fin_ptrs = Shared((c, rp, q_out));
+        let fin_ptrs = Shared((c, rp, q_out, norm));
         let finish_rows = move |part: usize, r0: usize, r1: usize| {
-            let (c, rp, qo) = fin_ptrs.get();
+            let (c, rp, qo, norm) = fin_ptrs.get();
             // SAFETY: the tier is available; rows r0..r1 of the output (at `c.at`), of the
             // residual ([m, n], checked by the caller) and of the quantized destination (armed
             // for m rows of n) are in bounds, finished by the product, and handed to one caller
@@ -682,10 +769,34 @@ impl Kernels {
                 if let Some(qo) = qo {
                     quant(op, r1 - r0, n, &qo.skip(r0));
                 }
+                if let Some(nm) = norm {
+                    // Rows r0..r1 of the LayerNorm's residual and output ([m, n], checked by
+                    // gemm_layer_norm) and of its quantized destination (shaped for m rows).
+                    let res = if nm.residual.is_null() {
+                        nm.residual
+                    } else {
+                        nm.residual.add(r0 * n)
+                    };
+                    let (g, bt, eps) = (nm.gamma, nm.beta, nm.eps);
+                    let o = nm.out.add(r0 * n);
+                    let nq = nm.qo.skip(r0);
+                    norm_rows(
+                        op,
+                        res,
+                        r1 - r0,
+                        n,
+                        g,
+                        bt,
+                        eps,
+                        o,
+                        std::ptr::null_mut(),
+                        &nq,
+                    );
+                }
             }
         };
         let finish: Option<&(dyn Fn(usize, usize, usize) + Sync)> =
-            (rowwise || q_out.is_some()).then_some(&finish_rows);
+            (rowwise || q_out.is_some() || norm.is_some()).then_some(&finish_rows);
         match &b.data {
             Panels::F32(data) => {
                 let epi = Epi {
@@ -1472,6 +1583,18 @@ impl Kernels {
             self.quantize_out(ctx, w, qo, par);
         }
     }
+}
+
+/// A LayerNorm finishing a product's rows (see [`Kernels::gemm_layer_norm`]): its residual
+/// (or null), scale and shift, and where it writes (`out`, `[m, n]`, and the quantized rows).
+#[derive(Clone, Copy)]
+struct RowNorm {
+    residual: *const f32,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    out: *mut f32,
+    qo: QuantOut,
 }
 
 /// The operands of an attention call that the uniform and ragged entries share.
