@@ -374,3 +374,86 @@ fn activation_error_bounds_and_special_values() {
         }
     }
 }
+
+/// `gemm_layer_norm` is bit for bit `gemm_prepared` (bias only) then `layer_norm` (residual,
+/// quantized output), whatever the plan (column panels, row blocks in float32 and int8), on
+/// every tier, one thread or two, with and without a residual, with an edge size (k = 0).
+#[test]
+fn gemm_layer_norm_is_the_two_calls_bit_for_bit() {
+    for isa in tiers() {
+        let kern = Kernels::for_isa(isa).unwrap();
+        for &(m, k, n) in &[(5, 24, 40), (300, 64, 48), (1100, 16, 24), (7, 0, 9)] {
+            let a = values(m * k, 1, -1.0, 1.0);
+            let w = values(k * n, 2, -1.0, 1.0);
+            let bias = values(n, 3, -1.0, 1.0);
+            let res = values(m * n, 4, -2.0, 2.0);
+            let (g, b) = (values(n, 5, 0.5, 1.5), values(n, 6, -0.5, 0.5));
+            let (wq, ws) = quant::quantize_weights(&w, k, n);
+            let f32w = kern.pack(&w, k, n).unwrap();
+            let i8w = kern.pack_int8(&wq, &ws, k, n).unwrap();
+            // (An int8 input of k = 0 values has no quantized form: float32 weights only.)
+            let formats = if k == 0 {
+                vec![&f32w]
+            } else {
+                vec![&f32w, &i8w]
+            };
+            for p in formats {
+                let mut qa = QuantRows::new();
+                qa.arm_for(p);
+                kern.prepare(&a, k.max(1), &mut qa, Par::Seq).unwrap();
+                for residual in [Some(&res[..]), None] {
+                    for par in [Par::Seq, Par::Threads(2)] {
+                        let what = format!("{isa} {:?} {m}x{k}x{n} {par:?}", p.format());
+                        let ep = Epilogue {
+                            bias: Some(&bias),
+                            activation: None,
+                            residual: None,
+                        };
+                        let (mut t1, mut o1) = (vec![0.0; m * n], vec![0.0; m * n]);
+                        let mut q1 = QuantRows::new();
+                        q1.arm_for(&i8w);
+                        kern.gemm_prepared(&a, &qa, m, p, &ep, &mut t1, None, par)
+                            .unwrap();
+                        kern.layer_norm(
+                            &t1,
+                            residual,
+                            n,
+                            &g,
+                            &b,
+                            1e-3,
+                            &mut o1,
+                            None,
+                            Some(&mut q1),
+                            par,
+                        )
+                        .unwrap();
+                        let (mut t2, mut o2) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                        let mut q2 = QuantRows::new();
+                        q2.arm_for(&i8w);
+                        kern.gemm_layer_norm(
+                            &a,
+                            &qa,
+                            m,
+                            p,
+                            Some(&bias),
+                            residual,
+                            (&g, &b, 1e-3),
+                            &mut t2,
+                            &mut o2,
+                            Some(&mut q2),
+                            par,
+                        )
+                        .unwrap();
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&t1), bits(&t2), "{what}: product");
+                        assert_eq!(bits(&o1), bits(&o2), "{what}: layer norm");
+                        assert_eq!(q1.rows(), q2.rows(), "{what}: quantized rows");
+                        for i in 0..m {
+                            assert_eq!(q1.row(i), q2.row(i), "{what}: quantized row {i}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -153,6 +153,70 @@ fn tall_products_by_row_blocks() {
     }
 }
 
+/// The product and its LayerNorm in one call (row blocks: 300 int8 rows), against the two calls.
+#[test]
+fn product_then_layer_norm_fused() {
+    let (m, k, n) = (300, 3, 4);
+    let (a, w, res) = (vals(m * k, 30), vals(k * n, 31), vals(m * n, 32));
+    let (g, b, bias) = (vals(n, 33), vals(n, 34), vals(n, 35));
+    let (wq, ws) = quantize_weights(&w, k, n);
+    let p8 = kern().pack_int8(&wq, &ws, k, n).unwrap();
+    let mut qa = QuantRows::new();
+    qa.arm_for(&p8);
+    kern().prepare(&a, k, &mut qa, Par::Seq).unwrap();
+    let ep = Epilogue {
+        bias: Some(&bias),
+        ..Epilogue::default()
+    };
+    let (mut t1, mut o1, mut t2, mut o2) = (
+        vec![0.0; m * n],
+        vec![0.0; m * n],
+        vec![0.0; m * n],
+        vec![0.0; m * n],
+    );
+    let (mut q1, mut q2) = (QuantRows::new(), QuantRows::new());
+    q1.arm_for(&p8);
+    q2.arm_for(&p8);
+    let par = Par::Threads(2);
+    kern()
+        .gemm_prepared(&a, &qa, m, &p8, &ep, &mut t1, None, par)
+        .unwrap();
+    kern()
+        .layer_norm(
+            &t1,
+            Some(&res),
+            n,
+            &g,
+            &b,
+            1e-3,
+            &mut o1,
+            None,
+            Some(&mut q1),
+            par,
+        )
+        .unwrap();
+    kern()
+        .gemm_layer_norm(
+            &a,
+            &qa,
+            m,
+            &p8,
+            Some(&bias),
+            Some(&res),
+            (&g, &b, 1e-3),
+            &mut t2,
+            &mut o2,
+            Some(&mut q2),
+            par,
+        )
+        .unwrap();
+    assert_eq!(t1, t2);
+    assert_eq!(o1, o2);
+    for i in (0..m).step_by(37) {
+        assert_eq!(q1.row(i), q2.row(i));
+    }
+}
+
 #[test]
 fn layer_norm_attention_and_activations() {
     let (rows, n) = (4, 13);
@@ -275,6 +339,32 @@ fn layer_norm_attention_and_activations() {
     );
     close(&ctx, &want, 1e-5);
     close(&scores, &want_p, 1e-5);
+    // The context quantized by the attention call itself (whoever finishes a sequence quantizes
+    // its rows) is the context quantized afterwards.
+    let p4 = kern().pack_int8(&[1; 8], &[1.0; 2], 4, 2).unwrap();
+    let (mut qc, mut qr) = (QuantRows::new(), QuantRows::new());
+    qc.arm_for(&p4);
+    qr.arm_for(&p4);
+    let mut ctx2 = vec![0.0; 5 * 4];
+    kern()
+        .attention_ragged(
+            &qkv,
+            shape,
+            KeepMask::Full(&full),
+            MaskedRows::Uniform,
+            None,
+            &mut ctx2,
+            None,
+            &mut AttentionScratch::new(),
+            Some(&mut qc),
+            Par::Threads(2),
+        )
+        .unwrap();
+    assert_eq!(ctx2, ctx);
+    kern().quantize_rows(&ctx2, 4, &mut qr, Par::Seq).unwrap();
+    for i in 0..5 {
+        assert_eq!(qc.row(i), qr.row(i), "row {i}");
+    }
 
     for act in [
         Activation::Mish,
