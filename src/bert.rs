@@ -376,6 +376,7 @@ impl BertModel {
             input_ids,
             token_type_ids,
             &mut (0..batch).map(|b| (b * seq, seq)),
+            Par::Seq,
         )
     }
 
@@ -387,6 +388,17 @@ impl BertModel {
         input_ids: &[i64],
         token_type_ids: Option<&[i64]>,
         lengths: &[usize],
+    ) -> Result<Vec<f32>> {
+        self.embed_ragged_on(input_ids, token_type_ids, lengths, Par::Seq)
+    }
+
+    /// [`embed_ragged`](BertModel::embed_ragged) split between the threads of `par`.
+    fn embed_ragged_on(
+        &self,
+        input_ids: &[i64],
+        token_type_ids: Option<&[i64]>,
+        lengths: &[usize],
+        par: Par,
     ) -> Result<Vec<f32>> {
         let total = lengths
             .iter()
@@ -424,6 +436,7 @@ impl BertModel {
                 start += len;
                 (start - len, len)
             }),
+            par,
         )
     }
 
@@ -434,11 +447,13 @@ impl BertModel {
         input_ids: &[i64],
         token_type_ids: Option<&[i64]>,
         spans: &mut dyn Iterator<Item = (usize, usize)>,
+        par: Par,
     ) -> Result<Vec<f32>> {
         let h = self.config.hidden_size;
         let n = input_ids.len();
         let e = &self.embeddings;
-        let mut sum = vec![0.0f32; n * h];
+        // Every id checked first; each row's word, position and token type rows noted.
+        let mut rows = vec![(0usize, 0usize, 0usize); n];
         for (start, len) in spans {
             for s in 0..len {
                 let i = start + s;
@@ -458,15 +473,39 @@ impl BertModel {
                         format!("{tt} at position {i}"),
                     ));
                 }
-                let row = &mut sum[i * h..(i + 1) * h];
-                let w = &e.word[id as usize * h..][..h];
+                rows[i] = (id as usize, s, tt as usize);
+            }
+        }
+        // The sums, a block of rows per thread (the word rows are scattered over a table of
+        // tens of MB: their reads wait on memory, so two threads fetch twice as many).
+        let mut sum = vec![0.0f32; n * h];
+        let parts = match par {
+            Par::Threads(t) if n * h >= 1 << 15 => t.clamp(1, n),
+            _ => 1,
+        };
+        let per = n.div_ceil(parts.max(1)).max(1);
+        let blocks: Vec<std::sync::Mutex<(usize, &mut [f32])>> = sum
+            .chunks_mut(per * h.max(1))
+            .enumerate()
+            .map(|(b, c)| std::sync::Mutex::new((b * per, c)))
+            .collect();
+        let fill = |part: usize| {
+            let Some(Ok(mut block)) = blocks.get(part).map(|b| b.lock()) else {
+                return;
+            };
+            let (r0, ref mut out) = *block;
+            for (k, row) in out.chunks_mut(h.max(1)).enumerate() {
+                let (id, s, tt) = rows[r0 + k];
+                let w = &e.word[id * h..][..h];
                 let p = &e.position[s * h..][..h];
-                let t = &e.token_type[tt as usize * h..][..h];
+                let t = &e.token_type[tt * h..][..h];
                 for j in 0..h {
                     row[j] = (w[j] + t[j]) + p[j];
                 }
             }
-        }
+        };
+        transformer_encoder_kernels::team::for_parts(blocks.len(), &fill);
+        drop(blocks);
         let mut out = vec![0.0f32; n * h];
         if n > 0 {
             self.kernels.layer_norm(
@@ -479,7 +518,7 @@ impl BertModel {
                 &mut out,
                 None,
                 None,
-                Par::Seq,
+                par,
             )?;
         }
         Ok(out)
@@ -544,15 +583,21 @@ impl BertModel {
         lengths: &[usize],
         ws: &mut StackWorkspace,
     ) -> Result<Vec<f32>> {
-        let x = self.embed_ragged(input_ids, token_type_ids, lengths)?;
-        let mut out = vec![0.0f32; x.len()];
-        self.stack.forward_ragged_into(
-            RaggedView::new(&x, lengths),
-            &CallOptions::new(),
-            &mut out,
-            ws,
-        )?;
-        Ok(out)
+        // The embeddings on the stack's threads too, in the same team as the layers.
+        let Some(first) = self.stack.layers().first() else {
+            return Err(Error::config("layers", "at least one layer, got 0"));
+        };
+        first.on_threads(|par| {
+            let x = self.embed_ragged_on(input_ids, token_type_ids, lengths, par)?;
+            let mut out = vec![0.0f32; x.len()];
+            self.stack.forward_ragged_into(
+                RaggedView::new(&x, lengths),
+                &CallOptions::new(),
+                &mut out,
+                ws,
+            )?;
+            Ok(out)
+        })
     }
 }
 
