@@ -389,17 +389,26 @@ impl BertModel {
         token_type_ids: Option<&[i64]>,
         lengths: &[usize],
     ) -> Result<Vec<f32>> {
-        self.embed_ragged_on(input_ids, token_type_ids, lengths, Par::Seq)
+        let (mut rows, mut sum, mut out) = (Vec::new(), Vec::new(), Vec::new());
+        let b = EmbedBuffers {
+            rows: &mut rows,
+            sum: &mut sum,
+            out: &mut out,
+        };
+        self.embed_ragged_into(input_ids, token_type_ids, lengths, Par::Seq, b)?;
+        Ok(out)
     }
 
-    /// [`embed_ragged`](BertModel::embed_ragged) split between the threads of `par`.
-    fn embed_ragged_on(
+    /// [`embed_ragged`](BertModel::embed_ragged) split between the threads of `par`, into
+    /// reusable buffers (`b.out`).
+    fn embed_ragged_into(
         &self,
         input_ids: &[i64],
         token_type_ids: Option<&[i64]>,
         lengths: &[usize],
         par: Par,
-    ) -> Result<Vec<f32>> {
+        b: EmbedBuffers<'_>,
+    ) -> Result<()> {
         let total = lengths
             .iter()
             .try_fold(0usize, |t, &l| t.checked_add(l))
@@ -429,7 +438,7 @@ impl BertModel {
             ));
         }
         let mut start = 0;
-        self.embed_rows(
+        self.embed_rows_into(
             input_ids,
             token_type_ids,
             &mut lengths.iter().map(|&len| {
@@ -437,6 +446,7 @@ impl BertModel {
                 (start - len, len)
             }),
             par,
+            b,
         )
     }
 
@@ -449,11 +459,30 @@ impl BertModel {
         spans: &mut dyn Iterator<Item = (usize, usize)>,
         par: Par,
     ) -> Result<Vec<f32>> {
+        let (mut rows, mut sum, mut out) = (Vec::new(), Vec::new(), Vec::new());
+        let b = EmbedBuffers {
+            rows: &mut rows,
+            sum: &mut sum,
+            out: &mut out,
+        };
+        self.embed_rows_into(input_ids, token_type_ids, spans, par, b)?;
+        Ok(out)
+    }
+
+    /// [`embed_rows`](BertModel::embed_rows) into reusable buffers (`out` holds the result).
+    fn embed_rows_into(
+        &self,
+        input_ids: &[i64],
+        token_type_ids: Option<&[i64]>,
+        spans: &mut dyn Iterator<Item = (usize, usize)>,
+        par: Par,
+        b: EmbedBuffers<'_>,
+    ) -> Result<()> {
         let h = self.config.hidden_size;
         let n = input_ids.len();
         let e = &self.embeddings;
         // Every id checked first; each row's word, position and token type rows noted.
-        let mut rows = vec![(0usize, 0usize, 0usize); n];
+        let rows = grow_to(b.rows, n, (0, 0, 0));
         for (start, len) in spans {
             for s in 0..len {
                 let i = start + s;
@@ -478,7 +507,7 @@ impl BertModel {
         }
         // The sums, a block of rows per thread (the word rows are scattered over a table of
         // tens of MB: their reads wait on memory, so two threads fetch twice as many).
-        let mut sum = vec![0.0f32; n * h];
+        let sum = grow_to(b.sum, n * h, 0.0);
         let parts = match par {
             Par::Threads(t) if n * h >= 1 << 15 => t.clamp(1, n),
             _ => 1,
@@ -506,22 +535,22 @@ impl BertModel {
         };
         transformer_encoder_kernels::team::for_parts(blocks.len(), &fill);
         drop(blocks);
-        let mut out = vec![0.0f32; n * h];
+        let out = grow_to(b.out, n * h, 0.0);
         if n > 0 {
             self.kernels.layer_norm(
-                &sum,
+                sum,
                 None,
                 h,
                 &e.gamma,
                 &e.beta,
                 self.config.layer_norm_eps as f32,
-                &mut out,
+                out,
                 None,
                 None,
                 par,
             )?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Hidden states after the embeddings (`[0]`) and after each layer (`[i]`), each
@@ -583,20 +612,45 @@ impl BertModel {
         lengths: &[usize],
         ws: &mut StackWorkspace,
     ) -> Result<Vec<f32>> {
+        let n = self.forward_ragged_in(input_ids, token_type_ids, lengths, ws)?;
+        Ok(ws.hidden[..n].to_vec())
+    }
+
+    /// [`forward_ragged`](BertModel::forward_ragged) into `ws.hidden[..n]` (`n` returned): after
+    /// the first call, nothing is allocated or zeroed.
+    pub(crate) fn forward_ragged_in(
+        &self,
+        input_ids: &[i64],
+        token_type_ids: Option<&[i64]>,
+        lengths: &[usize],
+        ws: &mut StackWorkspace,
+    ) -> Result<usize> {
         // The embeddings on the stack's threads too, in the same team as the layers.
         let Some(first) = self.stack.layers().first() else {
             return Err(Error::config("layers", "at least one layer, got 0"));
         };
         first.on_threads(|par| {
-            let x = self.embed_ragged_on(input_ids, token_type_ids, lengths, par)?;
-            let mut out = vec![0.0f32; x.len()];
-            self.stack.forward_ragged_into(
-                RaggedView::new(&x, lengths),
-                &CallOptions::new(),
-                &mut out,
-                ws,
-            )?;
-            Ok(out)
+            let mut embedded = std::mem::take(&mut ws.embedded);
+            let b = EmbedBuffers {
+                rows: &mut ws.embed_rows,
+                sum: &mut ws.embed_sum,
+                out: &mut embedded,
+            };
+            let r = self.embed_ragged_into(input_ids, token_type_ids, lengths, par, b);
+            let n = input_ids.len() * self.config.hidden_size;
+            let mut hidden = std::mem::take(&mut ws.hidden);
+            let out = grow_to(&mut hidden, n, 0.0);
+            let r = r.and_then(|()| {
+                self.stack.forward_ragged_into(
+                    RaggedView::new(&embedded[..n], lengths),
+                    &CallOptions::new(),
+                    out,
+                    ws,
+                )
+            });
+            ws.embedded = embedded;
+            ws.hidden = hidden;
+            r.map(|()| n)
         })
     }
 }
@@ -1001,13 +1055,14 @@ impl SentenceEncoder {
             }
             let lengths = &t.lengths[first..last];
             let rows = row..row + tokens;
-            let hidden = self.model.forward_ragged(
+            let n = self.model.forward_ragged_in(
                 &t.input_ids[rows.clone()],
                 Some(&t.token_type_ids[rows]),
                 lengths,
                 &mut ws,
             )?;
-            let pooled = pool_ragged(&hidden, lengths, h, self.pooling, self.normalize)?;
+            let hidden = &ws.hidden[..n];
+            let pooled = pool_ragged(hidden, lengths, h, self.pooling, self.normalize)?;
             out.extend(pooled.chunks(h.max(1)).map(<[f32]>::to_vec));
             first = last;
             row += tokens;
@@ -1045,4 +1100,20 @@ impl SentenceEncoder {
         )?;
         Ok(pooled.chunks(h.max(1)).map(<[f32]>::to_vec).collect())
     }
+}
+
+/// Where the embeddings are computed: each row's table rows, the sums, the normalised rows.
+struct EmbedBuffers<'a> {
+    rows: &'a mut Vec<(usize, usize, usize)>,
+    sum: &'a mut Vec<f32>,
+    out: &'a mut Vec<f32>,
+}
+
+/// The first `n` values of `v`, grown with `fill` if it is shorter (never shrunk: a reused
+/// buffer is not written again).
+fn grow_to<T: Copy>(v: &mut Vec<T>, n: usize, fill: T) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, fill);
+    }
+    &mut v[..n]
 }

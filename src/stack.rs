@@ -30,6 +30,16 @@ pub struct EncoderStack {
 pub struct StackWorkspace {
     layer: Workspace,
     ping: Vec<f32>,
+    /// A BERT model's embeddings (sums, normalised rows, each row's table rows) and its last
+    /// hidden state, reused from call to call.
+    #[cfg(feature = "bert")]
+    pub(crate) embed_sum: Vec<f32>,
+    #[cfg(feature = "bert")]
+    pub(crate) embedded: Vec<f32>,
+    #[cfg(feature = "bert")]
+    pub(crate) embed_rows: Vec<(usize, usize, usize)>,
+    #[cfg(feature = "bert")]
+    pub(crate) hidden: Vec<f32>,
 }
 
 impl StackWorkspace {
