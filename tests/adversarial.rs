@@ -907,10 +907,46 @@ fn u7_size_overflow_is_an_error() {
     // The gemm: an m whose m * k overflows, with a small packed matrix and empty buffers.
     let p = k.pack(&[0.0; 16], 4, 4).unwrap();
     let ep = transformer_encoder_kernels::Epilogue::default();
+    let (wq, ws) = transformer_encoder_kernels::quant::quantize_weights(&[0.5; 16], 4, 4);
+    let p8 = k.pack_int8(&wq, &ws, 4, 4).unwrap();
+    let none = transformer_encoder_kernels::QuantRows::new();
+    let mut q_out = transformer_encoder_kernels::QuantRows::new();
+    q_out.arm_for(&p8);
+    let mut scratch = transformer_encoder_kernels::ProductScratch::new();
+    let (g, b) = ([1.0f32; 4], [0.0f32; 4]);
     for m in [1usize << 62, usize::MAX / 4 + 1, usize::MAX] {
         assert!(
             k.gemm(&[], m, &p, &ep, &mut [], Par::Seq).is_err(),
             "gemm m = {m}"
+        );
+        for w in [&p, &p8] {
+            assert!(
+                k.gemm_prepared(&[], &none, m, w, &ep, &mut [], None, Par::Seq)
+                    .is_err(),
+                "gemm_prepared m = {m}"
+            );
+            assert!(
+                k.gemm_layer_norm(
+                    &[],
+                    &none,
+                    m,
+                    w,
+                    None,
+                    None,
+                    (&g, &b, 1e-5),
+                    &mut [],
+                    &mut [],
+                    None,
+                    Par::Seq
+                )
+                .is_err(),
+                "gemm_layer_norm m = {m}"
+            );
+        }
+        assert!(
+            k.gemm_quantized(&none, m, &p8, &ep, &mut q_out, &mut scratch, Par::Seq)
+                .is_err(),
+            "gemm_quantized m = {m}"
         );
     }
     // The baseline product: m = 2^62, k = n = 4 once wrapped to an empty `a` and `out` and ran
@@ -981,6 +1017,31 @@ fn a1_a4_kernel_misuse_returns_errors_and_writes_nothing() {
         let w = k.pack(&[1.0; 12], 3, 4).unwrap();
         let mut out = [9.0f32; 8];
         let ep = transformer_encoder_kernels::Epilogue::default();
+        // The product with its LayerNorm: a wrong scale, residual or output length is an error
+        // before anything is written.
+        let none = transformer_encoder_kernels::QuantRows::new();
+        let (g, b, r) = ([1.0f32; 4], [0.0f32; 4], [0.0f32; 8]);
+        for (gl, rl, ol) in [(3usize, 8usize, 8usize), (4, 7, 8), (4, 8, 7)] {
+            let (mut tmp, mut o) = ([9.0f32; 8], [9.0f32; 8]);
+            let res = k.gemm_layer_norm(
+                &[1.0; 6],
+                &none,
+                2,
+                &w,
+                None,
+                Some(&r[..rl]),
+                (&g[..gl], &b, 1e-5),
+                &mut tmp,
+                &mut o[..ol],
+                None,
+                Par::Seq,
+            );
+            assert!(res.is_err(), "{isa}: gemm_layer_norm {gl} {rl} {ol}");
+            assert!(
+                tmp.iter().chain(&o).all(|&v| v == 9.0),
+                "{isa}: wrote on error"
+            );
+        }
         assert!(k.gemm(&[1.0; 5], 2, &w, &ep, &mut out, Par::Seq).is_err());
         assert!(
             k.gemm(&[1.0; 6], 2, &w, &ep, &mut out[..7], Par::Seq)

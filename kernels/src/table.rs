@@ -521,12 +521,7 @@ impl Kernels {
         }
         self.check_product(a, qa, m, b, &ep, tmp.len())?;
         let mn = m * n; // checked by check_product
-        expect_len("layer norm gamma", gamma.len(), n)?;
-        expect_len("layer norm beta", beta.len(), n)?;
-        expect_len("layer norm output", out.len(), mn)?;
-        if let Some(r) = residual {
-            expect_len("layer norm residual", r.len(), mn)?;
-        }
+        check_norm(n, mn, gamma, beta, out.len(), residual)?;
         let qo = self.armed_out(quant, m, n)?.unwrap_or(QuantOut::NONE);
         let norm = RowNorm {
             residual: residual.map_or(std::ptr::null(), |r| r.as_ptr()),
@@ -1219,12 +1214,7 @@ impl Kernels {
                 ),
             });
         }
-        expect_len("layer norm gamma", gamma.len(), n)?;
-        expect_len("layer norm beta", beta.len(), n)?;
-        expect_len("layer norm output", out.len(), x.len())?;
-        if let Some(r) = residual {
-            expect_len("layer norm residual", r.len(), x.len())?;
-        }
+        check_norm(n, x.len(), gamma, beta, out.len(), residual)?;
         if let Some(s) = sum_out.as_deref() {
             expect_len("layer norm sum output", s.len(), x.len())?;
         }
@@ -1583,6 +1573,25 @@ impl Kernels {
             self.quantize_out(ctx, w, qo, par);
         }
     }
+}
+
+/// The checks of a LayerNorm over `len` values in rows of `n`: scale and shift of `n`, output and
+/// residual of `len`.
+fn check_norm(
+    n: usize,
+    len: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    out_len: usize,
+    residual: Option<&[f32]>,
+) -> Result<(), KernelError> {
+    expect_len("layer norm gamma", gamma.len(), n)?;
+    expect_len("layer norm beta", beta.len(), n)?;
+    expect_len("layer norm output", out_len, len)?;
+    if let Some(r) = residual {
+        expect_len("layer norm residual", r.len(), len)?;
+    }
+    Ok(())
 }
 
 /// A LayerNorm finishing a product's rows (see [`Kernels::gemm_layer_norm`]): its residual
