@@ -235,7 +235,9 @@ impl EncoderStack {
                 if carried {
                     lws.set_carry(Carry::In);
                 }
-                let next = self.layers.get(i + 1).and_then(|n| n.takes_input_for());
+                // (Only between layers on the same tier: the quantized rows' layout is the tier's.)
+                let next = self.layers.get(i + 1).filter(|n| n.isa() == l.isa());
+                let next = next.and_then(|n| n.takes_input_for());
                 if let Some(next) = next.filter(|_| l.ends_with_norm()) {
                     lws.set_carry(Carry::Out(next));
                 }

@@ -366,3 +366,38 @@ fn a_stack_hands_quantized_outputs_on_bit_for_bit() {
         }
     }
 }
+
+/// Layers on different tiers in one int8 stack (their quantized rows differ in layout): the stack
+/// still gives the bits of its layers called one at a time.
+#[test]
+fn a_stack_of_layers_on_different_tiers() {
+    let tiers = tiers();
+    let (Some(&first), Some(&last)) = (tiers.first(), tiers.last()) else {
+        return;
+    };
+    let h = 32;
+    let mut layers = Vec::new();
+    for (i, isa) in [last, first, last, first].into_iter().enumerate() {
+        let cfg = EncoderConfig::new(64, 4).with_activation(Activation::Relu);
+        let w = EncoderWeights::init(&cfg, h, 50 + i as u64).unwrap();
+        let q = TransformerEncoder::with_isa(cfg, w, isa)
+            .unwrap()
+            .quantize()
+            .unwrap();
+        assert_eq!(q.isa(), isa, "forced tier {isa} did not run");
+        layers.push(q);
+    }
+    let lengths = [3usize, 9, 1, 12];
+    let x = values(25 * h, 5, -2.0, 2.0);
+    let mut want = x.clone();
+    for l in &layers {
+        want = l
+            .forward_ragged(RaggedView::new(&want, &lengths), &CallOptions::new())
+            .unwrap();
+    }
+    let stack = EncoderStack::new(layers).unwrap();
+    let got = stack
+        .forward_ragged(RaggedView::new(&x, &lengths), &CallOptions::new())
+        .unwrap();
+    same_bits(&got, &want, &format!("{first} / {last} stack"));
+}
