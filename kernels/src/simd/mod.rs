@@ -62,8 +62,10 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     unsafe fn is_nan(a: Self::V) -> Self::M;
     /// `m ? a : b` lane-wise.
     unsafe fn select(m: Self::M, a: Self::V, b: Self::V) -> Self::V;
-    /// `1 / a`, within an ulp (the division by default; a reciprocal estimate refined by a
-    /// Newton step where that is much cheaper than the divider).
+    /// `1 / a` within an ulp for finite, nonzero `a` whose reciprocal is a normal number (the
+    /// division by default; a reciprocal estimate refined by a Newton step where that is much
+    /// cheaper than the divider, which may give NaN for 0 or an infinity: callers keep `a` in
+    /// range).
     #[inline(always)]
     unsafe fn recip(a: Self::V) -> Self::V {
         // SAFETY: the caller runs inside the tier's features (trait contract).
