@@ -301,68 +301,70 @@ fn inconsistent_arguments_are_errors_naming_the_argument() {
 #[test]
 fn a_stack_hands_quantized_outputs_on_bit_for_bit() {
     for isa in tiers() {
-        let h = 48;
-        let layers: Vec<TransformerEncoder> = [false, false, true, false, false, true, false]
-            .iter()
-            .enumerate()
-            .map(|(i, &pre)| {
-                let cfg = EncoderConfig::new(96, 4)
-                    .with_activation(Activation::Gelu)
-                    .with_normalize_first(pre);
-                let w = EncoderWeights::init(&cfg, h, 30 + i as u64).unwrap();
-                let enc = TransformerEncoder::with_isa(cfg, w, isa).unwrap();
-                let q = enc.quantize().unwrap();
-                assert_eq!(q.isa(), isa, "forced tier {isa} did not run");
-                q
-            })
-            .collect();
-        let lengths = [5usize, 0, 17, 1, 9, 33, 2, 12, 3, 6];
-        let t: usize = lengths.iter().sum();
-        let x = values(t * h, 77, -3.0, 3.0);
-        // One layer at a time, each call on its own.
-        let mut want_ragged = x.clone();
-        let mut want_uniform = x.clone();
-        for l in &layers {
-            let l = l.clone().with_threads(Threads::Single);
-            want_ragged = l
-                .forward_ragged(RaggedView::new(&want_ragged, &lengths), &CallOptions::new())
-                .unwrap();
-            want_uniform = l
-                .forward(
-                    TensorView::new(&want_uniform, &[2, t / 2, h]),
-                    &CallOptions::new(),
-                )
-                .unwrap();
+        // Inference, and training mode with dropout (between each product and its LayerNorm).
+        for (dropout, seed) in [(0.0, None), (0.2, Some(7u64))] {
+            let opts = match seed {
+                Some(s) => CallOptions::new().training(s),
+                None => CallOptions::new(),
+            };
+            stack_case(isa, dropout, &opts);
         }
-        for (tname, th) in threads() {
-            let stack = EncoderStack::new(layers.clone()).unwrap().with_threads(th);
-            let what = format!("{isa} {tname}");
-            let mut ws = StackWorkspace::new();
-            let mut out = vec![f32::NAN; x.len()];
-            // A failed call first (a wrong length), then the same workspace again.
-            let bad = [5usize, 0, 17];
-            assert!(
-                stack
-                    .forward_ragged_into(
-                        RaggedView::new(&x, &bad),
-                        &CallOptions::new(),
-                        &mut out,
-                        &mut ws
-                    )
-                    .is_err()
-            );
-            for _ in 0..2 {
-                let v = RaggedView::new(&x, &lengths);
-                stack
-                    .forward_ragged_into(v, &CallOptions::new(), &mut out, &mut ws)
-                    .unwrap();
-                same_bits(&out, &want_ragged, &format!("{what} ragged"));
-                let v = TensorView::new(&x, &[2, t / 2, h]);
-                stack
-                    .forward_into(v, &CallOptions::new(), &mut out, &mut ws)
-                    .unwrap();
-                same_bits(&out, &want_uniform, &format!("{what} uniform"));
-            }
+    }
+}
+
+fn stack_case(isa: Isa, dropout: f64, opts: &CallOptions<'_>) {
+    let h = 48;
+    let layers: Vec<TransformerEncoder> = [false, false, true, false, false, true, false]
+        .iter()
+        .enumerate()
+        .map(|(i, &pre)| {
+            let cfg = EncoderConfig::new(96, 4)
+                .with_activation(Activation::Gelu)
+                .with_normalize_first(pre)
+                .with_dropout(dropout);
+            let w = EncoderWeights::init(&cfg, h, 30 + i as u64).unwrap();
+            let enc = TransformerEncoder::with_isa(cfg, w, isa).unwrap();
+            let q = enc.quantize().unwrap();
+            assert_eq!(q.isa(), isa, "forced tier {isa} did not run");
+            q
+        })
+        .collect();
+    let lengths = [5usize, 0, 17, 1, 9, 33, 2, 12, 3, 6];
+    let t: usize = lengths.iter().sum();
+    let x = values(t * h, 77, -3.0, 3.0);
+    // One layer at a time, each call on its own.
+    let mut want_ragged = x.clone();
+    let mut want_uniform = x.clone();
+    for l in &layers {
+        let l = l.clone().with_threads(Threads::Single);
+        want_ragged = l
+            .forward_ragged(RaggedView::new(&want_ragged, &lengths), opts)
+            .unwrap();
+        want_uniform = l
+            .forward(TensorView::new(&want_uniform, &[2, t / 2, h]), opts)
+            .unwrap();
+    }
+    for (tname, th) in threads() {
+        let stack = EncoderStack::new(layers.clone()).unwrap().with_threads(th);
+        let what = format!("{isa} {tname} dropout {dropout}");
+        let mut ws = StackWorkspace::new();
+        let mut out = vec![f32::NAN; x.len()];
+        // A failed call first (a wrong length), then the same workspace again.
+        let bad = [5usize, 0, 17];
+        assert!(
+            stack
+                .forward_ragged_into(RaggedView::new(&x, &bad), opts, &mut out, &mut ws)
+                .is_err()
+        );
+        for _ in 0..2 {
+            let v = RaggedView::new(&x, &lengths);
+            stack
+                .forward_ragged_into(v, opts, &mut out, &mut ws)
+                .unwrap();
+            same_bits(&out, &want_ragged, &format!("{what} ragged"));
+            let v = TensorView::new(&x, &[2, t / 2, h]);
+            stack.forward_into(v, opts, &mut out, &mut ws).unwrap();
+            same_bits(&out, &want_uniform, &format!("{what} uniform"));
         }
     }
 }
