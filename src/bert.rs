@@ -346,22 +346,9 @@ impl BertModel {
         let n = batch.checked_mul(seq).ok_or_else(|| {
             Error::shape("input_ids", "batch * seq to fit in usize", "an overflow")
         })?;
-        if input_ids.len() != n {
-            return Err(Error::shape(
-                "input_ids",
-                format!("{n} ids ([{batch}, {seq}])"),
-                format!("{} ids", input_ids.len()),
-            ));
-        }
-        if let Some(tt) = token_type_ids
-            && tt.len() != n
-        {
-            return Err(Error::shape(
-                "token_type_ids",
-                format!("{n} ids ([{batch}, {seq}])"),
-                format!("{} ids", tt.len()),
-            ));
-        }
+        check_ids(input_ids, token_type_ids, n, || {
+            format!("{n} ids ([{batch}, {seq}])")
+        })?;
         if seq > self.config.max_position_embeddings {
             return Err(Error::shape(
                 "input_ids",
@@ -372,12 +359,10 @@ impl BertModel {
                 format!("{seq} tokens"),
             ));
         }
-        self.embed_rows(
-            input_ids,
-            token_type_ids,
-            &mut (0..batch).map(|b| (b * seq, seq)),
-            Par::Seq,
-        )
+        let mut e = EmbedScratch::default();
+        let spans = &mut (0..batch).map(|b| (b * seq, seq));
+        self.embed_rows(input_ids, token_type_ids, spans, Par::Seq, &mut e)?;
+        Ok(e.out)
     }
 
     /// The embeddings output `[T, H]` of sequences of `lengths` packed end to end
@@ -389,46 +374,28 @@ impl BertModel {
         token_type_ids: Option<&[i64]>,
         lengths: &[usize],
     ) -> Result<Vec<f32>> {
-        let (mut rows, mut sum, mut out) = (Vec::new(), Vec::new(), Vec::new());
-        let b = EmbedBuffers {
-            rows: &mut rows,
-            sum: &mut sum,
-            out: &mut out,
-        };
-        self.embed_ragged_into(input_ids, token_type_ids, lengths, Par::Seq, b)?;
-        Ok(out)
+        let mut e = EmbedScratch::default();
+        self.embed_ragged_into(input_ids, token_type_ids, lengths, Par::Seq, &mut e)?;
+        Ok(e.out)
     }
 
     /// [`embed_ragged`](BertModel::embed_ragged) split between the threads of `par`, into
-    /// reusable buffers (`b.out`).
+    /// reusable buffers (`e.out`).
     fn embed_ragged_into(
         &self,
         input_ids: &[i64],
         token_type_ids: Option<&[i64]>,
         lengths: &[usize],
         par: Par,
-        b: EmbedBuffers<'_>,
+        e: &mut EmbedScratch,
     ) -> Result<()> {
         let total = lengths
             .iter()
             .try_fold(0usize, |t, &l| t.checked_add(l))
             .ok_or_else(|| Error::shape("lengths", "a total that fits in usize", "an overflow"))?;
-        if input_ids.len() != total {
-            return Err(Error::shape(
-                "input_ids",
-                format!("sum(lengths) = {total} ids"),
-                format!("{} ids", input_ids.len()),
-            ));
-        }
-        if let Some(tt) = token_type_ids
-            && tt.len() != total
-        {
-            return Err(Error::shape(
-                "token_type_ids",
-                format!("sum(lengths) = {total} ids"),
-                format!("{} ids", tt.len()),
-            ));
-        }
+        check_ids(input_ids, token_type_ids, total, || {
+            format!("sum(lengths) = {total} ids")
+        })?;
         let max = self.config.max_position_embeddings;
         if let Some((i, l)) = lengths.iter().enumerate().find(|(_, l)| **l > max) {
             return Err(Error::shape(
@@ -438,7 +405,7 @@ impl BertModel {
             ));
         }
         let mut start = 0;
-        self.embed_rows_into(
+        self.embed_rows(
             input_ids,
             token_type_ids,
             &mut lengths.iter().map(|&len| {
@@ -446,43 +413,26 @@ impl BertModel {
                 (start - len, len)
             }),
             par,
-            b,
+            e,
         )
     }
 
     /// Word + position + token type, then LayerNorm, for the sequences `(first row, length)`
-    /// (ids and lengths already checked against each other and the position table).
+    /// (ids and lengths already checked against each other and the position table), split
+    /// between the threads of `par`, into reusable buffers (`e.out` holds the result).
     fn embed_rows(
         &self,
         input_ids: &[i64],
         token_type_ids: Option<&[i64]>,
         spans: &mut dyn Iterator<Item = (usize, usize)>,
         par: Par,
-    ) -> Result<Vec<f32>> {
-        let (mut rows, mut sum, mut out) = (Vec::new(), Vec::new(), Vec::new());
-        let b = EmbedBuffers {
-            rows: &mut rows,
-            sum: &mut sum,
-            out: &mut out,
-        };
-        self.embed_rows_into(input_ids, token_type_ids, spans, par, b)?;
-        Ok(out)
-    }
-
-    /// [`embed_rows`](BertModel::embed_rows) into reusable buffers (`out` holds the result).
-    fn embed_rows_into(
-        &self,
-        input_ids: &[i64],
-        token_type_ids: Option<&[i64]>,
-        spans: &mut dyn Iterator<Item = (usize, usize)>,
-        par: Par,
-        b: EmbedBuffers<'_>,
+        e: &mut EmbedScratch,
     ) -> Result<()> {
         let h = self.config.hidden_size;
         let n = input_ids.len();
-        let e = &self.embeddings;
+        let tab = &self.embeddings;
         // Every id checked first; each row's word, position and token type rows noted.
-        let rows = grow_to(b.rows, n, (0, 0, 0));
+        let rows = grow_to(&mut e.rows, n, (0, 0, 0));
         for (start, len) in spans {
             for s in 0..len {
                 let i = start + s;
@@ -507,7 +457,7 @@ impl BertModel {
         }
         // The sums, a block of rows per thread (the word rows are scattered over a table of
         // tens of MB: their reads wait on memory, so two threads fetch twice as many).
-        let sum = grow_to(b.sum, n * h, 0.0);
+        let sum = grow_to(&mut e.sum, n * h, 0.0);
         let parts = match par {
             Par::Threads(t) if n * h >= 1 << 15 => t.clamp(1, n),
             _ => 1,
@@ -525,9 +475,9 @@ impl BertModel {
             let (r0, ref mut out) = *block;
             for (k, row) in out.chunks_mut(h.max(1)).enumerate() {
                 let (id, s, tt) = rows[r0 + k];
-                let w = &e.word[id * h..][..h];
-                let p = &e.position[s * h..][..h];
-                let t = &e.token_type[tt * h..][..h];
+                let w = &tab.word[id * h..][..h];
+                let p = &tab.position[s * h..][..h];
+                let t = &tab.token_type[tt * h..][..h];
                 for j in 0..h {
                     row[j] = (w[j] + t[j]) + p[j];
                 }
@@ -535,14 +485,14 @@ impl BertModel {
         };
         transformer_encoder_kernels::team::for_parts(blocks.len(), &fill);
         drop(blocks);
-        let out = grow_to(b.out, n * h, 0.0);
+        let out = grow_to(&mut e.out, n * h, 0.0);
         if n > 0 {
             self.kernels.layer_norm(
                 sum,
                 None,
                 h,
-                &e.gamma,
-                &e.beta,
+                &tab.gamma,
+                &tab.beta,
                 self.config.layer_norm_eps as f32,
                 out,
                 None,
@@ -630,25 +580,21 @@ impl BertModel {
             return Err(Error::config("layers", "at least one layer, got 0"));
         };
         first.on_threads(|par| {
-            let mut embedded = std::mem::take(&mut ws.embedded);
-            let b = EmbedBuffers {
-                rows: &mut ws.embed_rows,
-                sum: &mut ws.embed_sum,
-                out: &mut embedded,
-            };
-            let r = self.embed_ragged_into(input_ids, token_type_ids, lengths, par, b);
+            // (Out of the workspace while the stack borrows it.)
+            let mut e = std::mem::take(&mut ws.embed);
+            let r = self.embed_ragged_into(input_ids, token_type_ids, lengths, par, &mut e);
             let n = input_ids.len() * self.config.hidden_size;
             let mut hidden = std::mem::take(&mut ws.hidden);
             let out = grow_to(&mut hidden, n, 0.0);
             let r = r.and_then(|()| {
                 self.stack.forward_ragged_into(
-                    RaggedView::new(&embedded[..n], lengths),
+                    RaggedView::new(&e.out[..n], lengths),
                     &CallOptions::new(),
                     out,
                     ws,
                 )
             });
-            ws.embedded = embedded;
+            ws.embed = e;
             ws.hidden = hidden;
             r.map(|()| n)
         })
@@ -1148,11 +1094,35 @@ impl SentenceEncoder {
     }
 }
 
-/// Where the embeddings are computed: each row's table rows, the sums, the normalised rows.
-struct EmbedBuffers<'a> {
-    rows: &'a mut Vec<(usize, usize, usize)>,
-    sum: &'a mut Vec<f32>,
-    out: &'a mut Vec<f32>,
+/// `input_ids`, and `token_type_ids` if given, hold `n` ids each (`expected` says how `n` is
+/// made, for the error).
+fn check_ids(
+    input_ids: &[i64],
+    token_type_ids: Option<&[i64]>,
+    n: usize,
+    expected: impl Fn() -> String,
+) -> Result<()> {
+    let given = [
+        ("input_ids", Some(input_ids)),
+        ("token_type_ids", token_type_ids),
+    ];
+    for (arg, ids) in given {
+        if let Some(ids) = ids
+            && ids.len() != n
+        {
+            return Err(Error::shape(arg, expected(), format!("{} ids", ids.len())));
+        }
+    }
+    Ok(())
+}
+
+/// Where the embeddings are computed, reused from call to call: each row's word, position and
+/// token type rows, their sums, the normalised rows (the result).
+#[derive(Debug, Default)]
+pub(crate) struct EmbedScratch {
+    rows: Vec<(usize, usize, usize)>,
+    sum: Vec<f32>,
+    out: Vec<f32>,
 }
 
 /// The first `n` values of `v`, grown with `fill` if it is shorter (never shrunk: a reused

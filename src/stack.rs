@@ -30,14 +30,9 @@ pub struct EncoderStack {
 pub struct StackWorkspace {
     layer: Workspace,
     ping: Vec<f32>,
-    /// A BERT model's embeddings (sums, normalised rows, each row's table rows) and its last
-    /// hidden state, reused from call to call.
+    /// A BERT model's embeddings and its last hidden state, reused from call to call.
     #[cfg(feature = "bert")]
-    pub(crate) embed_sum: Vec<f32>,
-    #[cfg(feature = "bert")]
-    pub(crate) embedded: Vec<f32>,
-    #[cfg(feature = "bert")]
-    pub(crate) embed_rows: Vec<(usize, usize, usize)>,
+    pub(crate) embed: crate::bert::EmbedScratch,
     #[cfg(feature = "bert")]
     pub(crate) hidden: Vec<f32>,
 }

@@ -299,27 +299,31 @@ fn layer_norm_attention_and_activations() {
     let lengths = [2usize, 0, 3];
     let full = [1u8, 0, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 1];
     let qkv = vals(5 * 3 * 4, 13);
-    let mut ctx = vec![0.0; 5 * 4];
-    let mut scores = vec![0.0; 2 * 13];
     let shape = RaggedShape {
         lengths: &lengths,
         heads: 2,
         key_dim: 2,
     };
-    kern()
-        .attention_ragged(
-            &qkv,
-            shape,
-            KeepMask::Full(&full),
-            MaskedRows::Uniform,
-            None,
-            &mut ctx,
-            Some(&mut scores),
-            &mut AttentionScratch::new(),
-            None,
-            Par::Threads(2),
-        )
-        .unwrap();
+    let run = |scores: Option<&mut [f32]>, quant: Option<&mut QuantRows>| {
+        let mut ctx = vec![0.0; 5 * 4];
+        kern()
+            .attention_ragged(
+                &qkv,
+                shape,
+                KeepMask::Full(&full),
+                MaskedRows::Uniform,
+                None,
+                &mut ctx,
+                scores,
+                &mut AttentionScratch::new(),
+                quant,
+                Par::Threads(2),
+            )
+            .unwrap();
+        ctx
+    };
+    let mut scores = vec![0.0; 2 * 13];
+    let ctx = run(Some(&mut scores), None);
     let col = |off: usize| -> Vec<f64> {
         (0..5)
             .flat_map(|t| (0..4).map(move |c| (t, c)))
@@ -345,21 +349,7 @@ fn layer_norm_attention_and_activations() {
     let (mut qc, mut qr) = (QuantRows::new(), QuantRows::new());
     qc.arm_for(&p4);
     qr.arm_for(&p4);
-    let mut ctx2 = vec![0.0; 5 * 4];
-    kern()
-        .attention_ragged(
-            &qkv,
-            shape,
-            KeepMask::Full(&full),
-            MaskedRows::Uniform,
-            None,
-            &mut ctx2,
-            None,
-            &mut AttentionScratch::new(),
-            Some(&mut qc),
-            Par::Threads(2),
-        )
-        .unwrap();
+    let ctx2 = run(None, Some(&mut qc));
     assert_eq!(ctx2, ctx);
     kern().quantize_rows(&ctx2, 4, &mut qr, Par::Seq).unwrap();
     for i in 0..5 {

@@ -23,17 +23,7 @@ pub(crate) unsafe fn exp<S: Simd>(x: S::V) -> S::V {
         let hi_lim = S::splat(88.722_84);
         let lo_lim = S::splat(-87.33);
         let xc = S::min(S::max(x, lo_lim), hi_lim);
-        let n = S::round(S::mul(xc, S::splat(std::f32::consts::LOG2_E)));
-        let r = S::fma(n, S::splat(-LN2_HI), xc);
-        let r = S::fma(n, S::splat(-LN2_LO), r);
-        let mut p = S::splat(1.0 / 5040.0);
-        p = S::fma(p, r, S::splat(1.0 / 720.0));
-        p = S::fma(p, r, S::splat(1.0 / 120.0));
-        p = S::fma(p, r, S::splat(1.0 / 24.0));
-        p = S::fma(p, r, S::splat(1.0 / 6.0));
-        p = S::fma(p, r, S::splat(0.5));
-        p = S::fma(p, r, S::splat(1.0));
-        p = S::fma(p, r, S::splat(1.0));
+        let (n, p) = exp_reduced::<S>(xc);
         // 2^n = 2^(n - h) * 2^h with h = round(n / 2): both factors within the normal range.
         let h = S::round(S::mul(n, S::splat(0.5)));
         let res = S::mul(S::mul(p, S::pow2i(S::sub(n, h))), S::pow2i(h));
@@ -43,14 +33,12 @@ pub(crate) unsafe fn exp<S: Simd>(x: S::V) -> S::V {
     }
 }
 
-/// [`exp`] for `x <= 0` or NaN (the softmax's shifted logits), bit for bit, more cheaply: there
-/// `2^n` is one normal power of two (`n >= -126`), and nothing overflows. 0 below -87.33 (and for
-/// `-inf`), NaN for NaN (it runs through the polynomial).
+/// The shared core of [`exp`] and [`exp_nonpositive`]: `x = n ln2 + r` (`n` rounded, `ln2` in two
+/// parts) and `p ~ e^r` (degree-7 Taylor polynomial, |r| <= ln2 / 2), so `e^x = p 2^n`.
 #[inline(always)]
-pub(crate) unsafe fn exp_nonpositive<S: Simd>(x: S::V) -> S::V {
+unsafe fn exp_reduced<S: Simd>(x: S::V) -> (S::V, S::V) {
     // SAFETY: the caller runs inside S's target features (trait contract).
     unsafe {
-        let lo_lim = S::splat(-87.33);
         let n = S::round(S::mul(x, S::splat(std::f32::consts::LOG2_E)));
         let r = S::fma(n, S::splat(-LN2_HI), x);
         let r = S::fma(n, S::splat(-LN2_LO), r);
@@ -62,6 +50,19 @@ pub(crate) unsafe fn exp_nonpositive<S: Simd>(x: S::V) -> S::V {
         p = S::fma(p, r, S::splat(0.5));
         p = S::fma(p, r, S::splat(1.0));
         p = S::fma(p, r, S::splat(1.0));
+        (n, p)
+    }
+}
+
+/// [`exp`] for `x <= 0` or NaN (the softmax's shifted logits), bit for bit, more cheaply: there
+/// `2^n` is one normal power of two (`n >= -126`), and nothing overflows. 0 below -87.33 (and for
+/// `-inf`), NaN for NaN (it runs through the polynomial).
+#[inline(always)]
+pub(crate) unsafe fn exp_nonpositive<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let lo_lim = S::splat(-87.33);
+        let (n, p) = exp_reduced::<S>(x);
         // Below the limit (n may be far out of range there) the result is 0 anyway.
         let res = S::mul(p, S::pow2i(S::max(n, S::splat(-126.0))));
         S::select(S::lt(x, lo_lim), S::splat(0.0), res)
