@@ -5,11 +5,14 @@
 //! cargo run --release --example latency -- --hidden 768 --heads 12 --inter 3072 --seq 128 \
 //!     --batch 1 --threads 2 [--activation gelu|relu] [--norm post|pre] [--layers N] \
 //!     [--seconds S] [--isa avx512vnni|avx512|avx2vnni|avx2|portable] [--masked]
-//!     [--precision fp32|int8]
+//!     [--precision fp32|int8] [--idle-ms N]
 //! ```
 //!
 //! `encoder isa=<tier> precision=<p> threads=<n> ... median_ms=<m> min_ms=<m> gflops=<g>`; gflops
 //! counts the same multiply-adds as the ONNX Runtime anchor (two operations each, int8 or float).
+//! `sync_ms=` is the time per call the calling thread spent waiting at the barriers between
+//! operations (for helpers to finish their last parts); with `--idle-ms N` the example then
+//! sleeps N ms and prints `idle_cpu_ms=`, the CPU time the whole process used meanwhile.
 
 mod common;
 use std::process::ExitCode;
@@ -18,7 +21,7 @@ use transformer_encoder::{
     TensorView, TransformerEncoder,
 };
 
-const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked] [--precision fp32|int8]";
+const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked] [--precision fp32|int8] [--idle-ms N]";
 
 fn main() -> ExitCode {
     common::run(latency)
@@ -40,6 +43,7 @@ fn latency() -> Result<ExitCode, common::Failure> {
             "norm",
             "isa",
             "precision",
+            "idle-ms",
         ],
         &["masked"],
     )?;
@@ -93,12 +97,32 @@ fn latency() -> Result<ExitCode, common::Failure> {
     let view = TensorView::new(&x, &[batch, seq, hidden]);
     let mut out = vec![0.0f32; x.len()];
     let mut ws = StackWorkspace::new();
+    let idle_ms: u64 = a.num("idle-ms", 0)?;
+    let mut sync_ns = Vec::new();
     let (median, min, runs) = common::time(seconds, 10, || {
-        stack.forward_into(view, &opts, &mut out, &mut ws)
+        let before = transformer_encoder_kernels::team::sync_nanos();
+        let r = stack.forward_into(view, &opts, &mut out, &mut ws);
+        sync_ns.push(transformer_encoder_kernels::team::sync_nanos() - before);
+        r
     })?;
+    // The calls timed are the last `runs` (after the warm-up).
+    let skip = sync_ns.len().saturating_sub(runs);
+    let timed = &mut sync_ns[skip..];
+    timed.sort_unstable();
+    let sync_ms = timed.get(timed.len() / 2).map_or(0.0, |&n| n as f64 * 1e-6);
+    let idle = if idle_ms > 0 {
+        let before = common::process_cpu_ns();
+        std::thread::sleep(std::time::Duration::from_millis(idle_ms));
+        match (before, common::process_cpu_ns()) {
+            (Some(b), Some(a)) => format!(" idle_ms={idle_ms} idle_cpu_ms={:.3}", (a - b) as f64 * 1e-6),
+            _ => format!(" idle_ms={idle_ms} idle_cpu_ms=unavailable"),
+        }
+    } else {
+        String::new()
+    };
     let flops = stack.layers()[0].flops(batch, seq) * layers as f64;
     println!(
-        "encoder isa={isa} precision={precision} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={layers} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1}",
+        "encoder isa={isa} precision={precision} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={layers} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1} sync_ms={sync_ms:.4}{idle}",
         if pre { "pre" } else { "post" },
         activation,
         median * 1e3,

@@ -15,6 +15,7 @@ use crate::{EncoderConfig, Workspace};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 use transformer_encoder_kernels::activation::Activation;
 use transformer_encoder_kernels::{Kernels, Par};
 
@@ -1021,44 +1022,48 @@ impl SentenceEncoder {
             let pooled = pool_ragged(&ws.hidden[..n], lengths, h, self.pooling, self.normalize)?;
             Ok(pooled.chunks(h.max(1)).map(<[f32]>::to_vec).collect())
         };
-        // Several chunks on several threads: a chunk per thread at a time (each call's team
-        // then finds the other threads busy and runs alone, or is joined by a thread that is
-        // done), instead of every chunk split between all threads.
-        let threads = self
-            .model
-            .stack
-            .layers()
-            .first()
-            .map(|l| l.threads().clone());
-        let parallel = |pool: Option<&rayon::ThreadPool>| -> Result<Vec<Vec<Vec<f32>>>> {
-            use rayon::prelude::*;
-            let go = || {
-                chunks
-                    .par_iter()
-                    .with_max_len(1)
-                    .map_init(StackWorkspace::new, |ws, c| run(c, ws))
-                    .collect::<Result<Vec<_>>>()
-            };
-            match pool {
-                Some(p) => p.install(go),
-                None => go(),
-            }
+        // Several chunks on several threads: a chunk per thread at a time, each on its thread
+        // alone (the parts of one team's job, claimed by whichever thread is free), instead of
+        // every chunk split between all threads; the last `chunks % threads` then each on all
+        // the threads, so no thread idles at the end.
+        let Some(first) = self.model.stack.layers().first() else {
+            return Err(Error::config("layers", "at least one layer, got 0"));
         };
-        let parts = match threads {
-            Some(Threads::Pool(p)) if chunks.len() > 1 && p.current_num_threads() > 1 => {
-                parallel(Some(&p))?
-            }
-            Some(Threads::Current) if chunks.len() > 1 && rayon::current_num_threads() > 1 => {
-                parallel(None)?
-            }
-            _ => {
-                let mut ws = StackWorkspace::new();
-                chunks
-                    .iter()
-                    .map(|c| run(c, &mut ws))
-                    .collect::<Result<Vec<_>>>()?
-            }
+        let threads = first.thread_count();
+        let side = if threads > 1 && chunks.len() >= threads {
+            chunks.len() - chunks.len() % threads
+        } else {
+            0
         };
+        let spaces: Vec<Mutex<StackWorkspace>> = (0..threads.clamp(1, side.max(1)))
+            .map(|_| Mutex::new(StackWorkspace::new()))
+            .collect();
+        let done: Vec<OnceLock<Result<Vec<Vec<f32>>>>> =
+            (0..side).map(|_| OnceLock::new()).collect();
+        if side > 0 {
+            first.on_threads(|_| {
+                transformer_encoder_kernels::team::for_parts(side, &|c| {
+                    // At most `threads` parts run at once, so one workspace is always free
+                    // (a new one otherwise: the same results, only slower).
+                    let r = match spaces.iter().find_map(|w| w.try_lock().ok()) {
+                        Some(mut ws) => run(&chunks[c], &mut ws),
+                        None => run(&chunks[c], &mut StackWorkspace::new()),
+                    };
+                    let _ = done[c].set(r);
+                });
+                Ok(())
+            })?;
+        }
+        let mut parts = Vec::with_capacity(chunks.len());
+        for d in done {
+            // (`for_parts` ran every part, or resumed a part's panic.)
+            let r = d.into_inner();
+            parts.push(r.unwrap_or_else(|| Err(Error::config("texts", "a batch did not run")))?);
+        }
+        let mut ws = spaces[0].lock().unwrap_or_else(|e| e.into_inner());
+        for c in &chunks[side..] {
+            parts.push(run(c, &mut ws)?);
+        }
         Ok(parts.into_iter().flatten().collect())
     }
 

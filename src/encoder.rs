@@ -6,32 +6,45 @@ use crate::int8::{Int8Dense, Int8Weights, Precision};
 use crate::mask::{Dims, Mask, merge, merge_ragged};
 use crate::weights::{Dense, DenseWeights, EncoderWeights, NormWeights, Sublayers, WeightDims};
 use std::sync::Arc;
-use transformer_encoder_kernels::team::with_team;
+use transformer_encoder_kernels::team;
 use transformer_encoder_kernels::{
     Activation, AttentionScratch, AttentionShape, Epilogue, Isa, KeepMask, Kernels, MaskedRows,
     PackedMatrix, Par, ProductScratch, QuantRows, RaggedShape, WeightFormat, rng,
 };
 
-/// Where an encoder's kernels run their threads. Results are bit-identical for every choice.
+/// How many threads an encoder's kernels use. Results are bit-identical for every choice.
+///
+/// A call on several threads is led by the calling thread (or, for [`Threads::Pool`], by one
+/// of the pool's threads) with helper threads that the crate keeps for that leading thread:
+/// spawned on its first call, parked between calls (they spin for at most 50 µs after a job,
+/// then sleep), ended with it. Concurrent callers each lead their own team and share nothing
+/// on the hot path. The count is clamped to
+/// [`MAX_THREADS`](transformer_encoder_kernels::team::MAX_THREADS) (256).
 ///
 /// ```
 /// use std::sync::Arc;
 /// use transformer_encoder::{EncoderConfig, Threads, TransformerEncoder};
-/// let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap());
 /// let enc = TransformerEncoder::init(EncoderConfig::new(64, 8), 64, 1)
 ///     .unwrap()
-///     .with_threads(Threads::Pool(pool));
-/// # let _ = enc;
+///     .with_threads(Threads::Count(2));
+/// let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap());
+/// let on_pool = enc.clone().with_threads(Threads::Pool(pool));
+/// # let _ = (enc, on_pool);
 /// ```
 #[derive(Clone, Debug, Default)]
 pub enum Threads {
-    /// The caller's thread only, with no rayon involvement at all.
+    /// The caller's thread only.
     Single,
-    /// Rayon's current context: the caller's pool inside `ThreadPool::install`, else the global
-    /// pool (sized by `RAYON_NUM_THREADS`). Small problems still run on one thread.
+    /// As many threads as rayon's current context has: the caller's pool inside
+    /// `ThreadPool::install`, else the global pool (sized by `RAYON_NUM_THREADS`). Small
+    /// problems still run on one thread.
     #[default]
     Current,
-    /// A dedicated rayon pool.
+    /// `n` threads, led by the caller's: `Count(1)` is [`Threads::Single`]; `Count(0)` is an
+    /// error of every call (`threads`).
+    Count(usize),
+    /// As many threads as the pool has, the call running inside the pool (`install`): one of
+    /// its threads leads, so concurrent callers wait for a free thread of the pool.
     Pool(Arc<rayon::ThreadPool>),
 }
 
@@ -955,18 +968,48 @@ impl TransformerEncoder {
     }
 
     /// Run `body` where this encoder's kernels run their threads, with the `Par` to give them:
-    /// for several threads, inside its pool (if it has one) and one team of threads that stays
-    /// awake for the whole of `body` (a stack runs all its layers in one).
-    pub(crate) fn on_threads<R: Send>(&self, body: impl FnOnce(Par) -> R + Send) -> R {
+    /// for several threads, inside its pool (if it has one) and one team of threads for the
+    /// whole of `body` (a stack runs all its layers in one). Inside a part of a team's job (a
+    /// batch run side by side with others) `body` runs on this thread alone.
+    pub(crate) fn on_threads<R: Send>(
+        &self,
+        body: impl FnOnce(Par) -> Result<R> + Send,
+    ) -> Result<R> {
+        if team::in_part() {
+            return body(Par::Seq);
+        }
         let n = match &self.threads {
             Threads::Single => return body(Par::Seq),
+            Threads::Count(0) => {
+                return Err(Error::config(
+                    "threads",
+                    "Threads::Count(0): at least 1 thread",
+                ));
+            }
+            Threads::Count(n) => (*n).min(team::MAX_THREADS),
             Threads::Current => rayon::current_num_threads(),
             Threads::Pool(pool) => pool.current_num_threads(),
         };
-        let on = move || with_team(n, move || body(Par::Threads(n)));
+        if n <= 1 {
+            return body(Par::Seq);
+        }
+        let on = move || team::with_team(n, move || body(Par::Threads(n)));
         match &self.threads {
             Threads::Pool(pool) => pool.install(on),
             _ => on(),
+        }
+    }
+
+    /// How many threads a call of this encoder would use here (1 inside a team's part).
+    pub(crate) fn thread_count(&self) -> usize {
+        if team::in_part() {
+            return 1;
+        }
+        match &self.threads {
+            Threads::Single => 1,
+            Threads::Count(n) => (*n).clamp(1, team::MAX_THREADS),
+            Threads::Current => rayon::current_num_threads(),
+            Threads::Pool(pool) => pool.current_num_threads(),
         }
     }
 

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 use transformer_encoder::{Isa, Precision, Threads};
 
@@ -114,15 +113,14 @@ pub fn precision(args: &Args) -> Result<Precision, Failure> {
         .parse::<Precision>()?)
 }
 
-/// `Single` for one thread, else a dedicated pool of `n`.
+/// `--threads N`: `Single` for one thread, else `Count(n)` (the caller's thread and the crate's
+/// helper threads); 0 is an error naming the flag.
 pub fn threads(n: usize) -> Result<Threads, Failure> {
-    Ok(if n <= 1 {
-        Threads::Single
-    } else {
-        Threads::Pool(Arc::new(
-            rayon::ThreadPoolBuilder::new().num_threads(n).build()?,
-        ))
-    })
+    match n {
+        0 => Err("--threads: at least 1, got 0".to_string().into()),
+        1 => Ok(Threads::Single),
+        n => Ok(Threads::Count(n)),
+    }
 }
 
 /// Median, minimum and count of the times of `f` over about `seconds` (at least `min_runs`),
@@ -173,4 +171,18 @@ pub fn passages() -> Vec<String> {
 /// The named workloads: `("32-queries", ..)` and `("8-passages-128tok", ..)`.
 pub fn workloads() -> Vec<(&'static str, Vec<String>)> {
     vec![("32-queries", queries()), ("8-passages-128tok", passages())]
+}
+
+/// The CPU time of every thread of this process so far, in nanoseconds (Linux: the sum of
+/// `/proc/self/task/*/schedstat`); `None` where that cannot be read.
+pub fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for t in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = t.ok()?.path().join("schedstat");
+        // A thread that ended since the listing has no file any more: it is not counted.
+        if let Ok(s) = std::fs::read_to_string(path) {
+            total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
 }
