@@ -9,4 +9,4 @@ rustup +nightly component list --installed 2>/dev/null | grep -q '^miri' \
   || rustup +nightly component add miri
 # rayon's global registry and crossbeam's epoch collector live for the process: not leaks of ours.
 export MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-disable-isolation"
-cargo +nightly miri test -p transformer-encoder-kernels --test portable
+cargo +nightly miri test -p transformer-encoder-kernels --test portable --test team

@@ -12,16 +12,18 @@
 //!   part it handed out has finished and no helper still holds the closure, which lives on the
 //!   leader's stack.
 //!
-//! Waiting threads spin for [`SPIN`](super::sync::SPIN), then park. Parking is a Dekker pair of
-//! sequentially consistent accesses: the sleeper raises its flag and then re-reads the word; the
-//! waker writes the word and then reads the flag. One of the two always sees the other, so no
-//! wake-up is lost (an `unpark` that comes first makes the `park` return at once).
+//! Waiting threads spin for [`SPIN`](super::sync::SPIN), then park. Parking is a Dekker pair
+//! with a sequentially consistent fence on each side: the sleeper raises its flag, fences and
+//! re-reads the word; the waker writes the word, fences and reads the flag. One of the two
+//! always sees the other, so no wake-up is lost (an `unpark` that comes first makes the `park`
+//! return at once). (Fences rather than `SeqCst` accesses: loom models fences exactly, and it
+//! found the lost wake-up that `SeqCst` accesses alone let through in its model.)
 //!
 //! The protocol is model-checked with loom (`kernels/tests/loom.rs`).
 
 use super::sync::{
     Arc, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Mutex, Ordering, Padded, Spinner, Thread,
-    thread,
+    fence, thread,
 };
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -119,23 +121,26 @@ impl Gate {
         self.next.store(0, Ordering::Relaxed);
         let epoch = ((self.word.load(Ordering::Relaxed) >> 32) + 1) & 0xFFFF_FFFF;
         // Open: the release publishes the stores above to every helper that enters.
-        self.word.store(epoch << 32, Ordering::SeqCst);
+        self.word.store(epoch << 32, Ordering::Release);
+        fence(Ordering::SeqCst);
         for h in helpers {
-            if h.seat.asleep.load(Ordering::SeqCst) {
+            if h.seat.asleep.load(Ordering::Relaxed) {
                 h.thread.unpark();
             }
         }
         self.work(f, parts);
         // Close, then wait for the helpers inside to leave.
+        #[cfg_attr(loom, allow(unused_mut))]
         let mut waited = 0;
-        if self.word.fetch_or(CLOSED, Ordering::SeqCst) & COUNT != 0 {
+        if self.word.fetch_or(CLOSED, Ordering::AcqRel) & COUNT != 0 {
             #[cfg(not(loom))]
             let start = std::time::Instant::now();
             let mut spinner = Spinner::new();
             while self.word.load(Ordering::Acquire) & COUNT != 0 {
                 if !spinner.spin() {
-                    self.leader_asleep.store(true, Ordering::SeqCst);
-                    if self.word.load(Ordering::SeqCst) & COUNT != 0 {
+                    self.leader_asleep.store(true, Ordering::Relaxed);
+                    fence(Ordering::SeqCst);
+                    if self.word.load(Ordering::Acquire) & COUNT != 0 {
                         thread::park();
                     }
                     self.leader_asleep.store(false, Ordering::Relaxed);
@@ -184,12 +189,12 @@ impl Gate {
                     let f: Job<'_> = unsafe { *job };
                     self.work(f, self.parts.load(Ordering::Relaxed));
                 }
-                let prev = self.word.fetch_sub(1, Ordering::SeqCst);
-                if prev & CLOSED != 0
-                    && prev & COUNT == 1
-                    && self.leader_asleep.load(Ordering::SeqCst)
-                {
-                    self.leader.unpark();
+                let prev = self.word.fetch_sub(1, Ordering::AcqRel);
+                if prev & CLOSED != 0 && prev & COUNT == 1 {
+                    fence(Ordering::SeqCst);
+                    if self.leader_asleep.load(Ordering::Relaxed) {
+                        self.leader.unpark();
+                    }
                 }
                 spinner = Spinner::new();
                 continue;
@@ -199,8 +204,9 @@ impl Gate {
                 return;
             }
             if !spinner.spin() {
-                seat.asleep.store(true, Ordering::SeqCst);
-                let w = self.word.load(Ordering::SeqCst);
+                seat.asleep.store(true, Ordering::Relaxed);
+                fence(Ordering::SeqCst);
+                let w = self.word.load(Ordering::Acquire);
                 let fresh = w >> 32 != seen && w & CLOSED == 0;
                 if !fresh && !self.shutdown.load(Ordering::SeqCst) {
                     thread::park();
@@ -216,5 +222,64 @@ impl Gate {
         for h in helpers {
             h.thread.unpark();
         }
+    }
+}
+
+/// The protocol under loom: every interleaving of a leader and its helpers over two jobs,
+/// parking included (under loom a waiting thread parks at once). Each part must run exactly
+/// once, and all of a job's parts must be done when `run` returns.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use loom::sync::atomic::AtomicUsize;
+
+    /// A leader with `helpers` helpers runs `jobs` jobs of `parts` parts each, every
+    /// interleaving with at most `preemptions` preemptions (the search grows steeply with it).
+    fn model(helpers: usize, jobs: usize, parts: usize, preemptions: usize) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(preemptions);
+        b.check(move || {
+            let gate = Arc::new(Gate::new());
+            let mut team = Vec::new();
+            let mut handles = Vec::new();
+            for i in 0..helpers {
+                let seat = Arc::new(Seat::default());
+                let (g, s) = (gate.clone(), seat.clone());
+                let h = loom::thread::spawn(move || g.serve(i, &s));
+                team.push(Helper {
+                    thread: h.thread().clone(),
+                    seat,
+                });
+                handles.push(h);
+            }
+            for _ in 0..jobs {
+                let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
+                gate.run(parts, &|i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                }, &team);
+                for h in &hits {
+                    assert_eq!(h.load(Ordering::Relaxed), 1);
+                }
+            }
+            gate.shut_down(&team);
+            for h in handles {
+                h.join().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn one_helper_two_jobs() {
+        model(1, 2, 2, 4);
+    }
+
+    #[test]
+    fn two_helpers_one_job() {
+        model(2, 1, 2, 3);
+    }
+
+    #[test]
+    fn two_helpers_two_jobs() {
+        model(2, 2, 1, 2);
     }
 }
