@@ -114,7 +114,10 @@ fn latency() -> Result<ExitCode, common::Failure> {
         let before = common::process_cpu_ns();
         std::thread::sleep(std::time::Duration::from_millis(idle_ms));
         match (before, common::process_cpu_ns()) {
-            (Some(b), Some(a)) => format!(" idle_ms={idle_ms} idle_cpu_ms={:.3}", (a - b) as f64 * 1e-6),
+            (Some(b), Some(a)) => format!(
+                " idle_ms={idle_ms} idle_cpu_ms={:.3}",
+                (a - b) as f64 * 1e-6
+            ),
             _ => format!(" idle_ms={idle_ms} idle_cpu_ms=unavailable"),
         }
     } else {

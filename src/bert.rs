@@ -810,6 +810,16 @@ impl std::fmt::Debug for SentenceEncoder {
     }
 }
 
+/// The shortest truncation a tokenizer takes: the special tokens it adds to one text, and one
+/// token of the text (below the special tokens `tokenizers` underflows).
+fn shortest_truncation(tokenizer: &tokenizers::Tokenizer) -> usize {
+    use tokenizers::PostProcessor;
+    tokenizer
+        .get_post_processor()
+        .map_or(0, |p| p.added_tokens(false))
+        + 1
+}
+
 impl SentenceEncoder {
     /// Load a sentence-transformers folder: `config.json`, `model.safetensors`,
     /// `tokenizer.json`, and if present `1_Pooling/config.json` (default mean pooling),
@@ -844,10 +854,28 @@ impl SentenceEncoder {
                         .is_some_and(|t| t.ends_with("Normalize"))
                 })
             });
-        let max_seq_length = json("sentence_bert_config.json")
+        let min = shortest_truncation(&tokenizer);
+        if model.config.max_position_embeddings < min {
+            return Err(Error::config(
+                "max_position_embeddings",
+                format!(
+                    "config.json: at least {min} (the tokenizer's special tokens and one more), got {}",
+                    model.config.max_position_embeddings
+                ),
+            ));
+        }
+        let asked = json("sentence_bert_config.json")
             .and_then(|c| c.get("max_seq_length").and_then(Value::as_u64))
-            .map_or(512, |v| v as usize)
-            .min(model.config.max_position_embeddings);
+            .map_or(512, |v| v as usize);
+        if asked < min {
+            return Err(Error::config(
+                "max_seq_length",
+                format!(
+                    "sentence_bert_config.json: at least {min} (the tokenizer's special tokens and one more), got {asked}"
+                ),
+            ));
+        }
+        let max_seq_length = asked.min(model.config.max_position_embeddings);
         // The model's own truncation (keeps the final [SEP]); padding is done per batch here.
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {
@@ -883,9 +911,17 @@ impl SentenceEncoder {
     }
 
     /// Truncate texts to at most `n` tokens (special tokens included), capped by the position
-    /// table.
+    /// table. Below the tokenizer's special tokens and one more (3 for BERT) it is an error
+    /// naming `max_seq_length`.
     pub fn with_max_seq_length(mut self, n: usize) -> Result<SentenceEncoder> {
-        let n = n.clamp(1, self.model.config.max_position_embeddings);
+        let min = shortest_truncation(&self.tokenizer);
+        if n < min {
+            return Err(Error::config(
+                "max_seq_length",
+                format!("at least {min} (the tokenizer's special tokens and one more), got {n}"),
+            ));
+        }
+        let n = n.min(self.model.config.max_position_embeddings);
         self.tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {
                 max_length: n,

@@ -76,6 +76,11 @@ impl<'a> TensorView<'a> {
         self.data
     }
 
+    /// The shape as an error message prints it (`[2, 64]`).
+    pub(crate) fn describe_shape(&self) -> String {
+        self.shape.describe()
+    }
+
     /// `(batch, seq, hidden)` if the shape has rank 3.
     pub fn shape3(&self) -> Option<(usize, usize, usize)> {
         (self.shape.rank() == 3).then(|| (self.shape.get(0), self.shape.get(1), self.shape.get(2)))
@@ -581,9 +586,25 @@ impl TransformerEncoder {
         kernels: &'static Kernels,
     ) -> Result<TransformerEncoder> {
         check_config(&config, &dims)?;
-        let proj = |d: &D, rows: usize, cols: usize| -> Result<Projection> {
+        // A kernel that refuses a matrix (int8's exact sums allow at most 65,536 input rows)
+        // names the tensor and the configuration size behind its rows.
+        let proj = |d: &D, rows: usize, cols: usize, name: &str| -> Result<Projection> {
+            let kernel = d.pack(kernels, rows, cols).map_err(|e| match e {
+                Error::Kernel(k) => {
+                    let size = if name == Dense::Output.path() {
+                        "intermediate_dim"
+                    } else {
+                        "hidden_dim"
+                    };
+                    Error::weights(
+                        &format!("{name}/kernel"),
+                        format!("{size} = {rows} input rows: {}", k.message),
+                    )
+                }
+                e => e,
+            })?;
             Ok(Projection {
-                kernel: d.pack(kernels, rows, cols)?,
+                kernel,
                 bias: d.bias().to_vec(),
             })
         };
@@ -591,10 +612,10 @@ impl TransformerEncoder {
         let qkv = D::side_by_side(&[&l.query, &l.key, &l.value], h);
         let at = |d: Dense| {
             let (rows, cols) = dims.matrix(d);
-            proj(l.dense(d), rows, cols)
+            proj(l.dense(d), rows, cols, d.path())
         };
         let attention = SelfAttention {
-            qkv: proj(&qkv, h, 3 * w)?,
+            qkv: proj(&qkv, h, 3 * w, "self_attention_layer/query, key and value")?,
             output: at(Dense::AttentionOutput)?,
             norm: l.self_attention_layer_norm.clone(),
         };

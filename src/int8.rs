@@ -83,6 +83,14 @@ pub struct Int8Weights {
     layers: Sublayers<Int8Dense>,
 }
 
+/// The smallest `kernel_scale` accepted: it stands for weights of about 1.3e8 in magnitude
+/// (trained weights are below 1e3). Much smaller scales stand for weights whose products
+/// overflow float32 in attention's `QKᵀ` (all-NaN outputs at 1e-15 and 1e-30, found by
+/// probing), as the float model would.
+const MIN_SCALE: f32 = 1e-6;
+/// The largest: Keras' largest is 127 / 1e-7 = 1.27e9 (an all-zero column).
+const MAX_SCALE: f32 = 1e10;
+
 impl Int8Weights {
     /// Build from named sublayers, checking every length (and Keras' value range).
     pub fn new(dims: WeightDims, layers: Sublayers<Int8Dense>) -> Result<Int8Weights> {
@@ -113,11 +121,14 @@ impl Int8Weights {
             if let Some(v) = s
                 .kernel_scale
                 .iter()
-                .find(|v| !(v.is_finite() && **v > 0.0))
+                .find(|v| !(MIN_SCALE..=MAX_SCALE).contains(*v))
             {
                 return Err(Error::weights(
                     &format!("{path}/kernel_scale"),
-                    format!("must be finite and positive, got {v}"),
+                    format!(
+                        "must be within 1e-6 to 1e10 (Keras' scales are 127 / (max |W| + 1e-7), \
+                         at most 1.27e9; 1e-6 stands for weights of about 1e8), got {v:e}"
+                    ),
                 ));
             }
         }

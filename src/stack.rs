@@ -112,9 +112,9 @@ impl EncoderStack {
 
     /// Run every layer and return each layer's output (`hidden_states[i]` after layer `i`).
     pub fn forward_all(&self, x: TensorView<'_>, opts: &CallOptions<'_>) -> Result<Vec<Vec<f32>>> {
-        let (b, s, h) = x
-            .shape3()
-            .ok_or_else(|| Error::shape("inputs", "rank 3 [batch, seq, hidden]", "another rank"))?;
+        let (b, s, h) = x.shape3().ok_or_else(|| {
+            Error::shape("inputs", "rank 3 [batch, seq, hidden]", x.describe_shape())
+        })?;
         let mut ws = Workspace::new();
         let mut states: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
         for (i, l) in self.layers.iter().enumerate() {
@@ -138,9 +138,9 @@ impl EncoderStack {
         out: &mut [f32],
         ws: &mut StackWorkspace,
     ) -> Result<()> {
-        let (b, s, h) = x
-            .shape3()
-            .ok_or_else(|| Error::shape("inputs", "rank 3 [batch, seq, hidden]", "another rank"))?;
+        let (b, s, h) = x.shape3().ok_or_else(|| {
+            Error::shape("inputs", "rank 3 [batch, seq, hidden]", x.describe_shape())
+        })?;
         self.chain(x.data(), out, ws, &|l, input, o, lws| {
             l.forward_into(TensorView::new(input, &[b, s, h]), opts, o, None, lws)
         })

@@ -451,3 +451,96 @@ fn ragged_bert_is_bit_identical_to_each_sequence_alone_and_to_padding() {
     let e = pool_ragged(&ragged, &[7, 1], h, Pooling::Mean, true).unwrap_err();
     assert!(e.to_string().contains("hidden"), "{e}");
 }
+
+/// A sentence-transformers folder of the tiny checkpoint, with a small WordPiece tokenizer,
+/// `max_position_embeddings = positions` and, if given, `sentence_bert_config.json`'s
+/// `max_seq_length`.
+fn sentence_dir(name: &str, positions: usize, max_seq_length: Option<usize>) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("te-probe-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = config("gelu").replace(
+        &format!(r#""max_position_embeddings": {P}"#),
+        &format!(r#""max_position_embeddings": {positions}"#),
+    );
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let (bytes, _) = checkpoint(
+        "",
+        |n| Some(n.to_string()),
+        |n, s| {
+            if n.starts_with("embeddings.position") {
+                vec![positions, s[1]]
+            } else {
+                s
+            }
+        },
+    );
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    let tok = r###"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+      "normalizer":{"type":"BertNormalizer","clean_text":true,"handle_chinese_chars":true,"strip_accents":null,"lowercase":true},
+      "pre_tokenizer":{"type":"BertPreTokenizer"},
+      "post_processor":{"type":"BertProcessing","sep":["[SEP]",3],"cls":["[CLS]",2]},
+      "decoder":null,
+      "model":{"type":"WordPiece","unk_token":"[UNK]","continuing_subword_prefix":"##","max_input_chars_per_word":100,
+        "vocab":{"[PAD]":0,"[UNK]":1,"[CLS]":2,"[SEP]":3,"hello":4,"world":5,"the":6,"router":7}}}"###;
+    std::fs::write(dir.join("tokenizer.json"), tok).unwrap();
+    if let Some(n) = max_seq_length {
+        std::fs::write(
+            dir.join("sentence_bert_config.json"),
+            format!(r#"{{"max_seq_length": {n}, "do_lower_case": false}}"#),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// A sequence length below the tokenizer's special tokens and one more is refused, naming
+/// the setting, wherever it comes from (it used to panic inside `tokenizers` with overflow
+/// checks, and to give all-zero embeddings without them).
+#[test]
+fn too_short_sequence_lengths_are_errors() {
+    let texts = ["hello world", "the router"];
+    let ok = SentenceEncoder::from_dir(&sentence_dir("ok", P, None)).unwrap();
+    let want = ok.encode(&texts).unwrap();
+    for n in [0, 1, 2] {
+        let e = SentenceEncoder::from_dir(&sentence_dir("ok", P, None))
+            .unwrap()
+            .with_max_seq_length(n)
+            .err()
+            .unwrap_or_else(|| panic!("with_max_seq_length({n}) accepted"))
+            .to_string();
+        assert!(
+            e.contains("max_seq_length") && e.contains("at least 3"),
+            "{e}"
+        );
+        let e = SentenceEncoder::from_dir(&sentence_dir(&format!("sb{n}"), P, Some(n)))
+            .err()
+            .unwrap_or_else(|| panic!("max_seq_length {n} in the folder accepted"))
+            .to_string();
+        assert!(
+            e.contains("max_seq_length") && e.contains("sentence_bert_config"),
+            "{e}"
+        );
+    }
+    for p in [1, 2] {
+        let e = SentenceEncoder::from_dir(&sentence_dir(&format!("p{p}"), p, None))
+            .err()
+            .unwrap_or_else(|| panic!("max_position_embeddings {p} accepted"))
+            .to_string();
+        assert!(e.contains("max_position_embeddings"), "{e}");
+    }
+    // The shortest length works: [CLS], one token, [SEP]; above the positions, clamped.
+    let fresh = || SentenceEncoder::from_dir(&sentence_dir("ok", P, None)).unwrap();
+    let short = fresh()
+        .with_max_seq_length(3)
+        .unwrap()
+        .encode(&texts)
+        .unwrap();
+    assert!(short.iter().flatten().all(|v| v.is_finite()));
+    assert!(short.iter().any(|v| v.iter().any(|&x| x != 0.0)));
+    let long = fresh()
+        .with_max_seq_length(10_000)
+        .unwrap()
+        .encode(&texts)
+        .unwrap();
+    assert_eq!(long, want);
+}

@@ -33,7 +33,9 @@ fn thread_cpu_ns() -> u64 {
 fn helpers_sleep_after_calls_and_during_serial_stretches() {
     let cfg = EncoderConfig::new(512, 8);
     let w = EncoderWeights::init(&cfg, 256, 3).unwrap();
-    let x: Vec<f32> = (0..4 * 64 * 256).map(|i| ((i % 97) as f32 - 48.0) / 50.0).collect();
+    let x: Vec<f32> = (0..4 * 64 * 256)
+        .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
+        .collect();
     for precision in [Precision::Fp32, Precision::Int8] {
         let enc = TransformerEncoder::new(cfg.clone(), w.clone())
             .unwrap()

@@ -58,7 +58,10 @@ fn nested(threads: usize, depth: usize, fan: usize) -> bool {
             inner[i].store(true, Ordering::Release);
         });
         for (i, f) in inner.iter().enumerate() {
-            assert!(f.load(Ordering::Acquire), "depth {d}: part {i} still running");
+            assert!(
+                f.load(Ordering::Acquire),
+                "depth {d}: part {i} still running"
+            );
         }
     }
     let leader = std::thread::current().id();
@@ -79,7 +82,10 @@ fn nested(threads: usize, depth: usize, fan: usize) -> bool {
             finished[i].store(true, Ordering::Release);
         });
         for (i, f) in finished.iter().enumerate() {
-            assert!(f.load(Ordering::Acquire), "part {i} still running after for_parts");
+            assert!(
+                f.load(Ordering::Acquire),
+                "part {i} still running after for_parts"
+            );
         }
     });
     for (i, l) in leaves.iter().enumerate() {
@@ -145,7 +151,10 @@ fn a_panic_reaches_the_caller_after_every_other_part() {
                 })
             }));
             let msg = r.expect_err("the panic must reach the caller");
-            assert_eq!(msg.downcast_ref::<String>().unwrap(), &format!("part {bad} fails"));
+            assert_eq!(
+                msg.downcast_ref::<String>().unwrap(),
+                &format!("part {bad} fails")
+            );
             for (i, d) in done.iter().enumerate() {
                 assert_eq!(d.load(Ordering::Acquire), i != bad, "part {i}");
             }
@@ -167,8 +176,14 @@ fn a_panic_reaches_the_caller_after_every_other_part() {
 fn a_team_body_waiting_in_other_pools_returns() {
     let rounds = if cfg!(miri) { 1 } else { 50 };
     watchdog(300, move || {
-        let p1 = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        let p2 = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let p1 = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let p2 = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
         let n = AtomicUsize::new(0);
         let part = |_| {
             n.fetch_add(1, Ordering::Relaxed);

@@ -254,9 +254,13 @@ mod loom_model {
             }
             for _ in 0..jobs {
                 let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
-                gate.run(parts, &|i| {
-                    hits[i].fetch_add(1, Ordering::Relaxed);
-                }, &team);
+                gate.run(
+                    parts,
+                    &|i| {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    },
+                    &team,
+                );
                 for h in &hits {
                     assert_eq!(h.load(Ordering::Relaxed), 1);
                 }
