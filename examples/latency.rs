@@ -16,10 +16,7 @@
 
 mod common;
 use std::process::ExitCode;
-use transformer_encoder::{
-    Activation, CallOptions, EncoderConfig, EncoderStack, EncoderWeights, Mask, StackWorkspace,
-    TensorView, TransformerEncoder,
-};
+use transformer_encoder::{StackWorkspace, TensorView};
 
 const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked] [--precision fp32|int8] [--idle-ms N]";
 
@@ -28,80 +25,28 @@ fn main() -> ExitCode {
 }
 
 fn latency() -> Result<ExitCode, common::Failure> {
-    let a = common::Args::parse(
-        USAGE,
-        &[
-            "hidden",
-            "heads",
-            "inter",
-            "seq",
-            "batch",
-            "threads",
-            "layers",
-            "seconds",
-            "activation",
-            "norm",
-            "isa",
-            "precision",
-            "idle-ms",
-        ],
-        &["masked"],
-    )?;
+    let options: Vec<&str> = common::model::FLAGS
+        .iter()
+        .copied()
+        .chain(["threads", "seconds", "idle-ms"])
+        .collect();
+    let a = common::Args::parse(USAGE, &options, &["masked"])?;
     if let Some(p) = a.positional.first() {
         return Err(format!("unexpected argument `{p}` (usage: {USAGE})").into());
     }
-    let (hidden, heads, inter) = (
-        a.num("hidden", 768)?,
-        a.num("heads", 12)?,
-        a.num("inter", 3072)?,
-    );
-    let (seq, batch, threads, layers) = (
-        a.num("seq", 128)?,
-        a.num("batch", 1)?,
-        a.num("threads", 2)?,
-        a.num("layers", 1)?,
-    );
+    let threads = a.num("threads", 2)?;
     let seconds: f64 = a.num("seconds", 3.0)?;
-    let activation = match a.choice("activation", &["gelu", "relu"], "gelu")? {
-        "relu" => Activation::Relu,
-        _ => Activation::Gelu,
-    };
-    let pre = a.choice("norm", &["post", "pre"], "post")? == "pre";
-    let isa = common::tier(&a)?;
-    let precision = common::precision(&a)?;
-    let th = common::threads(threads)?;
-    let cfg = EncoderConfig::new(inter, heads)
-        .with_activation(activation)
-        .with_normalize_first(pre)
-        .with_layer_norm_epsilon(1e-5);
-    let stack = EncoderStack::new(
-        (0..layers)
-            .map(|l| {
-                let w = EncoderWeights::init(&cfg, hidden, 100 + l as u64)?;
-                Ok(TransformerEncoder::with_isa(cfg.clone(), w, isa)?
-                    .with_precision(precision)?
-                    .with_threads(th.clone()))
-            })
-            .collect::<Result<Vec<_>, transformer_encoder::Error>>()?,
-    )?;
-    let x: Vec<f32> = (0..batch * seq * hidden)
-        .map(|i| transformer_encoder_kernels::rng::normal(7, 0, i as u64) as f32)
-        .collect();
-    let pad: Vec<u8> = (0..batch * seq)
-        .map(|i| (i % seq < seq - seq / 4) as u8)
-        .collect();
-    let mut opts = CallOptions::new();
-    if a.has("masked") {
-        opts = opts.padding_mask(Mask::new(&pad, &[batch, seq]));
-    }
-    let view = TensorView::new(&x, &[batch, seq, hidden]);
-    let mut out = vec![0.0f32; x.len()];
-    let mut ws = StackWorkspace::new();
     let idle_ms: u64 = a.num("idle-ms", 0)?;
+    let m = common::model::Model::from_args(&a, common::threads(threads)?)?;
+    let opts = m.options(a.has("masked"));
+    let [batch, seq, hidden] = m.shape;
+    let view = TensorView::new(&m.x, &m.shape);
+    let mut out = vec![0.0f32; m.x.len()];
+    let mut ws = StackWorkspace::new();
     let mut sync_ns = Vec::new();
     let (median, min, runs) = common::time(seconds, 10, || {
         let before = transformer_encoder_kernels::team::sync_nanos();
-        let r = stack.forward_into(view, &opts, &mut out, &mut ws);
+        let r = m.stack.forward_into(view, &opts, &mut out, &mut ws);
         sync_ns.push(transformer_encoder_kernels::team::sync_nanos() - before);
         r
     })?;
@@ -116,18 +61,23 @@ fn latency() -> Result<ExitCode, common::Failure> {
         match (before, common::process_cpu_ns()) {
             (Some(b), Some(a)) => format!(
                 " idle_ms={idle_ms} idle_cpu_ms={:.3}",
-                (a - b) as f64 * 1e-6
+                a.saturating_sub(b) as f64 * 1e-6
             ),
             _ => format!(" idle_ms={idle_ms} idle_cpu_ms=unavailable"),
         }
     } else {
         String::new()
     };
-    let flops = stack.layers()[0].flops(batch, seq) * layers as f64;
+    let s = &m.stack.layers()[0];
+    let (heads, inter) = (s.config().num_heads, s.config().intermediate_dim);
+    let flops = s.flops(batch, seq) * m.layers as f64;
     println!(
-        "encoder isa={isa} precision={precision} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={layers} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1} sync_ms={sync_ms:.4}{idle}",
-        if pre { "pre" } else { "post" },
-        activation,
+        "encoder isa={} precision={} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1} sync_ms={sync_ms:.4}{idle}",
+        m.isa,
+        m.precision,
+        if m.pre { "pre" } else { "post" },
+        m.activation,
+        m.layers,
         median * 1e3,
         min * 1e3,
         flops / median / 1e9
