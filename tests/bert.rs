@@ -499,10 +499,10 @@ fn sentence_dir(name: &str, positions: usize, max_seq_length: Option<usize>) -> 
 #[test]
 fn too_short_sequence_lengths_are_errors() {
     let texts = ["hello world", "the router"];
-    let ok = SentenceEncoder::from_dir(&sentence_dir("ok", P, None)).unwrap();
+    let ok = SentenceEncoder::from_dir(sentence_dir("ok", P, None)).unwrap();
     let want = ok.encode(&texts).unwrap();
     for n in [0, 1, 2] {
-        let e = SentenceEncoder::from_dir(&sentence_dir("ok", P, None))
+        let e = SentenceEncoder::from_dir(sentence_dir("ok", P, None))
             .unwrap()
             .with_max_seq_length(n)
             .err()
@@ -512,7 +512,7 @@ fn too_short_sequence_lengths_are_errors() {
             e.contains("max_seq_length") && e.contains("at least 3"),
             "{e}"
         );
-        let e = SentenceEncoder::from_dir(&sentence_dir(&format!("sb{n}"), P, Some(n)))
+        let e = SentenceEncoder::from_dir(sentence_dir(&format!("sb{n}"), P, Some(n)))
             .err()
             .unwrap_or_else(|| panic!("max_seq_length {n} in the folder accepted"))
             .to_string();
@@ -522,14 +522,14 @@ fn too_short_sequence_lengths_are_errors() {
         );
     }
     for p in [1, 2] {
-        let e = SentenceEncoder::from_dir(&sentence_dir(&format!("p{p}"), p, None))
+        let e = SentenceEncoder::from_dir(sentence_dir(&format!("p{p}"), p, None))
             .err()
             .unwrap_or_else(|| panic!("max_position_embeddings {p} accepted"))
             .to_string();
         assert!(e.contains("max_position_embeddings"), "{e}");
     }
     // The shortest length works: [CLS], one token, [SEP]; above the positions, clamped.
-    let fresh = || SentenceEncoder::from_dir(&sentence_dir("ok", P, None)).unwrap();
+    let fresh = || SentenceEncoder::from_dir(sentence_dir("ok", P, None)).unwrap();
     let short = fresh()
         .with_max_seq_length(3)
         .unwrap()

@@ -151,8 +151,16 @@ static AVX512_VNNI: Kernels = table!(
 #[cfg(target_arch = "x86_64")]
 static AVX512_AMX: Kernels = table!(Isa::Avx512Amx, crate::arch::avx512, crate::arch::q_amx);
 
-/// Work below this many multiply-adds runs on one thread (thread start-up would dominate).
+/// A product below this many multiply-adds runs on one thread (its split would cost more than
+/// it saves).
 const PAR_MIN_FMAS: usize = 1 << 20;
+/// A row-wise pass (LayerNorm, quantizing, a product's finish) below this many values runs on
+/// one thread. A job on a team costs about 0.35 µs (`cargo bench --bench team`), a few
+/// thousand values' worth of work.
+const PAR_MIN_VALUES: usize = 1 << 12;
+/// Attention below this many multiply-adds runs on one thread (a 16-token query's 12 heads are
+/// about 10^5).
+const PAR_MIN_ATTENTION: usize = 1 << 15;
 
 /// Raw pointers shared by the parts of one parallel kernel call, which write disjoint regions.
 #[derive(Clone, Copy)]
@@ -354,7 +362,7 @@ impl Kernels {
             .ok_or_else(|| overflow("quantized rows"))?;
         let qo = self.quant_out(q);
         let f = self.quant;
-        let parts = if x.len() < 1 << 15 {
+        let parts = if x.len() < PAR_MIN_VALUES {
             1
         } else {
             par.parts().min(rows)
@@ -1018,7 +1026,7 @@ impl Kernels {
                 } else {
                     (threads * 3).min(panels)
                 },
-                finish_parts: if m * n < 1 << 15 {
+                finish_parts: if m * n < PAR_MIN_VALUES {
                     1
                 } else {
                     par.parts().min(m)
@@ -1080,7 +1088,7 @@ impl Kernels {
     /// Quantize finished output rows (`[rows, n]`) into a shaped destination.
     fn quantize_out(&self, out: &[f32], n: usize, qo: QuantOut, par: Par) {
         let rows = out.len() / n;
-        let parts = if out.len() < 1 << 15 {
+        let parts = if out.len() < PAR_MIN_VALUES {
             1
         } else {
             par.parts().min(rows)
@@ -1111,7 +1119,7 @@ impl Kernels {
         if act == Activation::Linear && residual.is_none() {
             return;
         }
-        let parts = if x.len() < 1 << 15 {
+        let parts = if x.len() < PAR_MIN_VALUES {
             1
         } else {
             par.parts().min(rows)
@@ -1231,7 +1239,7 @@ impl Kernels {
             sum_out.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
             qo,
         ));
-        let parts = if x.len() < 1 << 16 {
+        let parts = if x.len() < PAR_MIN_VALUES {
             1
         } else {
             par.parts().min(rows)
@@ -1494,7 +1502,7 @@ impl Kernels {
         let units = order.len() * heads;
         // Work in multiply-adds: about len^2 * D per (sequence, head), twice.
         let work = totals.squares.saturating_mul(w);
-        let parts = if work < PAR_MIN_FMAS / 4 {
+        let parts = if work < PAR_MIN_ATTENTION {
             1
         } else {
             par.parts().min(units)

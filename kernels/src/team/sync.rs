@@ -55,7 +55,7 @@ impl Spinner {
     #[cfg(not(loom))]
     pub(crate) fn spin(&mut self) -> bool {
         self.spins = self.spins.wrapping_add(1);
-        if self.spins % 64 == 0 {
+        if self.spins.is_multiple_of(64) {
             let now = std::time::Instant::now();
             let since = *self.since.get_or_insert(now);
             if now.duration_since(since) >= SPIN {
