@@ -14,8 +14,8 @@ use transformer_encoder_kernels::{
 
 /// How many threads an encoder's kernels use. Results are bit-identical for every choice.
 ///
-/// A call on several threads is led by the calling thread (or, for [`Threads::Pool`], by one
-/// of the pool's threads) with helper threads that the crate keeps for that leading thread:
+/// A call on several threads is led by the calling thread with helper threads that the crate
+/// keeps for that thread:
 /// spawned on its first call, parked between calls (they spin for at most 50 µs after a job,
 /// then sleep), ended with it. Concurrent callers each lead their own team and share nothing
 /// on the hot path. The count is clamped to
@@ -43,8 +43,10 @@ pub enum Threads {
     /// `n` threads, led by the caller's: `Count(1)` is [`Threads::Single`]; `Count(0)` is an
     /// error of every call (`threads`).
     Count(usize),
-    /// As many threads as the pool has, the call running inside the pool (`install`): one of
-    /// its threads leads, so concurrent callers wait for a free thread of the pool.
+    /// As many threads as the pool has, led by the caller's thread (the same as
+    /// `Count(pool.current_num_threads())`: the team's helpers are the crate's own threads, not
+    /// the pool's, so a call never waits for a free thread of the pool and the pool's threads
+    /// never run a team's loop).
     Pool(Arc<rayon::ThreadPool>),
 }
 
@@ -989,13 +991,10 @@ impl TransformerEncoder {
     }
 
     /// Run `body` where this encoder's kernels run their threads, with the `Par` to give them:
-    /// for several threads, inside its pool (if it has one) and one team of threads for the
-    /// whole of `body` (a stack runs all its layers in one). Inside a part of a team's job (a
-    /// batch run side by side with others) `body` runs on this thread alone.
-    pub(crate) fn on_threads<R: Send>(
-        &self,
-        body: impl FnOnce(Par) -> Result<R> + Send,
-    ) -> Result<R> {
+    /// for several threads, one team of threads for the whole of `body` (a stack runs all its
+    /// layers in one). Inside a part of a team's job (a batch run side by side with others)
+    /// `body` runs on this thread alone.
+    pub(crate) fn on_threads<R>(&self, body: impl FnOnce(Par) -> Result<R>) -> Result<R> {
         if team::in_part() {
             return body(Par::Seq);
         }
@@ -1014,11 +1013,7 @@ impl TransformerEncoder {
         if n <= 1 {
             return body(Par::Seq);
         }
-        let on = move || team::with_team(n, move || body(Par::Threads(n)));
-        match &self.threads {
-            Threads::Pool(pool) => pool.install(on),
-            _ => on(),
-        }
+        team::with_team(n, move || body(Par::Threads(n)))
     }
 
     /// How many threads a call of this encoder would use here (1 inside a team's part).
