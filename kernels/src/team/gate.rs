@@ -279,7 +279,7 @@ mod loom_model {
 
     #[test]
     fn two_helpers_one_job() {
-        model(2, 1, 2, 3);
+        model(2, 1, 2, 2);
     }
 
     #[test]
