@@ -993,11 +993,8 @@ impl TransformerEncoder {
     /// Run `body` where this encoder's kernels run their threads, with the `Par` to give them:
     /// for several threads, one team of threads for the whole of `body` (a stack runs all its
     /// layers in one). Inside a part of a team's job (a batch run side by side with others)
-    /// `body` runs on this thread alone.
+    /// `body` runs on this thread alone, planned for `n` threads.
     pub(crate) fn on_threads<R>(&self, body: impl FnOnce(Par) -> Result<R>) -> Result<R> {
-        if team::in_part() {
-            return body(Par::Seq);
-        }
         let n = match &self.threads {
             Threads::Single => return body(Par::Seq),
             Threads::Count(0) => {
@@ -1012,6 +1009,12 @@ impl TransformerEncoder {
         };
         if n <= 1 {
             return body(Par::Seq);
+        }
+        // Inside a part the kernels still plan for `n` threads (their row blocks fit the cache
+        // better than the one-thread plan: float32 corpus 91.5 against 85.8 texts/s on Zen 3;
+        // the same results) and run their parts in order on this thread.
+        if team::in_part() {
+            return body(Par::Threads(n));
         }
         team::with_team(n, move || body(Par::Threads(n)))
     }
