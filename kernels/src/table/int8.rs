@@ -1,0 +1,343 @@
+//! Keras' int8 format: packing its variables into panels, quantizing activation rows for
+//! them, and the raw int32 sums.
+
+use super::*;
+
+/// How the int8 weight panels (and the quantized rows feeding them) are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Int8Layout {
+    /// Panel of `nr` columns: `k/4` groups, each `nr` columns x 4 bytes (the vector kernels);
+    /// rows padded to a multiple of 4 bytes.
+    Groups,
+    /// Panel of 32 columns: per 64-wide step of `k`, two 16 x 64-byte tiles (columns 0..16, then
+    /// 16..32); rows padded to 64 bytes, the row count to 32 (AMX).
+    AmxTiles,
+}
+
+impl Int8Layout {
+    /// Bytes a quantized row is padded to.
+    pub(crate) fn row_align(self) -> usize {
+        match self {
+            Int8Layout::Groups => 4,
+            Int8Layout::AmxTiles => 64,
+        }
+    }
+    /// Rows the quantized rows are padded to (the tiles read whole blocks).
+    pub(crate) fn rows_align(self) -> usize {
+        match self {
+            Int8Layout::Groups => 1,
+            Int8Layout::AmxTiles => 32,
+        }
+    }
+    /// The byte of inner row `r`, column `c` (`c < nr`) of panel `p`, with `kg` groups per panel.
+    pub(super) fn offset(self, p: usize, r: usize, c: usize, nr: usize, kg: usize) -> usize {
+        let (g, b) = (r / 4, r % 4);
+        match self {
+            Int8Layout::Groups => ((p * kg + g) * nr + c) * 4 + b,
+            Int8Layout::AmxTiles => {
+                p * kg * nr * 4
+                    + (g / 16) * 16 * nr * 4
+                    + (c / 16) * 1024
+                    + (g % 16) * 64
+                    + (c % 16) * 4
+                    + b
+            }
+        }
+    }
+}
+
+impl Kernels {
+    /// Do the int8 kernels of `isa` store activations as `q + 128`?
+    pub(crate) fn int8_offset(isa: Isa) -> bool {
+        Kernels::table(isa).qoffset
+    }
+
+    /// Pack Keras' int8 variables of a `[k, n]` projection once, for the int8 products of this
+    /// tier: `kernel` row-major `[k, n]` in `-127..=127` (Keras' clip), `scale` its
+    /// `kernel_scale`, one positive finite value per column. The panels take a quarter of the
+    /// float bytes, plus per column `1 / scale` and (for the VNNI tiers) `128 * column sum`.
+    /// `k` is at most 65,536, where the int32 sums stay exact.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels, quant::quantize_weights};
+    /// let w = [0.5f32, -1.0, 0.25, 2.0]; // [2, 2]
+    /// let (q, s) = quantize_weights(&w, 2, 2);
+    /// let p = Kernels::for_isa(Isa::Portable)?.pack_int8(&q, &s, 2, 2)?;
+    /// assert_eq!(p.int8_parts(), Some((q, s)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pack_int8(
+        &self,
+        kernel: &[i8],
+        scale: &[f32],
+        k: usize,
+        n: usize,
+    ) -> Result<PackedMatrix, KernelError> {
+        let want = k.checked_mul(n).ok_or_else(|| KernelError {
+            message: format!("int8 weight matrix [{k}, {n}] is too large"),
+        })?;
+        expect_len("int8 kernel", kernel.len(), want)?;
+        expect_len("kernel_scale", scale.len(), n)?;
+        if k > MAX_INT8_K {
+            return Err(KernelError {
+                message: format!(
+                    "int8 kernel has {k} input rows; at most {MAX_INT8_K} keep the int32 sums exact"
+                ),
+            });
+        }
+        if let Some(i) = kernel.iter().position(|&v| v == i8::MIN) {
+            return Err(KernelError {
+                message: format!(
+                    "int8 kernel value -128 at index {i}: Keras' quantization clips to -127..=127"
+                ),
+            });
+        }
+        if let Some(v) = scale.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return Err(KernelError {
+                message: format!("kernel_scale must be finite and positive, got {v}"),
+            });
+        }
+        let (nr, layout) = (self.qnr, self.qlayout);
+        let panels = n.div_ceil(nr);
+        let kg = k.next_multiple_of(layout.row_align()) / 4;
+        let np = panels * nr;
+        let mut data = Aligned::<i8>::zeroed(panels * kg * nr * 4);
+        let mut comp = Aligned::<i32>::zeroed(np);
+        let (d, cs) = (data.as_mut_slice(), comp.as_mut_slice());
+        for p in 0..panels {
+            for c in 0..nr.min(n - p * nr) {
+                let col = p * nr + c;
+                let mut sum = 0i32;
+                for r in 0..k {
+                    let v = kernel[r * n + col];
+                    sum += v as i32;
+                    d[layout.offset(p, r, c, nr, kg)] = v;
+                }
+                cs[col] = if self.qoffset { 128 * sum } else { 0 };
+            }
+        }
+        let mut inv_scale = Aligned::<f32>::zeroed(np);
+        for (d, s) in inv_scale.as_mut_slice().iter_mut().zip(scale) {
+            *d = 1.0 / s;
+        }
+        Ok(PackedMatrix {
+            k,
+            n,
+            nr,
+            isa: self.isa,
+            data: Panels::Int8 {
+                panels: data,
+                kg,
+                layout,
+                comp,
+                inv_scale,
+                scale: scale.to_vec(),
+            },
+        })
+    }
+
+    /// Quantize rows of `cols` values (Keras' per-row int8 quantization) into `q`, in this tier's
+    /// layout, whatever `q` is armed for.
+    pub fn quantize_rows(
+        &self,
+        x: &[f32],
+        cols: usize,
+        q: &mut QuantRows,
+        par: Par,
+    ) -> Result<(), KernelError> {
+        if cols == 0 || !x.len().is_multiple_of(cols) {
+            return Err(KernelError {
+                message: format!(
+                    "rows to quantize have {} elements, not a multiple of the row length {cols}",
+                    x.len()
+                ),
+            });
+        }
+        let rows = x.len() / cols;
+        q.shape(self.isa, self.qlayout, rows, cols)
+            .ok_or_else(|| overflow("quantized rows"))?;
+        let qo = self.quant_out(q);
+        let f = self.quant;
+        let parts = if x.len() < PAR_MIN_VALUES {
+            1
+        } else {
+            par.parts().min(rows)
+        };
+        let ptrs = Shared((x.as_ptr(), qo));
+        let run = |part: usize| {
+            let (r0, r1) = split(rows, parts, part);
+            let (xp, qo) = ptrs.get();
+            // SAFETY: the tier is available; rows r0..r1 of x ([rows, cols]) and of the quantized
+            // rows (shaped above) are in bounds and written by this part only.
+            unsafe { f(xp.add(r0 * cols), r1 - r0, cols, &qo.skip(r0)) };
+        };
+        crate::team::for_parts(parts, &run);
+        Ok(())
+    }
+
+    /// Quantize `x` into `q` if `q` is armed for an int8 matrix (the input of a product nobody
+    /// produced in this call, such as the layer's own input); nothing otherwise.
+    pub fn prepare(
+        &self,
+        x: &[f32],
+        cols: usize,
+        q: &mut QuantRows,
+        par: Par,
+    ) -> Result<(), KernelError> {
+        if q.is_armed() {
+            self.quantize_rows(x, cols, q, par)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The raw destination of quantized rows (shaped), with this tier's byte layout.
+    pub(super) fn quant_out(&self, q: &mut QuantRows) -> QuantOut {
+        QuantOut {
+            bytes: q.bytes.as_mut_ptr(),
+            stride: q.stride,
+            scale: q.scale.as_mut_ptr(),
+            inv_scale: q.inv_scale.as_mut_ptr(),
+            offset: self.qoffset,
+        }
+    }
+
+    /// `q`, shaped for `rows` rows of `cols` if it is armed (`None` if not).
+    pub(super) fn armed_out(
+        &self,
+        q: Option<&mut QuantRows>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<QuantOut>, KernelError> {
+        match q {
+            Some(q) if q.is_armed() => {
+                q.shape(self.isa, self.qlayout, rows, cols)
+                    .ok_or_else(|| overflow("quantized rows"))?;
+                Ok(Some(self.quant_out(q)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The int32 sums of an int8 product, `out[m, n] = sum_k q_a[i, k] w_q[k, j]`, exactly (the
+    /// integer part Keras computes; for tests and integer pipelines).
+    pub fn gemm_int8_sums(
+        &self,
+        qa: &QuantRows,
+        b: &PackedMatrix,
+        out: &mut [i32],
+        par: Par,
+    ) -> Result<(), KernelError> {
+        let Panels::Int8 {
+            panels,
+            kg,
+            comp,
+            inv_scale,
+            ..
+        } = &b.data
+        else {
+            return Err(KernelError {
+                message: "gemm_int8_sums takes int8 weights".into(),
+            });
+        };
+        let (m, k, n) = (qa.rows, b.k, b.n);
+        if b.isa != self.isa || qa.isa != Some(self.isa) || qa.cols != k {
+            return Err(KernelError {
+                message: format!(
+                    "int8 sums: weights [{k}, {n}] for tier {}, rows of {} quantized for {:?},                      table {}",
+                    b.isa, qa.cols, qa.isa, self.isa
+                ),
+            });
+        }
+        let mn = m.checked_mul(n).ok_or_else(|| overflow("gemm output"))?;
+        expect_len("int8 sums output", out.len(), mn)?;
+        if mn == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            out.fill(0);
+            return Ok(());
+        }
+        let epi = QEpi {
+            bias: std::ptr::null(),
+            residual: std::ptr::null(),
+            ldr: n,
+            act: Activation::Linear,
+            comp: comp.as_ptr(),
+            // Not read for raw sums, but offset like the others: a valid pointer.
+            wscale: inv_scale.as_ptr(),
+            xscale: qa.inv_scale.as_ptr(),
+            raw: true,
+        };
+        let plan = self.plan_product(
+            m,
+            *kg,
+            n,
+            self.qmr,
+            self.qnr,
+            qa.stride,
+            b.bytes(),
+            TALL_ROWS_INT8,
+            par,
+        );
+        let c = COut {
+            base: out.as_mut_ptr() as *mut f32,
+            per_part: 0,
+            blocked: false,
+        };
+        self.run_int8(qa, *kg, panels.as_ptr(), n, c, epi, plan, None);
+        Ok(())
+    }
+
+    /// Run the int8 product over the parts of `plan` (validated by the callers: `qa` holds `m`
+    /// rows of `k`, the output rows at `c` have `n` elements of 4 bytes).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_int8(
+        &self,
+        qa: &QuantRows,
+        kg: usize,
+        panels: *const i8,
+        n: usize,
+        c: COut,
+        epi: QEpi,
+        plan: Plan,
+        finish: Option<&(dyn Fn(usize, usize, usize) + Sync)>,
+    ) {
+        let stride = qa.stride;
+        let f = self.qgemm;
+        let ptrs = Shared((qa.bytes.as_ptr(), panels, c, epi));
+        let run = |part: usize, r0: usize, r1: usize, p0: usize, p1: usize| {
+            let (ap, bp, c, mut epi) = ptrs.get();
+            // SAFETY: the tier is available; qa holds m rows of `stride >= 4 kg` bytes and m
+            // scales; the panels hold ceil(n / qnr) panels of kg * qnr * 4 bytes, comp and
+            // inv_scale ceil(n / qnr) * qnr values; the output rows r0..r1 at `c.at` have n
+            // columns (f32 or i32); bias [n] and residual [m, n] were checked by the caller;
+            // rows r0..r1 and panels p0..p1 are in range, and parts write disjoint rows or
+            // columns.
+            unsafe {
+                if !epi.residual.is_null() {
+                    epi.residual = epi.residual.add(r0 * n);
+                }
+                epi.xscale = epi.xscale.add(r0);
+                let cp = c.at(part, r0, n);
+                f(
+                    ap.add(r0 * stride),
+                    stride,
+                    r1 - r0,
+                    kg,
+                    bp,
+                    n,
+                    cp,
+                    n,
+                    p0,
+                    p1,
+                    &epi,
+                )
+            };
+        };
+        self.run_plan(plan, run, finish);
+    }
+}
+
+/// The largest `k` of an int8 product: `255 * 127 * k` stays below 2^31.
+pub(super) const MAX_INT8_K: usize = 65_536;

@@ -1,0 +1,272 @@
+//! The kernel table: the one dispatch point. One table per instruction-set tier, chosen once.
+
+use crate::activation::Activation;
+use crate::aligned::Aligned;
+use crate::arch::{ActFn, AttnFn, GemmFn, NormFn, QGemmFn, QuantFn, QuantOut, RowActFn};
+use crate::isa::{Isa, IsaError};
+use crate::ops::attention::{AttnArgs, SeqSpan, scratch_len};
+use crate::ops::gemm::Epi;
+use crate::ops::qgemm::QEpi;
+use crate::quant::{QuantRows, WeightFormat};
+use crate::{KeepMask, KernelError, MaskedRows, expect_len};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+mod attend;
+mod int8;
+mod packed;
+mod plan;
+mod product;
+mod rows;
+
+pub use attend::{AttentionScratch, AttentionShape, RaggedShape};
+pub(crate) use int8::Int8Layout;
+pub use packed::PackedMatrix;
+pub use plan::ProductScratch;
+
+use packed::Panels;
+use plan::{COut, Plan, TALL_ROWS_F32, TALL_ROWS_INT8};
+use rows::check_norm;
+
+/// How a kernel call may use threads. Results are bit-identical for every choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Par {
+    /// On the calling thread only, without touching rayon.
+    Seq,
+    /// Split into about this many parts run by rayon in the current context (the caller's
+    /// pool inside `ThreadPool::install`, else the global pool).
+    Threads(usize),
+}
+
+impl Par {
+    fn parts(self) -> usize {
+        match self {
+            Par::Seq => 1,
+            Par::Threads(n) => n.max(1),
+        }
+    }
+}
+
+/// The kernels of one instruction-set tier. Obtained only through [`Kernels::best`] or
+/// [`Kernels::for_isa`], which check that the CPU has the tier: holding a `&Kernels` proves its
+/// instructions can run.
+///
+/// ```
+/// use transformer_encoder_kernels::{Epilogue, Isa, Kernels, Par};
+/// let k = Kernels::for_isa(Isa::Portable)?;
+/// let w = k.pack(&[1.0, 2.0, 3.0, 4.0], 2, 2).unwrap(); // [[1, 2], [3, 4]]
+/// let mut out = [0.0f32; 2];
+/// k.gemm(&[1.0, 1.0], 1, &w, &Epilogue::default(), &mut out, Par::Seq).unwrap();
+/// assert_eq!(out, [4.0, 6.0]);
+/// # Ok::<(), transformer_encoder_kernels::IsaError>(())
+/// ```
+#[derive(Debug)]
+pub struct Kernels {
+    isa: Isa,
+    mr: usize,
+    nr: usize,
+    gemm: GemmFn,
+    norm: NormFn,
+    attn: AttnFn,
+    act: ActFn,
+    act_rows: RowActFn,
+    quant: QuantFn,
+    /// The int8 products: register tile, panel width, whether activations carry `+128`.
+    qgemm: QGemmFn,
+    qmr: usize,
+    qnr: usize,
+    qoffset: bool,
+    qlayout: Int8Layout,
+}
+
+macro_rules! table {
+    ($isa:expr, $m:path, $q:path) => {{
+        use $m as t;
+        use $q as q;
+        Kernels {
+            isa: $isa,
+            mr: t::MR,
+            nr: t::NR,
+            gemm: t::gemm,
+            norm: t::layer_norm,
+            attn: t::attention,
+            act: t::activation,
+            act_rows: t::activation_rows,
+            quant: t::quantize,
+            qgemm: q::qgemm,
+            qmr: q::MR,
+            qnr: q::NR,
+            qoffset: q::OFFSET,
+            qlayout: q::LAYOUT,
+        }
+    }};
+}
+
+// One table per tier: the float kernels of its float tier, the int8 products of its own
+// dot-product instructions.
+static PORTABLE: Kernels = table!(
+    Isa::Portable,
+    crate::arch::portable,
+    crate::arch::q_portable
+);
+#[cfg(target_arch = "x86_64")]
+static AVX2: Kernels = table!(Isa::Avx2, crate::arch::avx2, crate::arch::q_avx2);
+#[cfg(target_arch = "x86_64")]
+static AVX2_VNNI: Kernels = table!(Isa::Avx2Vnni, crate::arch::avx2, crate::arch::q_avx2vnni);
+#[cfg(target_arch = "x86_64")]
+static AVX512: Kernels = table!(Isa::Avx512, crate::arch::avx512, crate::arch::q_avx512);
+#[cfg(target_arch = "x86_64")]
+static AVX512_VNNI: Kernels = table!(
+    Isa::Avx512Vnni,
+    crate::arch::avx512,
+    crate::arch::q_avx512vnni
+);
+#[cfg(target_arch = "x86_64")]
+static AVX512_AMX: Kernels = table!(Isa::Avx512Amx, crate::arch::avx512, crate::arch::q_amx);
+
+/// A product below this many multiply-adds runs on one thread (its split would cost more than
+/// it saves).
+const PAR_MIN_FMAS: usize = 1 << 20;
+/// A row-wise pass (LayerNorm, quantizing, a product's finish) below this many values runs on
+/// one thread. A job on a team costs about 0.35 µs (`cargo bench --bench team`), a few
+/// thousand values' worth of work.
+const PAR_MIN_VALUES: usize = 1 << 12;
+/// Attention below this many multiply-adds runs on one thread (a 16-token query's 12 heads are
+/// about 10^5).
+const PAR_MIN_ATTENTION: usize = 1 << 15;
+
+/// Raw pointers shared by the parts of one parallel kernel call, which write disjoint regions.
+#[derive(Clone, Copy)]
+struct Shared<T>(T);
+// SAFETY: only used to hand raw pointers to the parts of one kernel call, each of which writes
+// a region no other part touches, while the caller's borrows keep the buffers alive.
+unsafe impl<T> Send for Shared<T> {}
+// SAFETY: as above; the parts only read through shared pointers or write disjoint regions.
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T: Copy> Shared<T> {
+    /// The pointers (a method, so closures capture the whole wrapper, not its field).
+    fn get(&self) -> T {
+        self.0
+    }
+}
+
+impl Kernels {
+    /// The table of [`Isa::detect`]: the best tier, or the one `TRANSFORMER_ENCODER_ISA` forces
+    /// (an error, naming the variable and this CPU's tiers, if it names no tier or one this CPU
+    /// lacks).
+    pub fn best() -> Result<&'static Kernels, IsaError> {
+        static BEST: OnceLock<Result<&'static Kernels, IsaError>> = OnceLock::new();
+        BEST.get_or_init(|| Isa::detect().map(Kernels::table))
+            .clone()
+    }
+
+    /// The table of a given tier, or an error if this CPU lacks it.
+    pub fn for_isa(isa: Isa) -> Result<&'static Kernels, IsaError> {
+        isa.require().map(Kernels::table)
+    }
+
+    pub(super) fn table(isa: Isa) -> &'static Kernels {
+        match isa {
+            Isa::Portable => &PORTABLE,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => &AVX2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Vnni => &AVX2_VNNI,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => &AVX512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => &AVX512_VNNI,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Amx => &AVX512_AMX,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => &PORTABLE,
+        }
+    }
+
+    /// The tier of this table.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The register tile (`rows x columns`) of this tier's matrix products over `format`.
+    pub fn tile(&self, format: WeightFormat) -> (usize, usize) {
+        match format {
+            WeightFormat::F32 => (self.mr, self.nr),
+            WeightFormat::Int8 => (self.qmr, self.qnr),
+        }
+    }
+}
+
+/// `v` grown to at least `n` values; its first `n`.
+pub(super) fn grow_f32(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Part `i` of `0..total` split into `parts` nearly equal contiguous ranges.
+pub(super) fn split(total: usize, parts: usize, i: usize) -> (usize, usize) {
+    (total * i / parts, total * (i + 1) / parts)
+}
+
+#[cold]
+pub(super) fn overflow(what: &str) -> KernelError {
+    KernelError {
+        message: format!("`{what}` size overflows usize"),
+    }
+}
+
+/// What [`Kernels::gemm`] does to each output element after the product.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added to every row first (`[n]`).
+    pub bias: Option<&'a [f32]>,
+    /// Applied after the bias.
+    pub activation: Option<Activation>,
+    /// Added last (`[m, n]`).
+    pub residual: Option<&'a [f32]>,
+}
+
+/// The baseline product every benchmark compares against: `matrixmultiply::sgemm` on row-major
+/// `a [m, k]` and `b [k, n]`, `out = a · b`.
+pub fn baseline_sgemm(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let size = |x: usize, y: usize, what: &str| x.checked_mul(y).ok_or_else(|| overflow(what));
+    expect_len("a", a.len(), size(m, k, "a")?)?;
+    expect_len("b", b.len(), size(k, n, "b")?)?;
+    expect_len("out", out.len(), size(m, n, "out")?)?;
+    // matrixmultiply takes isize strides.
+    if isize::try_from(k).is_err() || isize::try_from(n).is_err() {
+        return Err(overflow("stride"));
+    }
+    // SAFETY: a is [m, k] row-major (rsa = k, csa = 1), b is [k, n] (rsb = n, csb = 1), out is
+    // [m, n] (rsc = n, csc = 1); the lengths were checked above and beta = 0 means out is
+    // only written.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            out.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+    Ok(())
+}

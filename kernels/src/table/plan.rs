@@ -1,0 +1,200 @@
+//! How a product is split between threads, and running the split.
+
+use super::*;
+
+impl Kernels {
+    /// How to split a product of `m` rows, `k` inner steps and `n` columns (panels of `nr`)
+    /// between threads (`row_bytes`: the bytes of one row of A, `b_bytes`: the packed weights').
+    ///
+    /// * By row blocks, when A is tall (many rows: a ragged batch, a large batch) and the weights
+    ///   fit in L2 (each block streams them all), or A is taller than B is wide on several
+    ///   threads: blocks of rows whose A and output stay in L2, claimed in
+    ///   order by whichever thread is free; each block streams every weight panel past its rows
+    ///   and is finished at once, while its output is in cache.
+    /// * Else by column panels (each part reads only its share of the weights and all of A), a
+    ///   few parts per thread to even out uneven costs; the row-wise finish then runs over all
+    ///   rows, split between threads.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn plan_product(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        mr: usize,
+        nr: usize,
+        row_bytes: usize,
+        b_bytes: usize,
+        tall_rows: usize,
+        par: Par,
+    ) -> Plan {
+        let panels = n.div_ceil(nr);
+        let work = m.saturating_mul(k).saturating_mul(n);
+        let threads = match par {
+            Par::Threads(t) if work >= PAR_MIN_FMAS => t.max(1),
+            _ => 1,
+        };
+        // Measured on the Xeon: int8 MiniLM weights (0.6 MB) over 4,352 rows twice as fast in
+        // blocks on one thread; float32 BERT-base weights (7 MB) over 1,024 rows slower (62-69
+        // ms against 67-71 ms for the layer at batch 8, interleaved runs).
+        let tall = m >= tall_rows && b_bytes <= 4 * L2_BYTES;
+        if tall || (threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n) {
+            // A block of A in a quarter of L2 and its output in half of it, whole tiles of
+            // rows, and at least two blocks per thread.
+            let fit = (L2_BYTES / 4 / row_bytes.max(1)).min(L2_BYTES / 2 / (4 * n).max(1));
+            let per_thread = m.div_ceil(2 * threads).div_ceil(mr) * mr;
+            let mb = (fit.clamp(2 * mr, 512) / mr * mr).min(per_thread).max(mr);
+            let blocks = m.div_ceil(mb);
+            Plan {
+                m,
+                panels,
+                block: Some(mb),
+                parts: threads.min(blocks),
+                finish_parts: 1,
+            }
+        } else {
+            Plan {
+                m,
+                panels,
+                block: None,
+                parts: if threads == 1 {
+                    1
+                } else {
+                    (threads * 3).min(panels)
+                },
+                finish_parts: if m * n < PAR_MIN_VALUES {
+                    1
+                } else {
+                    par.parts().min(m)
+                },
+            }
+        }
+    }
+
+    /// Run a planned product: `f(part, r0, r1, p0, p1)` on each part, then
+    /// `finish(part, r0, r1)` on finished rows (the row-wise rest of the epilogue). With row
+    /// blocks, `part` is the thread's part (a part runs on one thread at a time); with column
+    /// panels every `finish` call has part 0. Every output element is computed the same way
+    /// whatever the split.
+    pub(super) fn run_plan(
+        &self,
+        plan: Plan,
+        f: impl Fn(usize, usize, usize, usize, usize) + Sync,
+        finish: Option<&(dyn Fn(usize, usize, usize) + Sync)>,
+    ) {
+        let (m, panels) = (plan.m, plan.panels);
+        match plan.block {
+            Some(mb) => {
+                let blocks = m.div_ceil(mb);
+                let next = AtomicUsize::new(0);
+                let run = |part: usize| {
+                    loop {
+                        let u = next.fetch_add(1, Ordering::Relaxed);
+                        if u >= blocks {
+                            break;
+                        }
+                        let (r0, r1) = (u * mb, ((u + 1) * mb).min(m));
+                        f(part, r0, r1, 0, panels);
+                        if let Some(fin) = finish {
+                            fin(part, r0, r1);
+                        }
+                    }
+                };
+                crate::team::for_parts(plan.parts, &run);
+            }
+            None => {
+                let parts = plan.parts;
+                let run = |part: usize| {
+                    let (p0, p1) = split(panels, parts, part);
+                    f(part, 0, m, p0, p1);
+                };
+                crate::team::for_parts(parts, &run);
+                if let Some(fin) = finish {
+                    let fp = plan.finish_parts;
+                    let run = |part: usize| {
+                        let (r0, r1) = split(m, fp, part);
+                        fin(0, r0, r1);
+                    };
+                    crate::team::for_parts(fp, &run);
+                }
+            }
+        }
+    }
+}
+
+/// The output rows of a product's parts: one `[m, n]` buffer (row `r` at `r * n`), or a block
+/// buffer per part (`per_part` floats apart; a block's first row at its start).
+#[derive(Clone, Copy)]
+pub(super) struct COut {
+    pub(super) base: *mut f32,
+    pub(super) per_part: usize,
+    pub(super) blocked: bool,
+}
+
+impl COut {
+    /// Where part `part` writes row `r0` (the first row of its current rows).
+    ///
+    /// # Safety
+    /// The row is within the buffer the plan sized.
+    #[inline]
+    pub(super) unsafe fn at(&self, part: usize, r0: usize, n: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if self.blocked {
+                self.base.add(part * self.per_part)
+            } else {
+                self.base.add(r0 * n)
+            }
+        }
+    }
+}
+
+/// Scratch space for [`Kernels::gemm_quantized`]: the float32 output blocks of its threads,
+/// grown on first use and then reused (see that method for an example).
+#[derive(Debug, Default)]
+pub struct ProductScratch {
+    pub(super) buf: Vec<f32>,
+}
+
+impl ProductScratch {
+    /// Empty scratch space.
+    pub fn new() -> ProductScratch {
+        ProductScratch::default()
+    }
+}
+
+/// A product's split between threads ([`Kernels::plan_product`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Plan {
+    pub(super) m: usize,
+    pub(super) panels: usize,
+    /// Rows per block when split by row blocks; `None`: by column panels.
+    pub(super) block: Option<usize>,
+    pub(super) parts: usize,
+    /// Parts of the row-wise finish after a split by column panels.
+    pub(super) finish_parts: usize,
+}
+
+impl Plan {
+    /// Rows of output one part holds at a time: a block, or every row.
+    pub(super) fn part_rows(&self) -> usize {
+        self.block.unwrap_or(self.m)
+    }
+
+    /// Output buffers the parts need when each writes its own: one per part for row blocks,
+    /// one shared (disjoint columns) for column panels.
+    pub(super) fn buffers(&self) -> usize {
+        if self.block.is_some() { self.parts } else { 1 }
+    }
+}
+
+/// From this many rows a product runs by row blocks whatever the thread count (A and the output
+/// no longer fit in L2 otherwise). In int8 the output is larger than A fourfold and the weights
+/// are a quarter of float32's, so blocks pay off sooner (measured on the Xeon, interleaved runs of
+/// the embedding workloads: 256 rows against 1,024, the corpus in int8 105 / 101 / 110 ms against
+/// 116 / 110 / 117, 32 queries 7.2 / 6.5 / 6.6 against 7.4 / 7.1 / 7.6; in float32 256 was
+/// slower, 364-407 against 345-382).
+pub(super) const TALL_ROWS_F32: usize = 1024;
+pub(super) const TALL_ROWS_INT8: usize = 256;
+
+/// The L2 size the row blocks are sized for (per core; 1-2 MiB on the CPUs of the field).
+pub(super) const L2_BYTES: usize = 1 << 20;
