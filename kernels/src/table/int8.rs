@@ -158,11 +158,7 @@ impl Kernels {
             .ok_or_else(|| overflow("quantized rows"))?;
         let qo = self.quant_out(q);
         let f = self.quant;
-        let parts = if x.len() < PAR_MIN_VALUES {
-            1
-        } else {
-            par.parts().min(rows)
-        };
+        let parts = par.row_parts(x.len(), rows);
         let ptrs = Shared((x.as_ptr(), qo));
         let run = |part: usize| {
             let (r0, r1) = split(rows, parts, part);

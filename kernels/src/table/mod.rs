@@ -45,6 +45,16 @@ impl Par {
             Par::Threads(n) => n.max(1),
         }
     }
+
+    /// Parts of a row-wise pass over `values` values in `rows` rows: one below
+    /// [`PAR_MIN_VALUES`], else a part per thread (at most one per row).
+    fn row_parts(self, values: usize, rows: usize) -> usize {
+        if values < PAR_MIN_VALUES {
+            1
+        } else {
+            self.parts().min(rows)
+        }
+    }
 }
 
 /// The kernels of one instruction-set tier. Obtained only through [`Kernels::best`] or

@@ -61,11 +61,7 @@ impl Kernels {
                 } else {
                     (threads * 3).min(panels)
                 },
-                finish_parts: if m * n < PAR_MIN_VALUES {
-                    1
-                } else {
-                    par.parts().min(m)
-                },
+                finish_parts: par.row_parts(m * n, m),
             }
         }
     }

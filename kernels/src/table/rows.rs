@@ -6,11 +6,7 @@ impl Kernels {
     /// Quantize finished output rows (`[rows, n]`) into a shaped destination.
     pub(super) fn quantize_out(&self, out: &[f32], n: usize, qo: QuantOut, par: Par) {
         let rows = out.len() / n;
-        let parts = if out.len() < PAR_MIN_VALUES {
-            1
-        } else {
-            par.parts().min(rows)
-        };
+        let parts = par.row_parts(out.len(), rows);
         let f = self.quant;
         let ptrs = Shared((out.as_ptr(), qo));
         let run = |part: usize| {
@@ -37,11 +33,7 @@ impl Kernels {
         if act == Activation::Linear && residual.is_none() {
             return;
         }
-        let parts = if x.len() < PAR_MIN_VALUES {
-            1
-        } else {
-            par.parts().min(rows)
-        };
+        let parts = par.row_parts(x.len(), rows);
         let f = self.act_rows;
         let ptrs = Shared((
             x.as_mut_ptr(),
@@ -157,11 +149,7 @@ impl Kernels {
             sum_out.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
             qo,
         ));
-        let parts = if x.len() < PAR_MIN_VALUES {
-            1
-        } else {
-            par.parts().min(rows)
-        };
+        let parts = par.row_parts(x.len(), rows);
         let run = |part: usize| {
             let (r0, r1) = split(rows, parts, part);
             let (xp, rp, op, sp, qo) = ptrs.get();
