@@ -37,6 +37,16 @@ impl Kernels {
         // blocks on one thread; float32 BERT-base weights (7 MB) over 1,024 rows slower (62-69
         // ms against 67-71 ms for the layer at batch 8, interleaved runs).
         let tall = m >= tall_rows && b_bytes <= 4 * L2_BYTES;
+        if threads > 1 && m <= FEW_ROWS && m >= threads * mr / 2 && b_bytes <= L2_BYTES {
+            let mb = m.div_ceil(threads);
+            return Plan {
+                m,
+                panels,
+                block: Some(mb),
+                parts: threads.min(m.div_ceil(mb)),
+                finish_parts: 1,
+            };
+        }
         if tall || (threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n) {
             // A block of A in a quarter of L2 and its output in half of it, whole tiles of
             // rows, and at least two blocks per thread.
@@ -194,3 +204,7 @@ pub(super) const TALL_ROWS_INT8: usize = 256;
 
 /// The L2 size the row blocks are sized for (per core; 1-2 MiB on the CPUs of the field).
 pub(super) const L2_BYTES: usize = 1 << 20;
+
+/// Up to this many rows (a short query, a short ragged chunk) a product on several threads
+/// runs as one block of rows per thread.
+pub(super) const FEW_ROWS: usize = 64;
