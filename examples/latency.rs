@@ -5,20 +5,22 @@
 //! cargo run --release --example latency -- --hidden 768 --heads 12 --inter 3072 --seq 128 \
 //!     --batch 1 --threads 2 [--activation gelu|relu] [--norm post|pre] [--layers N] \
 //!     [--seconds S] [--isa avx512vnni|avx512|avx2vnni|avx2|portable] [--masked]
-//!     [--precision fp32|int8] [--idle-ms N]
+//!     [--precision fp32|int8] [--idle-ms N] [--gap-ms N]
 //! ```
 //!
 //! `encoder isa=<tier> precision=<p> threads=<n> ... median_ms=<m> min_ms=<m> gflops=<g>`; gflops
 //! counts the same multiply-adds as the ONNX Runtime anchor (two operations each, int8 or float).
 //! `sync_ms=` is the time per call the calling thread spent waiting at the barriers between
 //! operations (for helpers to finish their last parts); with `--idle-ms N` the example then
-//! sleeps N ms and prints `idle_cpu_ms=`, the CPU time the whole process used meanwhile.
+//! sleeps N ms and prints `idle_cpu_ms=`, the CPU time the whole process used meanwhile. With
+//! `--gap-ms N` it sleeps N ms before each call (not timed): a service at low load, whose helper
+//! threads have gone to sleep by the time the next query comes.
 
 mod common;
 use std::process::ExitCode;
 use transformer_encoder::{StackWorkspace, TensorView};
 
-const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked] [--precision fp32|int8] [--idle-ms N]";
+const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked] [--precision fp32|int8] [--idle-ms N] [--gap-ms N]";
 
 fn main() -> ExitCode {
     common::run(latency)
@@ -28,7 +30,7 @@ fn latency() -> Result<ExitCode, common::Failure> {
     let options: Vec<&str> = common::model::FLAGS
         .iter()
         .copied()
-        .chain(["threads", "seconds", "idle-ms"])
+        .chain(["threads", "seconds", "idle-ms", "gap-ms"])
         .collect();
     let a = common::Args::parse(USAGE, &options, &["masked"])?;
     if let Some(p) = a.positional.first() {
@@ -37,6 +39,11 @@ fn latency() -> Result<ExitCode, common::Failure> {
     let threads = a.num("threads", 2)?;
     let seconds: f64 = a.num("seconds", 3.0)?;
     let idle_ms: u64 = a.num("idle-ms", 0)?;
+    let gap_ms: f64 = a.num("gap-ms", 0.0)?;
+    if !(gap_ms.is_finite() && (0.0..=1000.0).contains(&gap_ms)) {
+        return Err(format!("--gap-ms: {gap_ms} is not between 0 and 1000").into());
+    }
+    let gap = std::time::Duration::from_secs_f64(gap_ms * 1e-3);
     let m = common::model::Model::from_args(&a, common::threads(threads)?)?;
     let opts = m.options(a.has("masked"));
     let [batch, seq, hidden] = m.shape;
@@ -44,12 +51,24 @@ fn latency() -> Result<ExitCode, common::Failure> {
     let mut out = vec![0.0f32; m.x.len()];
     let mut ws = StackWorkspace::new();
     let mut sync_ns = Vec::new();
-    let (median, min, runs) = common::time(seconds, 10, || {
+    // Each call's own time (after the gap, which is not timed).
+    let mut call_s = Vec::new();
+    let (_, _, runs) = common::time(seconds, 10, || {
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
         let before = transformer_encoder_kernels::team::sync_nanos();
+        let t = std::time::Instant::now();
         let r = m.stack.forward_into(view, &opts, &mut out, &mut ws);
+        call_s.push(t.elapsed().as_secs_f64());
         sync_ns.push(transformer_encoder_kernels::team::sync_nanos() - before);
         r
     })?;
+    // The calls timed are the last `runs` (after the warm-up).
+    let skip = call_s.len().saturating_sub(runs);
+    let timed_s = &mut call_s[skip..];
+    timed_s.sort_by(|a, b| a.total_cmp(b));
+    let (median, min) = (timed_s[timed_s.len() / 2], timed_s[0]);
     // The calls timed are the last `runs` (after the warm-up).
     let skip = sync_ns.len().saturating_sub(runs);
     let timed = &mut sync_ns[skip..];

@@ -35,6 +35,11 @@ impl<T> std::ops::Deref for Padded<T> {
 #[cfg(not(loom))]
 pub(crate) const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// From this long into a spin, the spinner yields at each check (see [`Spinner::spin`]); the
+/// gaps between a layer's kernels are shorter.
+#[cfg(not(loom))]
+pub(crate) const YIELD_AFTER: std::time::Duration = std::time::Duration::from_micros(5);
+
 /// Spins until `SPIN` has passed since the first call (checked every 64 spins), then says stop.
 pub(crate) struct Spinner {
     spins: u32,
@@ -51,15 +56,22 @@ impl Spinner {
         }
     }
 
-    /// Spin once; `false` when the bound is reached (time to park).
+    /// Spin once; `false` when the bound is reached (time to park). Past [`YIELD_AFTER`] the
+    /// spinning thread also yields its CPU at every check: a thread just woken may have been
+    /// queued on the spinner's CPU (the scheduler's choice), and would otherwise wait for the
+    /// whole bound.
     #[cfg(not(loom))]
     pub(crate) fn spin(&mut self) -> bool {
         self.spins = self.spins.wrapping_add(1);
         if self.spins.is_multiple_of(64) {
             let now = std::time::Instant::now();
             let since = *self.since.get_or_insert(now);
-            if now.duration_since(since) >= SPIN {
+            let spun = now.duration_since(since);
+            if spun >= SPIN {
                 return false;
+            }
+            if spun >= YIELD_AFTER {
+                thread::yield_now();
             }
         }
         spin_loop();
