@@ -10,7 +10,7 @@ use crate::ops::qgemm::QEpi;
 use crate::quant::{QuantRows, WeightFormat};
 use crate::{KeepMask, KernelError, MaskedRows, expect_len};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 mod attend;
 mod int8;

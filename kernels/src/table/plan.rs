@@ -8,9 +8,11 @@ impl Kernels {
     ///
     /// * By row blocks, when A is tall (many rows: a ragged batch, a large batch) and the weights
     ///   fit in L2 (each block streams them all), or A is taller than B is wide on several
-    ///   threads: blocks of rows whose A and output stay in L2, claimed in
-    ///   order by whichever thread is free; each block streams every weight panel past its rows
-    ///   and is finished at once, while its output is in cache.
+    ///   threads: blocks of rows whose A and output stay in L2, each thread taking the blocks
+    ///   from its seat in the team onwards (see `run_plan`); each block streams every weight
+    ///   panel past its rows and is finished at once, while its output is in cache.
+    /// * A few rows (at most `FEW_ROWS`, a short query) on several threads, weights in L2: one
+    ///   block of rows per thread, finished by that thread.
     /// * Else by column panels (each part reads only its share of the weights and all of A), a
     ///   few parts per thread to even out uneven costs; the row-wise finish then runs over all
     ///   rows, split between threads.
@@ -91,21 +93,44 @@ impl Kernels {
         match plan.block {
             Some(mb) => {
                 let blocks = m.div_ceil(mb);
-                let next = AtomicUsize::new(0);
-                let run = |part: usize| {
-                    loop {
-                        let u = next.fetch_add(1, Ordering::Relaxed);
-                        if u >= blocks {
-                            break;
-                        }
-                        let (r0, r1) = (u * mb, ((u + 1) * mb).min(m));
-                        f(part, r0, r1, 0, panels);
-                        if let Some(fin) = finish {
-                            fin(part, r0, r1);
-                        }
+                let block = |part: usize, u: usize| {
+                    let (r0, r1) = (u * mb, ((u + 1) * mb).min(m));
+                    f(part, r0, r1, 0, panels);
+                    if let Some(fin) = finish {
+                        fin(part, r0, r1);
                     }
                 };
-                crate::team::for_parts(plan.parts, &run);
+                if blocks <= 64 {
+                    // Up to 64 blocks, each thread starts at the blocks of its seat in the
+                    // team and goes on round them: a thread's rows stay on its core from one
+                    // product to the next (a short query's block per thread, most of all),
+                    // and a thread that comes late still finds work or none.
+                    let taken = AtomicU64::new(0);
+                    let parts = plan.parts.max(1);
+                    let run = |part: usize| {
+                        let start = crate::team::seat() % parts * blocks / parts;
+                        for j in 0..blocks {
+                            let u = (start + j) % blocks;
+                            let bit = 1u64 << u;
+                            if taken.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+                                block(part, u);
+                            }
+                        }
+                    };
+                    crate::team::for_parts(plan.parts, &run);
+                } else {
+                    let next = AtomicUsize::new(0);
+                    let run = |part: usize| {
+                        loop {
+                            let u = next.fetch_add(1, Ordering::Relaxed);
+                            if u >= blocks {
+                                break;
+                            }
+                            block(part, u);
+                        }
+                    };
+                    crate::team::for_parts(plan.parts, &run);
+                }
             }
             None => {
                 let parts = plan.parts;

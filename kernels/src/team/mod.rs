@@ -71,7 +71,10 @@ impl Owner {
             let (gate, s) = (self.gate.clone(), seat.clone());
             let spawned = sync::thread::Builder::new()
                 .name(format!("transformer-encoder-helper-{index}"))
-                .spawn(move || gate.serve(index, &s));
+                .spawn(move || {
+                    SEAT.with(|seat| seat.set(index + 1));
+                    gate.serve(index, &s)
+                });
             match spawned {
                 Ok(handle) => self.helpers.push(Helper {
                     thread: handle.thread().clone(),
@@ -106,6 +109,9 @@ thread_local! {
     };
     /// This thread is running a part of a team's job.
     static IN_PART: Cell<bool> = const { Cell::new(false) };
+    /// This thread's seat in its team: 0 for a leader (and any thread that is not a helper),
+    /// `i + 1` for helper `i`.
+    static SEAT: Cell<usize> = const { Cell::new(0) };
     /// Nanoseconds this thread has waited, as a leader, for helpers to finish their parts.
     static WAITED: Cell<u64> = const { Cell::new(0) };
 }
@@ -211,6 +217,13 @@ pub fn for_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
         WAITED.with(|w| w.set(w.get().wrapping_add(waited)));
         start += n;
     }
+}
+
+/// The current thread's seat in its team: 0 on a leading thread (or any thread that is not a
+/// team's helper), `1..` on helpers. A hint only, for keeping the rows a part works on on the
+/// same core from one job to the next; which thread runs which part stays free.
+pub(crate) fn seat() -> usize {
+    SEAT.with(Cell::get)
 }
 
 /// Whether the current thread is running a part of a team's job (where [`for_parts`] runs its
