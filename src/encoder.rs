@@ -514,7 +514,7 @@ impl TransformerEncoder {
     /// ```
     pub fn new_int8(config: EncoderConfig, weights: Int8Weights) -> Result<TransformerEncoder> {
         let dims = weights.dims();
-        TransformerEncoder::build(config, dims, weights.sublayers(), Kernels::best()?)
+        TransformerEncoder::build(config, dims, weights.into_sublayers(), Kernels::best()?)
     }
 
     /// [`TransformerEncoder::new_int8`] on a given tier.
@@ -524,7 +524,8 @@ impl TransformerEncoder {
         isa: Isa,
     ) -> Result<TransformerEncoder> {
         let dims = weights.dims();
-        TransformerEncoder::build(config, dims, weights.sublayers(), Kernels::for_isa(isa)?)
+        let kernels = Kernels::for_isa(isa)?;
+        TransformerEncoder::build(config, dims, weights.into_sublayers(), kernels)
     }
 
     /// Fresh weights drawn from the configuration's initializers, reproducible from `seed`.
@@ -543,7 +544,7 @@ impl TransformerEncoder {
         };
         let dims = w.dims();
         Ok(
-            TransformerEncoder::build(self.config.clone(), dims, w.sublayers(), self.kernels)?
+            TransformerEncoder::build(self.config.clone(), dims, w.into_sublayers(), self.kernels)?
                 .with_threads(self.threads.clone()),
         )
     }
@@ -576,21 +577,23 @@ impl TransformerEncoder {
             }
         };
         let dims = weights.dims();
-        TransformerEncoder::build(config, dims, weights.sublayers(), kernels)
+        TransformerEncoder::build(config, dims, weights.into_sublayers(), kernels)
     }
 
     /// Pack the sublayers (of either format) for `kernels`' tier: query, key and value fused
-    /// into one `[H, 3W]` product.
+    /// into one `[H, 3W]` product. Each tensor is freed as soon as it is packed, the largest
+    /// first, so that building holds the float (or int8) weights and their packed copy at once
+    /// for one tensor only, not for the whole layer.
     fn build<D: ProjectionWeights>(
         config: EncoderConfig,
         dims: WeightDims,
-        l: &Sublayers<D>,
+        l: Sublayers<D>,
         kernels: &'static Kernels,
     ) -> Result<TransformerEncoder> {
         check_config(&config, &dims)?;
         // A kernel that refuses a matrix (int8's exact sums allow at most 65,536 input rows)
         // names the tensor and the configuration size behind its rows.
-        let proj = |d: &D, rows: usize, cols: usize, name: &str| -> Result<Projection> {
+        let proj = |d: D, rows: usize, cols: usize, name: &str| -> Result<Projection> {
             let kernel = d.pack(kernels, rows, cols).map_err(|e| match e {
                 Error::Kernel(k) => {
                     let size = if name == Dense::Output.path() {
@@ -610,22 +613,35 @@ impl TransformerEncoder {
                 bias: d.bias().to_vec(),
             })
         };
+        let at = |d: D, role: Dense| {
+            let (rows, cols) = dims.matrix(role);
+            proj(d, rows, cols, role.path())
+        };
+        let Sublayers {
+            query,
+            key,
+            value,
+            attention_output,
+            self_attention_layer_norm,
+            feedforward_layer_norm,
+            feedforward_intermediate_dense,
+            feedforward_output_dense,
+        } = l;
+        let intermediate = at(feedforward_intermediate_dense, Dense::Intermediate)?;
+        let output = at(feedforward_output_dense, Dense::Output)?;
+        let attention_output = at(attention_output, Dense::AttentionOutput)?;
         let (h, w) = dims.matrix(Dense::Query);
-        let qkv = D::side_by_side(&[&l.query, &l.key, &l.value], h);
-        let at = |d: Dense| {
-            let (rows, cols) = dims.matrix(d);
-            proj(l.dense(d), rows, cols, d.path())
-        };
+        let qkv = D::side_by_side(&[&query, &key, &value], h);
+        drop((query, key, value));
         let attention = SelfAttention {
-            qkv: proj(&qkv, h, 3 * w, "self_attention_layer/query, key and value")?,
-            output: at(Dense::AttentionOutput)?,
-            norm: l.self_attention_layer_norm.clone(),
+            qkv: proj(qkv, h, 3 * w, "self_attention_layer/query, key and value")?,
+            output: attention_output,
+            norm: self_attention_layer_norm,
         };
-        drop(qkv);
         let feed_forward = FeedForward {
-            intermediate: at(Dense::Intermediate)?,
-            output: at(Dense::Output)?,
-            norm: l.feedforward_layer_norm.clone(),
+            intermediate,
+            output,
+            norm: feedforward_layer_norm,
         };
         Ok(TransformerEncoder {
             config,

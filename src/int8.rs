@@ -176,6 +176,11 @@ impl Int8Weights {
         &self.layers
     }
 
+    /// The sublayers, owned (an encoder packs them one tensor at a time, freeing each).
+    pub(crate) fn into_sublayers(self) -> Sublayers<Int8Dense> {
+        self.layers
+    }
+
     /// The float weights the int8 ones stand for: `kernel / kernel_scale` per output unit.
     pub fn dequantize(&self) -> Result<EncoderWeights> {
         let layers = self.layers.try_map(|d, s| -> Result<_> {

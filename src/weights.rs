@@ -417,6 +417,11 @@ impl EncoderWeights {
         &self.layers
     }
 
+    /// The sublayers, owned (an encoder packs them one tensor at a time, freeing each).
+    pub(crate) fn into_sublayers(self) -> Sublayers<DenseWeights> {
+        self.layers
+    }
+
     /// Every tensor with its Keras name, in `layer.weights` order.
     pub fn tensors(&self) -> Vec<(String, &[f32])> {
         Part::ALL
