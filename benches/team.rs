@@ -45,8 +45,9 @@ fn team(c: &mut Criterion) {
                     std::thread::sleep(Duration::from_millis(1));
                     let t = Instant::now();
                     rendezvous(&arrived, true);
-                    total += t.elapsed();
-                    cold.push(t.elapsed());
+                    let took = t.elapsed();
+                    total += took;
+                    cold.push(took);
                 }
                 total
             })

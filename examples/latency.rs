@@ -64,13 +64,12 @@ fn latency() -> Result<ExitCode, common::Failure> {
         sync_ns.push(transformer_encoder_kernels::team::sync_nanos() - before);
         r
     })?;
-    // The calls timed are the last `runs` (after the warm-up).
+    // The calls timed are the last `runs` (after the warm-up); both records have one entry a
+    // call.
     let skip = call_s.len().saturating_sub(runs);
     let timed_s = &mut call_s[skip..];
     timed_s.sort_by(|a, b| a.total_cmp(b));
     let (median, min) = (timed_s[timed_s.len() / 2], timed_s[0]);
-    // The calls timed are the last `runs` (after the warm-up).
-    let skip = sync_ns.len().saturating_sub(runs);
     let timed = &mut sync_ns[skip..];
     timed.sort_unstable();
     let sync_ms = timed.get(timed.len() / 2).map_or(0.0, |&n| n as f64 * 1e-6);

@@ -54,12 +54,17 @@ fn counted() {
     let _ = RECORDING.try_with(|r| r.set(false));
 }
 
+/// `bytes` more are allocated: the live total and its peak.
+fn grown(bytes: usize) {
+    let live = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
+
 // SAFETY: forwards to the system allocator; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         counted();
-        let live = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-        PEAK.fetch_max(live, Ordering::Relaxed);
+        grown(l.size());
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(l) }
     }
@@ -70,8 +75,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         counted();
-        let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
-        PEAK.fetch_max(live, Ordering::Relaxed);
+        grown(n);
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(p, l, n) }
