@@ -1,10 +1,13 @@
 //! Golden-file conformance:
-//! `cargo run --release --example conformance -- [--precision fp32|int8] [--policy keras|zeros|uniform] PATH...`
+//! `cargo run --release --example conformance -- [--precision fp32|bf16|int8] [--policy keras|zeros|uniform] PATH...`
 //!
 //! Each PATH is a golden file made by `tools/keras_golden.py` or a folder of them. Prints
 //! `PASS <case> max_err=<e> atol=<a>` (or `FAIL ...`) per file, then `N passed, N failed`.
 //! `--precision int8` builds the layer from Keras' quantized variables (`weights_int8/`) and
 //! checks the default call against the int8 reference (`outputs_int8_f64`) under `atol_int8`.
+//! `--precision bf16` runs the float weights in bf16 (Keras' `mixed_bfloat16`) and checks the
+//! default call against the float64 truth under 1.25x Keras' own `mixed_bfloat16` error,
+//! printing both errors.
 //! Exits 1 on any failure or unreadable file. Honours `TRANSFORMER_ENCODER_ISA`.
 
 mod common;
@@ -13,7 +16,8 @@ use std::process::ExitCode;
 use transformer_encoder::conformance::GoldenCase;
 use transformer_encoder::{MaskedRowPolicy, Precision};
 
-const USAGE: &str = "conformance [--precision fp32|int8] [--policy keras|zeros|uniform] PATH...";
+const USAGE: &str =
+    "conformance [--precision fp32|bf16|int8] [--policy keras|zeros|uniform] PATH...";
 
 fn main() -> ExitCode {
     common::run(conformance)
@@ -63,6 +67,14 @@ fn conformance() -> Result<ExitCode, common::Failure> {
                         r.atol_outputs,
                         r.err_scores,
                         r.atol_scores
+                    );
+                } else if precision == Precision::Bf16 {
+                    let keras = r.atol_outputs / transformer_encoder::conformance::BF16_BOUND;
+                    println!(
+                        "{verdict} {} precision=bf16 max_err={:.3e} keras_mixed_bfloat16_err={keras:.3e} bound={:.3e}",
+                        r.name,
+                        r.max_err(),
+                        r.atol_outputs
                     );
                 } else {
                     println!(

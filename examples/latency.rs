@@ -5,7 +5,7 @@
 //! cargo run --release --example latency -- --hidden 768 --heads 12 --inter 3072 --seq 128 \
 //!     --batch 1 --threads 2 [--activation gelu|relu] [--norm post|pre] [--layers N] \
 //!     [--seconds S] [--isa avx512vnni|avx512|avx2vnni|avx2|portable] [--masked]
-//!     [--precision fp32|int8] [--idle-ms N] [--gap-ms N]
+//!     [--precision fp32|bf16|int8] [--idle-ms N] [--gap-ms N]
 //! ```
 //!
 //! `encoder isa=<tier> precision=<p> threads=<n> ... median_ms=<m> min_ms=<m> gflops=<g>`; gflops
@@ -20,7 +20,7 @@ mod common;
 use std::process::ExitCode;
 use transformer_encoder::{StackWorkspace, TensorView};
 
-const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked] [--precision fp32|int8] [--idle-ms N] [--gap-ms N]";
+const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked] [--precision fp32|bf16|int8] [--idle-ms N] [--gap-ms N]";
 
 fn main() -> ExitCode {
     common::run(latency)

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example throughput -- [--model DIR] [--threads 2] [--seconds 5]
-//!     [--precision fp32|int8] [--corpus FILE] [--workload NAME] [--max-batch-tokens N] [--padded]
+//!     [--precision fp32|bf16|int8] [--corpus FILE] [--workload NAME] [--max-batch-tokens N] [--padded]
 //! ```
 //!
 //! Texts run through [`SentenceEncoder::encode`]: ragged batches, no padding. `--padded` times
@@ -19,7 +19,7 @@ mod common;
 use std::process::ExitCode;
 use transformer_encoder::SentenceEncoder;
 
-const USAGE: &str = "throughput [--model DIR] [--threads N] [--seconds S] [--precision fp32|int8] \
+const USAGE: &str = "throughput [--model DIR] [--threads N] [--seconds S] [--precision fp32|bf16|int8] \
                      [--corpus FILE] [--workload NAME] [--max-batch-tokens N] [--padded]";
 
 fn main() -> ExitCode {

@@ -307,7 +307,8 @@ fn unknown_initializer(name: &str) -> Error {
     )
 }
 
-/// The weight storage precision, from the Keras `dtype` policy. Computation is float32 always.
+/// The weight storage precision, from the Keras `dtype` policy. (The compute precision is
+/// [`EncoderConfig::compute_precision`]: bf16 for the bfloat16 policies, float32 otherwise.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightPrecision {
     /// float32 weights (`"float32"`, and the `mixed_*` policies, whose variables are float32).
@@ -447,6 +448,25 @@ impl EncoderConfig {
     /// The weight storage precision of the dtype policy.
     pub fn weight_precision(&self) -> Result<WeightPrecision, Error> {
         precision_of_policy(&self.dtype)
+    }
+
+    /// The precision a layer built from float weights with this configuration computes in:
+    /// [`Precision::Bf16`](crate::Precision::Bf16) for Keras' `"mixed_bfloat16"` and
+    /// `"bfloat16"` policies (bf16 operands, float32 sums), float32 for the others.
+    ///
+    /// ```
+    /// use transformer_encoder::{EncoderConfig, Precision};
+    /// let cfg = EncoderConfig::new(64, 8).with_dtype("mixed_bfloat16");
+    /// assert_eq!(cfg.compute_precision()?, Precision::Bf16);
+    /// assert_eq!(EncoderConfig::new(64, 8).compute_precision()?, Precision::Fp32);
+    /// # Ok::<(), transformer_encoder::Error>(())
+    /// ```
+    pub fn compute_precision(&self) -> Result<crate::Precision, Error> {
+        precision_of_policy(&self.dtype)?;
+        Ok(match self.dtype.as_str() {
+            "mixed_bfloat16" | "bfloat16" => crate::Precision::Bf16,
+            _ => crate::Precision::Fp32,
+        })
     }
 
     /// Check every argument against SPEC section 1, for an input of `hidden_dim` features.

@@ -275,9 +275,15 @@ impl GoldenCase {
     /// Run the case in `precision`: fp32 as [`GoldenCase::run`] with Keras' policy; int8 from
     /// Keras' quantized variables (`weights_int8/`), the default call compared with the int8
     /// reference `outputs_int8_f64` under `atol_int8`.
+    ///
+    /// bf16 (Keras' `mixed_bfloat16`) from the float weights, the default call compared with the
+    /// float64 truth `outputs_f64` under 1.25x Keras' own `mixed_bfloat16` error there (SPEC
+    /// section 10; `atol_outputs` holds that bound).
     pub fn run_precision(&self, precision: Precision, isa: Option<Isa>) -> Result<CaseReport> {
-        if precision == Precision::Fp32 {
-            return self.run(MaskedRowPolicy::Keras, isa);
+        match precision {
+            Precision::Fp32 => return self.run(MaskedRowPolicy::Keras, isa),
+            Precision::Bf16 => return self.run_bf16(isa),
+            Precision::Int8 => {}
         }
         let (Some(w), Some(truth), Some(atol)) =
             (&self.weights_int8, &self.outputs_int8_f64, self.atol_int8)
@@ -304,6 +310,37 @@ impl GoldenCase {
         })
     }
 
+    /// Keras' `mixed_bfloat16` error on this case: `max |outputs_mixed_bfloat16 - outputs_f64|`.
+    pub fn keras_bf16_err(&self) -> Option<f64> {
+        let mixed = self.outputs_mixed_bfloat16.as_ref()?;
+        Some(max_abs_diff(mixed, &self.outputs_f64))
+    }
+
+    fn run_bf16(&self, isa: Option<Isa>) -> Result<CaseReport> {
+        let Some(keras) = self.keras_bf16_err() else {
+            return Err(Error::format(
+                &self.name,
+                "no bf16 data (outputs_mixed_bfloat16)",
+            ));
+        };
+        let enc = match isa {
+            Some(i) => TransformerEncoder::with_isa(self.config.clone(), self.weights.clone(), i)?,
+            None => TransformerEncoder::new(self.config.clone(), self.weights.clone())?,
+        }
+        .with_precision(Precision::Bf16)?;
+        let x = TensorView::new(&self.inputs, &self.shape);
+        let y = enc.forward(x, &self.options(MaskedRowPolicy::Keras))?;
+        let err = max_abs_diff(&y, &self.outputs_f64);
+        Ok(CaseReport {
+            name: self.name.clone(),
+            err_outputs: err,
+            err_outputs_scores_path: err,
+            err_scores: 0.0,
+            atol_outputs: BF16_BOUND * keras,
+            atol_scores: 0.0,
+        })
+    }
+
     fn keeps(&self, b: usize, i: usize, j: usize) -> bool {
         let s = self.shape[1];
         let p = self.padding_mask.as_ref().is_none_or(|m| m[b * s + j] != 0);
@@ -314,6 +351,10 @@ impl GoldenCase {
         p && a
     }
 }
+
+/// How far a bf16 layer may be from the float64 truth, as a multiple of Keras' own
+/// `mixed_bfloat16` error on the same case (SPEC section 10).
+pub const BF16_BOUND: f64 = 1.25;
 
 /// `max |a - b|` over two slices of the same length (NaN if any difference is NaN or the lengths
 /// differ, so a short output never passes a tolerance check).

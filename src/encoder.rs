@@ -415,6 +415,22 @@ impl ProjectionWeights for Int8Dense {
     }
 }
 
+/// Float weights to be packed in bfloat16 (Keras' `mixed_bfloat16`).
+struct Bf16Dense(DenseWeights);
+
+impl ProjectionWeights for Bf16Dense {
+    fn bias(&self) -> &[f32] {
+        &self.0.bias
+    }
+    fn side_by_side(parts: &[&Self], rows: usize) -> Self {
+        let inner: Vec<&DenseWeights> = parts.iter().map(|p| &p.0).collect();
+        Bf16Dense(DenseWeights::side_by_side(&inner, rows))
+    }
+    fn pack(&self, k: &Kernels, rows: usize, cols: usize) -> Result<PackedMatrix> {
+        Ok(k.pack_bf16(&self.0.kernel, rows, cols)?)
+    }
+}
+
 /// Keras' `self_attention_layer` (query, key and value fused into one product) and
 /// `self_attention_layer_norm`.
 #[derive(Clone, Debug)]
@@ -538,6 +554,12 @@ impl TransformerEncoder {
     /// (weights quantized per output unit), on the same tier and threads. An encoder that is
     /// int8 already is returned as it is (rebuilt).
     pub fn quantize(&self) -> Result<TransformerEncoder> {
+        if self.precision() == Precision::Bf16 {
+            return Err(Error::config(
+                "precision",
+                "int8 from a bf16 layer: its float weights are not kept (build it from them)",
+            ));
+        }
         let w = match self.int8_weights() {
             Some(w) => w,
             None => Int8Weights::quantize(&self.weights()),
@@ -549,15 +571,39 @@ impl TransformerEncoder {
         )
     }
 
-    /// This layer in `precision` (quantized for [`Precision::Int8`]; an int8 layer asked for
-    /// [`Precision::Fp32`] is an error: its float weights are gone).
+    /// This layer in `precision`: a float32 layer quantized for [`Precision::Int8`] (Keras'
+    /// `quantize("int8")`) or packed in bfloat16 for [`Precision::Bf16`] (Keras'
+    /// `mixed_bfloat16`). An int8 or bf16 layer asked for another precision is an error: its
+    /// float weights are gone (build it from them).
+    ///
+    /// ```
+    /// use transformer_encoder::{EncoderConfig, Precision, TransformerEncoder};
+    /// let enc = TransformerEncoder::init(EncoderConfig::new(64, 8), 64, 1)?;
+    /// let bf16 = enc.with_precision(Precision::Bf16)?;
+    /// assert_eq!(bf16.precision(), Precision::Bf16);
+    /// assert!(bf16.with_precision(Precision::Fp32).is_err());
+    /// # Ok::<(), transformer_encoder::Error>(())
+    /// ```
     pub fn with_precision(self, precision: Precision) -> Result<TransformerEncoder> {
         match (self.precision(), precision) {
             (a, b) if a == b => Ok(self),
-            (_, Precision::Int8) => self.quantize(),
-            (_, Precision::Fp32) => Err(Error::config(
+            (Precision::Fp32, Precision::Int8) => self.quantize(),
+            (Precision::Fp32, Precision::Bf16) => {
+                let w = self
+                    .weights()
+                    .round_through("bfloat16", |v| half::bf16::from_f32(v).to_f32())?;
+                let dims = w.dims();
+                let l = w.into_sublayers().map(Bf16Dense);
+                Ok(
+                    TransformerEncoder::build(self.config.clone(), dims, l, self.kernels)?
+                        .with_threads(self.threads.clone()),
+                )
+            }
+            (from, to) => Err(Error::config(
                 "precision",
-                "fp32 from an int8 layer: its float weights are not kept (build it from them)",
+                format!(
+                    "{to} from a {from} layer: its float weights are not kept (build it from them)"
+                ),
             )),
         }
     }
@@ -567,9 +613,10 @@ impl TransformerEncoder {
         weights: EncoderWeights,
         kernels: &'static Kernels,
     ) -> Result<TransformerEncoder> {
+        let bf16 = config.compute_precision()? == Precision::Bf16;
         let weights = match config.weight_precision()? {
-            WeightPrecision::F32 => weights,
-            WeightPrecision::Bf16 => {
+            WeightPrecision::F32 if !bf16 => weights,
+            WeightPrecision::F32 | WeightPrecision::Bf16 => {
                 weights.round_through("bfloat16", |v| half::bf16::from_f32(v).to_f32())?
             }
             WeightPrecision::F16 => {
@@ -577,6 +624,12 @@ impl TransformerEncoder {
             }
         };
         let dims = weights.dims();
+        if config.compute_precision()? == Precision::Bf16 {
+            // Keras' bfloat16 policies compute with the weights cast to bf16: their rounding
+            // was checked above (a weight past bf16's range is an error, not an infinity).
+            let l = weights.into_sublayers().map(Bf16Dense);
+            return TransformerEncoder::build(config, dims, l, kernels);
+        }
         TransformerEncoder::build(config, dims, weights.into_sublayers(), kernels)
     }
 
@@ -673,6 +726,7 @@ impl TransformerEncoder {
     pub fn precision(&self) -> Precision {
         match self.attention.qkv.kernel.format() {
             WeightFormat::F32 => Precision::Fp32,
+            WeightFormat::Bf16 => Precision::Bf16,
             WeightFormat::Int8 => Precision::Int8,
         }
     }
@@ -1155,7 +1209,7 @@ impl TransformerEncoder {
     /// mode): a stack quantizes the previous layer's output for it.
     pub(crate) fn takes_input_for(&self) -> Option<&PackedMatrix> {
         let k = &self.attention.qkv.kernel;
-        (!self.config.normalize_first && k.format() == WeightFormat::Int8).then_some(k)
+        (!self.config.normalize_first && k.format() != WeightFormat::F32).then_some(k)
     }
 
     /// Does the layer end with a LayerNorm that can quantize its output (post-norm mode)?

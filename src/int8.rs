@@ -18,16 +18,21 @@ pub enum Precision {
     /// float32 everywhere (the Keras float layer).
     #[default]
     Fp32,
+    /// Keras' `mixed_bfloat16`: weights stored in bfloat16, every product of bf16 operands
+    /// (the activations rounded to bf16 where they are produced) summed in float32; softmax,
+    /// LayerNorm and residuals in float32.
+    Bf16,
     /// Keras' int8 mode: int8 projections with per-token activation scales; attention and
     /// LayerNorm in float32.
     Int8,
 }
 
 impl Precision {
-    /// `fp32` or `int8`.
+    /// `fp32`, `bf16` or `int8`.
     pub fn name(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
             Precision::Int8 => "int8",
         }
     }
@@ -44,10 +49,11 @@ impl std::str::FromStr for Precision {
     fn from_str(s: &str) -> Result<Precision> {
         match s {
             "fp32" | "float32" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" | "mixed_bfloat16" => Ok(Precision::Bf16),
             "int8" => Ok(Precision::Int8),
             other => Err(Error::config(
                 "precision",
-                format!("fp32 or int8, got `{other}`"),
+                format!("fp32, bf16 or int8, got `{other}`"),
             )),
         }
     }

@@ -301,6 +301,20 @@ pub struct Sublayers<D> {
 }
 
 impl<D> Sublayers<D> {
+    /// The same sublayers with every projection passed through `f`.
+    pub(crate) fn map<E>(self, mut f: impl FnMut(D) -> E) -> Sublayers<E> {
+        Sublayers {
+            query: f(self.query),
+            key: f(self.key),
+            value: f(self.value),
+            attention_output: f(self.attention_output),
+            self_attention_layer_norm: self.self_attention_layer_norm,
+            feedforward_layer_norm: self.feedforward_layer_norm,
+            feedforward_intermediate_dense: f(self.feedforward_intermediate_dense),
+            feedforward_output_dense: f(self.feedforward_output_dense),
+        }
+    }
+
     /// A projection by role.
     pub fn dense(&self, d: Dense) -> &D {
         match d {

@@ -131,6 +131,8 @@ fn no_allocation_per_call_after_warm_up() {
             (true, Precision::Fp32),
             (false, Precision::Int8),
             (true, Precision::Int8),
+            (false, Precision::Bf16),
+            (true, Precision::Bf16),
         ] {
             let cfg = EncoderConfig::new(384, 6)
                 .with_activation(Activation::Gelu)

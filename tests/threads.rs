@@ -39,6 +39,8 @@ fn bit_identical_for_every_thread_count() {
             (Activation::Mish, true, Precision::Fp32),
             (Activation::Gelu, false, Precision::Int8),
             (Activation::Softmax, true, Precision::Int8),
+            (Activation::Gelu, false, Precision::Bf16),
+            (Activation::Softmax, true, Precision::Bf16),
         ] {
             let enc = big(isa, act, pre).with_precision(precision).unwrap();
             let opts = CallOptions::new().padding_mask(Mask::new(&pad, &[b, s]));
@@ -133,7 +135,7 @@ fn a_stack_mixing_thread_settings_returns_its_layers_results() {
         let h = 64;
         let lengths = [5usize, 3];
         let x = values(8 * h, 11, -1.0, 1.0);
-        for precision in [Precision::Fp32, Precision::Int8] {
+        for precision in [Precision::Fp32, Precision::Bf16, Precision::Int8] {
             let layers: Vec<TransformerEncoder> = (0..3)
                 .map(|l| {
                     let cfg = EncoderConfig::new(128, 4).with_normalize_first(l == 1);
@@ -215,16 +217,17 @@ fn thread_counts_zero_and_above_the_limit() {
 fn stress_eight_callers() {
     watchdog(600, || {
         let h = 192;
-        let encs: Vec<Arc<TransformerEncoder>> = [Precision::Fp32, Precision::Int8]
-            .into_iter()
-            .map(|p| {
-                Arc::new(
-                    big(Isa::best_available(), Activation::Gelu, false)
-                        .with_precision(p)
-                        .unwrap(),
-                )
-            })
-            .collect();
+        let encs: Vec<Arc<TransformerEncoder>> =
+            [Precision::Fp32, Precision::Bf16, Precision::Int8]
+                .into_iter()
+                .map(|p| {
+                    Arc::new(
+                        big(Isa::best_available(), Activation::Gelu, false)
+                            .with_precision(p)
+                            .unwrap(),
+                    )
+                })
+                .collect();
         let shared_pool = pool(2);
         std::thread::scope(|s| {
             for c in 0..8u64 {

@@ -108,10 +108,10 @@ pub fn tier(args: &Args) -> Result<Isa, Failure> {
     }
 }
 
-/// `--precision fp32|int8` (default fp32).
+/// `--precision fp32|bf16|int8` (default fp32).
 pub fn precision(args: &Args) -> Result<Precision, Failure> {
     Ok(args
-        .choice("precision", &["fp32", "int8"], "fp32")?
+        .choice("precision", &["fp32", "bf16", "int8"], "fp32")?
         .parse::<Precision>()?)
 }
 

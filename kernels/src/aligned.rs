@@ -23,6 +23,8 @@ unsafe impl Plain for i32 {}
 unsafe impl Plain for i8 {}
 // Safety: as above.
 unsafe impl Plain for u8 {}
+// Safety: as above.
+unsafe impl Plain for u16 {}
 
 /// A fixed-length buffer of `T` starting on a 64-byte boundary.
 #[derive(Clone)]

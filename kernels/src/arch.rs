@@ -12,7 +12,7 @@ use crate::ops::attention::{AttnArgs, attention_head};
 use crate::ops::gemm::{Epi, gemm_panels};
 use crate::ops::norm::layer_norm_row;
 use crate::ops::qgemm::{QEpi, qgemm_panels};
-use crate::ops::quant::quantize_row;
+use crate::ops::quant::prepare_row;
 
 /// `gemm(a, lda, m, k, packed_b, n, c, ldc, p0, p1, epi)`: see `ops::gemm::gemm_panels`.
 pub(crate) type GemmFn = unsafe fn(
@@ -41,7 +41,8 @@ pub(crate) type NormFn = unsafe fn(
     *mut f32,
     &QuantOut,
 );
-/// `quantize(x, rows, n, quant)`: Keras' per-row int8 quantization of `rows` rows.
+/// `quantize(x, rows, n, quant)`: Keras' per-row int8 quantization of `rows` rows (or their
+/// rounding to bf16, as `quant` says).
 pub(crate) type QuantFn = unsafe fn(*const f32, usize, usize, &QuantOut);
 /// `qgemm(a, lda, m, kg, packed, n, c, ldc, p0, p1, epi)`: see `ops::qgemm::qgemm_panels`.
 pub(crate) type QGemmFn = unsafe fn(
@@ -60,7 +61,8 @@ pub(crate) type QGemmFn = unsafe fn(
 
 /// Where rows are quantized to: `bytes` (row `i` at `i * stride`, `stride` bytes per row),
 /// `scale` (Keras' `s` per row) and `inv_scale` (`1 / s`), offset to the first row of the call;
-/// `bytes` null: none.
+/// `bytes` null: none. With `bf16`, the rows are rounded to bfloat16 instead (`stride / 2`
+/// values per row; no scales).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct QuantOut {
     pub bytes: *mut u8,
@@ -69,6 +71,8 @@ pub(crate) struct QuantOut {
     pub inv_scale: *mut f32,
     /// Store `q + 128` (the VNNI tiers).
     pub offset: bool,
+    /// Round to bfloat16 instead of quantizing.
+    pub bf16: bool,
 }
 
 impl QuantOut {
@@ -78,6 +82,7 @@ impl QuantOut {
         scale: std::ptr::null_mut(),
         inv_scale: std::ptr::null_mut(),
         offset: false,
+        bf16: false,
     };
 
     /// Record row `i`'s scale `s` (and `1 / s`).
@@ -105,8 +110,16 @@ impl QuantOut {
         unsafe {
             QuantOut {
                 bytes: self.bytes.add(rows * self.stride),
-                scale: self.scale.add(rows),
-                inv_scale: self.inv_scale.add(rows),
+                scale: if self.bf16 {
+                    self.scale
+                } else {
+                    self.scale.add(rows)
+                },
+                inv_scale: if self.bf16 {
+                    self.inv_scale
+                } else {
+                    self.inv_scale.add(rows)
+                },
                 ..*self
             }
         }
@@ -195,15 +208,9 @@ macro_rules! shells {
                             out.add(off),
                             if sum_out.is_null() { sum_out } else { sum_out.add(off) },
                         );
-                        // The normalised row, still in L1, quantized for the next product.
+                        // The normalised row, still in L1, prepared for the next product.
                         if !q.bytes.is_null() {
-                            q.put(i, quantize_row::<$simd>(
-                                out.add(off),
-                                n,
-                                q.bytes.add(i * q.stride),
-                                q.stride,
-                                q.offset,
-                            ));
+                            prepare_row::<$simd>(out.add(off), n, q, i);
                         }
                     }
                 }
@@ -215,15 +222,7 @@ macro_rules! shells {
             pub(crate) unsafe fn quantize(x: *const f32, rows: usize, n: usize, q: &QuantOut) {
                 for i in 0..rows {
                     // SAFETY: row i of x and of the quantized rows is in bounds.
-                    unsafe {
-                        q.put(i, quantize_row::<$simd>(
-                            x.add(i * n),
-                            n,
-                            q.bytes.add(i * q.stride),
-                            q.stride,
-                            q.offset,
-                        ));
-                    }
+                    unsafe { prepare_row::<$simd>(x.add(i * n), n, q, i) };
                 }
             }
 

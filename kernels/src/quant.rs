@@ -19,6 +19,8 @@ pub enum WeightFormat {
     F32,
     /// Keras int8: int8 panels with a float32 scale per output column.
     Int8,
+    /// bfloat16 panels (Keras' `mixed_bfloat16`: bf16 operands, float32 sums).
+    Bf16,
 }
 
 /// Keras' weight quantization of a row-major `[k, n]` kernel (`[in, out]`): the int8 kernel and
@@ -64,13 +66,14 @@ pub fn quantize_value(v: f32, s: f32) -> i8 {
     }
 }
 
-/// Rows of activations quantized for an int8 product: Keras' per-row scales, the rows as
-/// bytes in the layout of one tier's int8 kernels. A workspace buffer: it grows to the largest
-/// call and is then reused without allocating.
+/// Rows of activations prepared for a product of int8 or bf16 weights: for int8, Keras'
+/// per-row scales and the rows as bytes in the layout of one tier's int8 kernels; for bf16, the
+/// rows rounded to bfloat16 (to nearest, ties to even; padded to whole pairs). A workspace
+/// buffer: it grows to the largest call and is then reused without allocating.
 ///
 /// Producers of a product's input (LayerNorm, attention, a product with an activation) fill it
-/// while the rows are in cache when it has been [armed](QuantRows::arm_for) for an int8 matrix;
-/// for a float32 matrix it stays empty and nothing is spent on it.
+/// while the rows are in cache when it has been [armed](QuantRows::arm_for) for an int8 or bf16
+/// matrix; for a float32 matrix it stays empty and nothing is spent on it.
 #[derive(Clone, Debug)]
 pub struct QuantRows {
     pub(crate) bytes: crate::aligned::Aligned<u8>,
@@ -80,7 +83,8 @@ pub struct QuantRows {
     pub(crate) cols: usize,
     pub(crate) stride: usize,
     pub(crate) isa: Option<Isa>,
-    pub(crate) wanted: bool,
+    /// The format the rows are prepared for (`None`: none wanted, float32 weights).
+    pub(crate) kind: Option<WeightFormat>,
 }
 
 impl Default for QuantRows {
@@ -100,22 +104,27 @@ impl QuantRows {
             cols: 0,
             stride: 0,
             isa: None,
-            wanted: false,
+            kind: None,
         }
     }
 
-    /// Prepare to hold the input of `b`: quantized rows are wanted when `b` is int8. Clears what
-    /// the buffer held.
+    /// Prepare to hold the input of `b`: quantized rows are wanted when `b` is int8, bf16 rows
+    /// when it is bf16. Clears what the buffer held.
     pub fn arm_for(&mut self, b: &crate::PackedMatrix) {
-        self.wanted = b.format() == WeightFormat::Int8;
+        self.kind = (b.format() != WeightFormat::F32).then_some(b.format());
         self.isa = Some(b.isa());
         self.rows = 0;
         self.cols = 0;
     }
 
-    /// Will producers quantize into this buffer?
+    /// Will producers quantize (or round to bf16) into this buffer?
     pub fn is_armed(&self) -> bool {
-        self.wanted
+        self.kind.is_some()
+    }
+
+    /// The format the rows are prepared for, if armed.
+    pub fn format(&self) -> Option<WeightFormat> {
+        self.kind
     }
 
     /// Rows held.
@@ -131,7 +140,7 @@ impl QuantRows {
     /// Row `i`'s quantized values (`-127..=127`) and its Keras scale `s_x`, or `None` past the
     /// rows held. (Decoded from the tier's byte layout; for tests and inspection.)
     pub fn row(&self, i: usize) -> Option<(Vec<i8>, f32)> {
-        if i >= self.rows {
+        if i >= self.rows || self.kind == Some(WeightFormat::Bf16) {
             return None;
         }
         let offset = self.isa.is_some_and(crate::Kernels::int8_offset);
@@ -149,18 +158,35 @@ impl QuantRows {
         Some((q, self.scale[i]))
     }
 
+    /// Row `i` rounded to bfloat16 (the bits of each value), or `None` past the rows held or
+    /// if the rows are not bf16. (For tests and inspection.)
+    pub fn bf16_row(&self, i: usize) -> Option<Vec<u16>> {
+        if i >= self.rows || self.kind != Some(WeightFormat::Bf16) {
+            return None;
+        }
+        let b = &self.bytes.as_slice()[i * self.stride..][..2 * self.cols];
+        Some(
+            b.chunks_exact(2)
+                .map(|p| u16::from_ne_bytes([p[0], p[1]]))
+                .collect(),
+        )
+    }
+
     /// Size the buffer for `rows` rows of `cols` values for tier `isa`, whose kernels read rows
-    /// padded as `layout` says (grows, never shrinks; padding rows are readable memory).
+    /// of `value_bytes` per value padded to `row_align` values, the row count padded to
+    /// `rows_align` (grows, never shrinks; padding rows are readable memory).
     pub(crate) fn shape(
         &mut self,
         isa: Isa,
-        layout: crate::table::Int8Layout,
+        (value_bytes, row_align, rows_align): (usize, usize, usize),
         rows: usize,
         cols: usize,
     ) -> Option<()> {
-        let stride = cols.checked_next_multiple_of(layout.row_align())?;
+        let stride = cols
+            .checked_next_multiple_of(row_align)?
+            .checked_mul(value_bytes)?;
         let n = rows
-            .checked_next_multiple_of(layout.rows_align())?
+            .checked_next_multiple_of(rows_align)?
             .checked_mul(stride)?;
         self.bytes.grow(n);
         if self.inv_scale.len() < rows {

@@ -4,6 +4,7 @@ pub(crate) mod act;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod amx;
 pub(crate) mod attention;
+pub(crate) mod bgemm;
 pub(crate) mod gemm;
 pub(crate) mod norm;
 pub(crate) mod qgemm;

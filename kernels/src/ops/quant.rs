@@ -8,7 +8,50 @@
 //! epilogue. A row holding NaN or an infinity has no meaningful scale: its `1 / s` is NaN (so its
 //! outputs are NaN) and its bytes are those of 0.
 
+use crate::arch::QuantOut;
 use crate::simd::Simd;
+
+/// Row `i` of `q`'s destination from the `n` floats at `x`: quantized for int8, or rounded to
+/// bfloat16 when `q.bf16`.
+///
+/// # Safety
+/// `x` valid for `n` values; row `i` of `q`'s buffers valid (`q.stride >= n` bytes for int8,
+/// `>= 2n` for bf16); S's features enabled.
+#[inline(always)]
+pub(crate) unsafe fn prepare_row<S: Simd>(x: *const f32, n: usize, q: &QuantOut, i: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let dst = q.bytes.add(i * q.stride);
+        if q.bf16 {
+            bf16_row::<S>(x, n, dst as *mut u16, q.stride / 2);
+        } else {
+            q.put(i, quantize_row::<S>(x, n, dst, q.stride, q.offset));
+        }
+    }
+}
+
+/// The `n` floats at `x` rounded to bfloat16 into `width >= n` values at `out`, the rest 0.
+///
+/// # Safety
+/// `x` valid for `n` values, `out` for `width`; S's features enabled.
+#[inline(always)]
+pub(crate) unsafe fn bf16_row<S: Simd>(x: *const f32, n: usize, out: *mut u16, width: usize) {
+    let l = S::LANES;
+    // SAFETY: every access is below n (floats) or width (values), as the contract requires.
+    unsafe {
+        let mut j = 0;
+        while j + l <= n {
+            S::store_bf16(out.add(j), S::load(x.add(j)), l);
+            j += l;
+        }
+        if j < n {
+            S::store_bf16(out.add(j), S::load_partial(x.add(j), n - j), n - j);
+        }
+        for p in n..width {
+            *out.add(p) = 0;
+        }
+    }
+}
 
 /// Quantize `n` floats at `x` into `kp >= n` bytes at `q`; returns `s` (NaN for a row with a
 /// non-finite value).

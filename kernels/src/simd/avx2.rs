@@ -174,4 +174,25 @@ unsafe impl Simd for Avx2 {
             }
         })
     }
+    #[inline(always)]
+    unsafe fn store_bf16(p: *mut u16, v: __m256, n: usize) {
+        // `super::bf16_bits` on 8 lanes: the rounding add, then NaN lanes kept NaN.
+        intr!({
+            let b = _mm256_castps_si256(v);
+            let hi = _mm256_srli_epi32::<16>(b);
+            let odd = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+            let r = _mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
+            let r = _mm256_srli_epi32::<16>(r);
+            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            let r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+            // Each lane is at most 0xffff: the unsigned pack is exact.
+            let h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+            if n >= 8 {
+                _mm_storeu_si128(p as *mut __m128i, h);
+            } else {
+                let vals: [u16; 8] = std::mem::transmute(h);
+                std::ptr::copy_nonoverlapping(vals.as_ptr(), p, n);
+            }
+        })
+    }
 }

@@ -99,7 +99,27 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     /// `[-128, 255]` (converted with rounding to nearest), as `n` bytes at `p`; never touches
     /// memory past `p + n`.
     unsafe fn store_u8(p: *mut u8, v: Self::V, n: usize);
+    /// Store the first `n <= LANES` lanes as bfloat16 ([`bf16_bits`]: round to nearest even,
+    /// NaN kept NaN) at `p`; never touches memory past `p + n`.
+    unsafe fn store_bf16(p: *mut u16, v: Self::V, n: usize);
 }
 
+/// The bfloat16 nearest to `x` (ties to even; a NaN stays a quiet NaN of the same sign, the
+/// infinities stay infinite, and a value past the largest bfloat16 rounds to infinity): the top
+/// 16 bits of `x + 0x7fff + (bit 16 of x)`, which every tier computes the same way.
+///
+/// ```text
+/// 1.0 + 2^-8 (a tie) -> 1.0;  1.0 + 3 * 2^-8 (a tie) -> 1.0 + 2^-6 (even)
+/// ```
+#[inline(always)]
+pub(crate) fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+pub(crate) mod bf16;
 pub(crate) mod dot;
 pub(crate) mod math;

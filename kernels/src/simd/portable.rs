@@ -142,4 +142,10 @@ unsafe impl Simd for Portable {
             raw!(*p.add(i) = *x as u8);
         }
     }
+    #[inline(always)]
+    unsafe fn store_bf16(p: *mut u16, v: f32x8, n: usize) {
+        for (i, x) in v.to_array().iter().enumerate().take(n.min(8)) {
+            raw!(*p.add(i) = super::bf16_bits(*x));
+        }
+    }
 }

@@ -154,8 +154,13 @@ impl Kernels {
             });
         }
         let rows = x.len() / cols;
-        q.shape(self.isa, self.qlayout, rows, cols)
+        q.shape(self.isa, self.row_shape(WeightFormat::Int8), rows, cols)
             .ok_or_else(|| overflow("quantized rows"))?;
+        // The rows hold int8 now, whatever the buffer was armed for (a buffer armed for bf16
+        // is re-armed for int8: a bf16 product must not read them).
+        if q.kind.is_some() {
+            q.kind = Some(WeightFormat::Int8);
+        }
         let qo = self.quant_out(q);
         let f = self.quant;
         let parts = par.row_parts(x.len(), rows);
@@ -171,8 +176,9 @@ impl Kernels {
         Ok(())
     }
 
-    /// Quantize `x` into `q` if `q` is armed for an int8 matrix (the input of a product nobody
-    /// produced in this call, such as the layer's own input); nothing otherwise.
+    /// Prepare `x` in `q` for the matrix `q` is armed for (the input of a product nobody
+    /// produced in this call, such as the layer's own input): quantized for int8, rounded for
+    /// bf16; nothing if `q` is not armed.
     pub fn prepare(
         &self,
         x: &[f32],
@@ -180,10 +186,34 @@ impl Kernels {
         q: &mut QuantRows,
         par: Par,
     ) -> Result<(), KernelError> {
-        if q.is_armed() {
-            self.quantize_rows(x, cols, q, par)
-        } else {
-            Ok(())
+        match q.kind {
+            Some(WeightFormat::Int8) => self.quantize_rows(x, cols, q, par),
+            Some(_) => {
+                if cols == 0 || !x.len().is_multiple_of(cols) {
+                    return Err(KernelError {
+                        message: format!(
+                            "rows to prepare have {} elements, not a multiple of the row length {cols}",
+                            x.len()
+                        ),
+                    });
+                }
+                let rows = x.len() / cols;
+                let qo = self
+                    .armed_out(Some(q), rows, cols)?
+                    .unwrap_or(QuantOut::NONE);
+                self.quantize_out(x, cols, qo, par);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// How rows prepared for `format` are laid out: bytes per value, values a row is padded
+    /// to, rows the row count is padded to.
+    pub(super) fn row_shape(&self, format: WeightFormat) -> (usize, usize, usize) {
+        match format {
+            WeightFormat::Bf16 => (2, 2, 1),
+            _ => (1, self.qlayout.row_align(), self.qlayout.rows_align()),
         }
     }
 
@@ -195,6 +225,7 @@ impl Kernels {
             scale: q.scale.as_mut_ptr(),
             inv_scale: q.inv_scale.as_mut_ptr(),
             offset: self.qoffset,
+            bf16: q.kind == Some(WeightFormat::Bf16),
         }
     }
 
@@ -207,7 +238,8 @@ impl Kernels {
     ) -> Result<Option<QuantOut>, KernelError> {
         match q {
             Some(q) if q.is_armed() => {
-                q.shape(self.isa, self.qlayout, rows, cols)
+                let shape = self.row_shape(q.kind.unwrap_or(WeightFormat::Int8));
+                q.shape(self.isa, shape, rows, cols)
                     .ok_or_else(|| overflow("quantized rows"))?;
                 Ok(Some(self.quant_out(q)))
             }

@@ -5,6 +5,7 @@ use crate::aligned::Aligned;
 use crate::arch::{ActFn, AttnFn, GemmFn, NormFn, QGemmFn, QuantFn, QuantOut, RowActFn};
 use crate::isa::{Isa, IsaError};
 use crate::ops::attention::{AttnArgs, SeqSpan, scratch_len};
+use crate::ops::bgemm::BGemmFn;
 use crate::ops::gemm::Epi;
 use crate::ops::qgemm::QEpi;
 use crate::quant::{QuantRows, WeightFormat};
@@ -13,6 +14,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 mod attend;
+mod bf16;
 mod int8;
 mod packed;
 mod plan;
@@ -87,10 +89,16 @@ pub struct Kernels {
     qnr: usize,
     qoffset: bool,
     qlayout: Int8Layout,
+    /// The bf16 products: register tile, panel width, whether they run on `vdpbf16ps`.
+    bgemm: BGemmFn,
+    bmr: usize,
+    bnr: usize,
+    bdot: bool,
 }
 
 macro_rules! table {
-    ($isa:expr, $m:path, $q:path) => {{
+    ($isa:expr, $m:path, $q:path, $b:path, $bdot:expr) => {{
+        use $b as b;
         use $m as t;
         use $q as q;
         Kernels {
@@ -108,31 +116,80 @@ macro_rules! table {
             qnr: q::NR,
             qoffset: q::OFFSET,
             qlayout: q::LAYOUT,
+            bgemm: b::bgemm,
+            bmr: b::MR,
+            bnr: b::NR,
+            bdot: $bdot,
         }
     }};
 }
 
 // One table per tier: the float kernels of its float tier, the int8 products of its own
-// dot-product instructions.
+// dot-product instructions, the bf16 products widened to float32 or (where the CPU has
+// AVX512-BF16: `Kernels::table` picks the second table of those tiers) on `vdpbf16ps`.
 static PORTABLE: Kernels = table!(
     Isa::Portable,
     crate::arch::portable,
-    crate::arch::q_portable
+    crate::arch::q_portable,
+    crate::ops::bgemm::b_portable,
+    false
 );
 #[cfg(target_arch = "x86_64")]
-static AVX2: Kernels = table!(Isa::Avx2, crate::arch::avx2, crate::arch::q_avx2);
+static AVX2: Kernels = table!(
+    Isa::Avx2,
+    crate::arch::avx2,
+    crate::arch::q_avx2,
+    crate::ops::bgemm::b_avx2,
+    false
+);
 #[cfg(target_arch = "x86_64")]
-static AVX2_VNNI: Kernels = table!(Isa::Avx2Vnni, crate::arch::avx2, crate::arch::q_avx2vnni);
+static AVX2_VNNI: Kernels = table!(
+    Isa::Avx2Vnni,
+    crate::arch::avx2,
+    crate::arch::q_avx2vnni,
+    crate::ops::bgemm::b_avx2,
+    false
+);
 #[cfg(target_arch = "x86_64")]
-static AVX512: Kernels = table!(Isa::Avx512, crate::arch::avx512, crate::arch::q_avx512);
+static AVX512: Kernels = table!(
+    Isa::Avx512,
+    crate::arch::avx512,
+    crate::arch::q_avx512,
+    crate::ops::bgemm::b_avx512,
+    false
+);
 #[cfg(target_arch = "x86_64")]
 static AVX512_VNNI: Kernels = table!(
     Isa::Avx512Vnni,
     crate::arch::avx512,
-    crate::arch::q_avx512vnni
+    crate::arch::q_avx512vnni,
+    crate::ops::bgemm::b_avx512,
+    false
 );
 #[cfg(target_arch = "x86_64")]
-static AVX512_AMX: Kernels = table!(Isa::Avx512Amx, crate::arch::avx512, crate::arch::q_amx);
+static AVX512_VNNI_BF16: Kernels = table!(
+    Isa::Avx512Vnni,
+    crate::arch::avx512,
+    crate::arch::q_avx512vnni,
+    crate::ops::bgemm::b_avx512bf16,
+    true
+);
+#[cfg(target_arch = "x86_64")]
+static AVX512_AMX: Kernels = table!(
+    Isa::Avx512Amx,
+    crate::arch::avx512,
+    crate::arch::q_amx,
+    crate::ops::bgemm::b_avx512,
+    false
+);
+#[cfg(target_arch = "x86_64")]
+static AVX512_AMX_BF16: Kernels = table!(
+    Isa::Avx512Amx,
+    crate::arch::avx512,
+    crate::arch::q_amx,
+    crate::ops::bgemm::b_avx512bf16,
+    true
+);
 
 /// A product below this many multiply-adds runs on one thread (its split would cost more than
 /// it saves).
@@ -186,7 +243,11 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => &AVX512,
             #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni if has_avx512_bf16() => &AVX512_VNNI_BF16,
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => &AVX512_VNNI,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Amx if has_avx512_bf16() => &AVX512_AMX_BF16,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Amx => &AVX512_AMX,
             #[cfg(not(target_arch = "x86_64"))]
@@ -204,8 +265,27 @@ impl Kernels {
         match format {
             WeightFormat::F32 => (self.mr, self.nr),
             WeightFormat::Int8 => (self.qmr, self.qnr),
+            WeightFormat::Bf16 => (self.bmr, self.bnr),
         }
     }
+
+    /// Do this table's bf16 products run on AVX512-BF16's `vdpbf16ps` (else: widened to
+    /// float32 in the kernel)?
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels};
+    /// assert!(!Kernels::for_isa(Isa::Portable)?.bf16_dot());
+    /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
+    /// ```
+    pub fn bf16_dot(&self) -> bool {
+        self.bdot
+    }
+}
+
+/// Does the CPU have AVX512-BF16 (`vdpbf16ps`; the AVX-512 tiers' bf16 products use it)?
+#[cfg(target_arch = "x86_64")]
+fn has_avx512_bf16() -> bool {
+    std::is_x86_feature_detected!("avx512bf16")
 }
 
 /// `v` grown to at least `n` values; its first `n`.

@@ -1,4 +1,4 @@
-//! Weight matrices packed once into a tier's panels, in either format.
+//! Weight matrices packed once into a tier's panels, in any format.
 
 use super::*;
 
@@ -58,6 +58,8 @@ pub(super) enum Panels {
         inv_scale: Aligned<f32>,
         scale: Vec<f32>,
     },
+    /// `ceil(n / nr)` panels of `kp = ceil(k / 2)` pairs of `nr` columns x 2 bf16 values.
+    Bf16 { panels: Aligned<u16>, kp: usize },
 }
 
 impl PackedMatrix {
@@ -82,6 +84,7 @@ impl PackedMatrix {
         match self.data {
             Panels::F32(_) => WeightFormat::F32,
             Panels::Int8 { .. } => WeightFormat::Int8,
+            Panels::Bf16 { .. } => WeightFormat::Bf16,
         }
     }
 
@@ -96,11 +99,13 @@ impl PackedMatrix {
                 scale,
                 ..
             } => panels.bytes() + comp.bytes() + inv_scale.bytes() + 4 * scale.capacity(),
+            Panels::Bf16 { panels, .. } => panels.bytes(),
         }
     }
 
     /// The matrix back in row-major `[k, n]` layout: exactly the values packed for float32
-    /// panels; `W_q / s_w` (the values the int8 product stands for) for int8 panels.
+    /// panels; `W_q / s_w` (the values the int8 product stands for) for int8 panels; the bf16
+    /// values widened to float32 for bf16 panels.
     ///
     /// ```
     /// use transformer_encoder_kernels::{Isa, Kernels};
@@ -130,6 +135,17 @@ impl PackedMatrix {
                     .enumerate()
                     .map(|(i, &v)| v as f32 / scale[i % n])
                     .collect()
+            }
+            Panels::Bf16 { panels, kp } => {
+                let panels = panels.as_slice();
+                let mut w = vec![0.0f32; k * n];
+                for r in 0..k {
+                    for c in 0..n {
+                        let v = panels[super::bf16::bf16_offset(c / nr, r, c % nr, nr, *kp)];
+                        w[r * n + c] = f32::from_bits((v as u32) << 16);
+                    }
+                }
+                w
             }
         }
     }

@@ -21,10 +21,11 @@ impl Kernels {
         self.gemm_prepared(a, &NONE, m, b, epilogue, out, None, par)
     }
 
-    /// The product of [`Kernels::gemm`] for a matrix of either format: float32 panels read `a`;
+    /// The product of [`Kernels::gemm`] for a matrix of any format: float32 panels read `a`;
     /// int8 panels read `qa`, the same rows quantized for them (filled by the producer of `a`, or
     /// by [`Kernels::prepare`]), and dequantize in the epilogue (Keras:
-    /// `float(sum) / (s_x s_w) + bias`). If `q_out` is armed for the next product, the finished
+    /// `float(sum) / (s_x s_w) + bias`); bf16 panels read `qa` holding the rows rounded to bf16,
+    /// and sum in float32. If `q_out` is armed for the next product, the finished
     /// rows (activation and residual applied) are quantized into it while they are in cache.
     pub fn gemm_prepared(
         &self,
@@ -148,8 +149,22 @@ impl Kernels {
         let mn = m.checked_mul(n).ok_or_else(|| overflow("gemm output"))?;
         match &b.data {
             Panels::F32(_) => expect_len("gemm input", a.len(), mk)?,
+            Panels::Bf16 { .. } => {
+                let bf16 = qa.kind == Some(WeightFormat::Bf16);
+                if !bf16 || qa.isa != Some(self.isa) || qa.rows != m || qa.cols != k {
+                    return Err(KernelError {
+                        message: format!(
+                            "bf16 weights [{k}, {n}] need the {m} input rows rounded to bf16 for \
+                             tier {} (a QuantRows armed for the matrix and filled), got {} rows \
+                             of {} prepared as {:?} for {:?}",
+                            self.isa, qa.rows, qa.cols, qa.kind, qa.isa
+                        ),
+                    });
+                }
+            }
             Panels::Int8 { .. } => {
-                if qa.isa != Some(self.isa) || qa.rows != m || qa.cols != k {
+                let bf16 = qa.kind == Some(WeightFormat::Bf16);
+                if bf16 || qa.isa != Some(self.isa) || qa.rows != m || qa.cols != k {
                     return Err(KernelError {
                         message: format!(
                             "int8 weights [{k}, {n}] need the {m} input rows quantized for tier {} \
@@ -206,37 +221,25 @@ impl Kernels {
         par: Par,
     ) -> Result<(), KernelError> {
         let (k, n) = (b.k, b.n);
-        if !matches!(b.data, Panels::Int8 { .. }) || b.isa != self.isa {
+        if matches!(b.data, Panels::F32(_)) {
             return Err(KernelError {
                 message: format!(
-                    "gemm_quantized takes int8 weights packed for tier {}, got {:?} weights for {}",
+                    "gemm_quantized takes int8 or bf16 weights packed for tier {}, got {:?} \
+                     weights for {}",
                     self.isa,
                     b.format(),
                     b.isa
                 ),
             });
         }
-        if qa.isa != Some(self.isa) || qa.rows != m || qa.cols != k {
-            return Err(KernelError {
-                message: format!(
-                    "int8 weights [{k}, {n}] need the {m} input rows quantized for tier {}, got {} \
-                     rows of {} quantized for {:?}",
-                    self.isa, qa.rows, qa.cols, qa.isa
-                ),
-            });
-        }
+        let a: &[f32] = &[];
+        self.check_product(a, qa, m, b, epilogue, m.saturating_mul(n))?;
         if !q_out.is_armed() {
             return Err(KernelError {
                 message: "gemm_quantized's q_out must be armed for the next product".into(),
             });
         }
-        let mn = m.checked_mul(n).ok_or_else(|| overflow("gemm output"))?;
-        if let Some(bias) = epilogue.bias {
-            expect_len("gemm bias", bias.len(), n)?;
-        }
-        if let Some(r) = epilogue.residual {
-            expect_len("gemm residual", r.len(), mn)?;
-        }
+        let mn = m * n; // checked by check_product
         let Some(qo) = self.armed_out(Some(q_out), m, n)? else {
             unreachable!("checked armed above")
         };
@@ -256,7 +259,6 @@ impl Kernels {
             self.quantize_out(out, n, qo, par);
             return Ok(());
         }
-        let a: &[f32] = &[];
         self.run_product(
             a,
             qa,
@@ -309,6 +311,17 @@ impl Kernels {
                 qa.stride,
                 b.bytes(),
                 TALL_ROWS_INT8,
+                par,
+            ),
+            Panels::Bf16 { kp, .. } => self.plan_product(
+                m,
+                *kp,
+                n,
+                self.bmr,
+                self.bnr,
+                qa.stride,
+                b.bytes(),
+                TALL_ROWS_F32,
                 par,
             ),
         };
@@ -425,6 +438,15 @@ impl Kernels {
                     raw: false,
                 };
                 self.run_int8(qa, *kg, panels.as_ptr(), n, c, epi, plan, finish);
+            }
+            Panels::Bf16 { panels, kp } => {
+                let epi = Epi {
+                    bias,
+                    residual,
+                    ldr: n,
+                    act: fused,
+                };
+                self.run_bf16(qa, *kp, panels.as_ptr(), n, c, epi, plan, finish);
             }
         }
     }

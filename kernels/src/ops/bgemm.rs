@@ -1,0 +1,245 @@
+//! bfloat16 matrix products (Keras' `mixed_bfloat16`: bf16 operands, float32 accumulation) over
+//! weights packed once into panels of `k/2` pairs (see `simd::bf16`), with the float epilogue
+//! of the float32 products:
+//!
+//! `C[i, j] = act(sum_k a[i, k] w[k, j] + bias[j]) + residual`, `a` and `w` bf16, the sum float32.
+//!
+//! The sum over the whole of `k` stays in registers, pair by pair in order, so every output is
+//! computed by the same operations whatever the thread split.
+
+use super::act::apply_tile;
+use super::gemm::Epi;
+use crate::activation::Activation;
+use crate::simd::Simd;
+use crate::simd::bf16::BDot;
+
+/// One `R x (NV * LANES)` tile over the whole of `k` (`kp` pairs).
+///
+/// # Safety
+/// `a`: `R` rows of `2 * kp` values at stride `lda` (values); `b`: the panel (`kp` pairs of
+/// `NV * LANES * 2` values); `c`: `R` rows of `cols` values at stride `ldc`; `epi` offset to
+/// this tile's first column (bias valid for `cols`, residual for `R` rows of `cols`). D's
+/// features enabled.
+#[inline(always)]
+unsafe fn micro<D: BDot, const R: usize, const NV: usize>(
+    kp: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: &Epi,
+) {
+    type S<D> = <D as BDot>::F;
+    let lanes = <D::F as Simd>::LANES;
+    let nr = NV * lanes;
+    // SAFETY: every pointer formed stays inside the extents of the contract.
+    unsafe {
+        let mut acc = [[S::<D>::splat(0.0); NV]; R];
+        let rows: [*const u16; R] = std::array::from_fn(|i| a.add(i * lda));
+        let mut bp = b;
+        for p in 0..kp {
+            let mut bv = [D::load_b(bp); NV];
+            for (v, x) in bv.iter_mut().enumerate().skip(1) {
+                *x = D::load_b(bp.add(v * lanes * 2));
+            }
+            for i in 0..R {
+                let av = D::bcast(rows[i].add(2 * p));
+                for v in 0..NV {
+                    acc[i][v] = D::dot(acc[i][v], av, bv[v]);
+                }
+            }
+            bp = bp.add(nr * 2);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, &y) in row.iter().enumerate() {
+                let cc = v * lanes;
+                if cc >= cols {
+                    break;
+                }
+                let n = cols - cc;
+                let load = |p: *const f32| {
+                    if n >= lanes {
+                        S::<D>::load(p)
+                    } else {
+                        S::<D>::load_partial(p, n)
+                    }
+                };
+                let mut y = y;
+                if !epi.bias.is_null() {
+                    y = S::<D>::add(y, load(epi.bias.add(cc)));
+                }
+                if epi.act == Activation::Linear && !epi.residual.is_null() {
+                    y = S::<D>::add(y, load(epi.residual.add(i * epi.ldr + cc)));
+                }
+                let cp = c.add(i * ldc + cc);
+                if n >= lanes {
+                    S::<D>::store(cp, y);
+                } else {
+                    S::<D>::store_partial(cp, n, y);
+                }
+            }
+        }
+        if epi.act != Activation::Linear {
+            apply_tile::<S<D>>(c, ldc, R, cols, epi.act, epi.residual, epi.ldr);
+        }
+    }
+}
+
+/// [`micro`] for `rows <= MR <= 8` rows, monomorphised per row count.
+#[inline(always)]
+unsafe fn tile<D: BDot, const NV: usize>(
+    rows: usize,
+    kp: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    epi: &Epi,
+) {
+    macro_rules! go {
+        ($r:literal) => {
+            micro::<D, $r, NV>(kp, a, lda, b, c, ldc, cols, epi)
+        };
+    }
+    // SAFETY: forwarded contract of `micro` with R = rows.
+    unsafe {
+        match rows {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            4 => go!(4),
+            5 => go!(5),
+            6 => go!(6),
+            7 => go!(7),
+            _ => go!(8),
+        }
+    }
+}
+
+/// Rows `0..m` and panels `p0..p1` of the bf16 product.
+///
+/// # Safety
+/// * `a`: `m` rows of `lda >= 2 * kp` values; `packed`: `ceil(n / NR)` panels of `kp * NR * 2`
+///   values; `c`: `m` rows of `n` values at stride `ldc`; `epi.bias` `n` values or null;
+///   `epi.residual` `m` rows at stride `epi.ldr` or null.
+/// * `MR <= 8`; no other thread writes the columns of panels `p0..p1` of these rows.
+#[inline(always)]
+pub(crate) unsafe fn bgemm_panels<D: BDot, const MR: usize, const NV: usize>(
+    a: *const u16,
+    lda: usize,
+    m: usize,
+    kp: usize,
+    packed: *const u16,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    p0: usize,
+    p1: usize,
+    epi: &Epi,
+) {
+    let nr = NV * <D::F as Simd>::LANES;
+    // SAFETY: every pointer formed below stays inside the extents documented above.
+    unsafe {
+        // Row tiles outer: a tile's rows of A (MR x k values) stay in L1 while the panels stream.
+        let mut i = 0;
+        while i < m {
+            let rows = MR.min(m - i);
+            for p in p0..p1 {
+                let col0 = p * nr;
+                let cols = nr.min(n - col0);
+                let bp = packed.add(p * kp * nr * 2);
+                let e = Epi {
+                    bias: if epi.bias.is_null() {
+                        epi.bias
+                    } else {
+                        epi.bias.add(col0)
+                    },
+                    residual: if epi.residual.is_null() {
+                        epi.residual
+                    } else {
+                        epi.residual.add(i * epi.ldr + col0)
+                    },
+                    ..*epi
+                };
+                let cp = c.add(i * ldc + col0);
+                tile::<D, NV>(rows, kp, a.add(i * lda), lda, bp, cp, ldc, cols, &e);
+            }
+            i += rows;
+        }
+    }
+}
+
+/// `bgemm(a, lda, m, kp, packed, n, c, ldc, p0, p1, epi)`: see [`bgemm_panels`].
+pub(crate) type BGemmFn = unsafe fn(
+    *const u16,
+    usize,
+    usize,
+    usize,
+    *const u16,
+    usize,
+    *mut f32,
+    usize,
+    usize,
+    usize,
+    &Epi,
+);
+
+/// Thin shells of the bf16 products: one per dot-product flavour, each instantiating
+/// `bgemm_panels` with its register tile (`MR` rows of `NV` vectors).
+macro_rules! bshells {
+    ($module:ident, $dot:ty, $mr:literal, $nv:literal $(, #[$attr:meta])*) => {
+        pub(crate) mod $module {
+            use super::*;
+
+            /// Register tile rows.
+            pub(crate) const MR: usize = $mr;
+            /// Register tile columns (the bf16 panel width).
+            pub(crate) const NR: usize =
+                $nv * <<$dot as crate::simd::bf16::BDot>::F as crate::simd::Simd>::LANES;
+
+            /// # Safety
+            /// The tier's CPU features; `bgemm_panels`' contract.
+            $(#[$attr])*
+            pub(crate) unsafe fn bgemm(
+                a: *const u16,
+                lda: usize,
+                m: usize,
+                kp: usize,
+                packed: *const u16,
+                n: usize,
+                c: *mut f32,
+                ldc: usize,
+                p0: usize,
+                p1: usize,
+                epi: &Epi,
+            ) {
+                // SAFETY: forwarded contract; features enabled on this function.
+                unsafe { bgemm_panels::<$dot, $mr, $nv>(a, lda, m, kp, packed, n, c, ldc, p0, p1, epi) }
+            }
+        }
+    };
+}
+
+bshells!(b_portable, crate::simd::bf16::PortableWiden, 4, 1);
+#[cfg(target_arch = "x86_64")]
+bshells!(b_avx2, crate::simd::bf16::Avx2Widen, 4, 2, #[target_feature(enable = "avx2,fma")]);
+#[cfg(target_arch = "x86_64")]
+bshells!(
+    b_avx512,
+    crate::simd::bf16::Avx512Widen,
+    8,
+    2,
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+);
+#[cfg(target_arch = "x86_64")]
+bshells!(
+    b_avx512bf16,
+    crate::simd::bf16::Avx512Bf16,
+    8,
+    3,
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,avx512bf16")]
+);

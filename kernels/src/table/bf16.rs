@@ -1,0 +1,95 @@
+//! The bf16 format (Keras' `mixed_bfloat16`): packing float weights into bf16 pairs, and running
+//! the bf16 products over the rows prepared for them.
+
+use super::*;
+use crate::simd::bf16_bits;
+
+impl Kernels {
+    /// Pack a row-major `[k, n]` float weight matrix (Keras' `[in, out]`) once, rounded to
+    /// bfloat16 (to nearest, ties to even), for this tier's bf16 products: half the float bytes.
+    /// Its products take their input rows rounded to bf16 too ([`QuantRows`] armed for it) and
+    /// sum in float32.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels, quant::WeightFormat};
+    /// let w = [1.0f32, 2.0, 3.0, 1.0 + 1.0 / 256.0]; // the last one a tie: rounds to 1.0
+    /// let p = Kernels::for_isa(Isa::Portable)?.pack_bf16(&w, 2, 2)?;
+    /// assert_eq!(p.format(), WeightFormat::Bf16);
+    /// assert_eq!(p.unpack(), vec![1.0, 2.0, 3.0, 1.0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pack_bf16(&self, w: &[f32], k: usize, n: usize) -> Result<PackedMatrix, KernelError> {
+        let want = k.checked_mul(n).ok_or_else(|| KernelError {
+            message: format!("bf16 weight matrix [{k}, {n}] is too large"),
+        })?;
+        expect_len("weight matrix", w.len(), want)?;
+        let nr = self.bnr;
+        let panels = n.div_ceil(nr);
+        let kp = k.div_ceil(2);
+        let mut data = Aligned::<u16>::zeroed(panels * kp * nr * 2);
+        let d = data.as_mut_slice();
+        for r in 0..k {
+            for (c, &v) in w[r * n..][..n].iter().enumerate() {
+                d[bf16_offset(c / nr, r, c % nr, nr, kp)] = bf16_bits(v);
+            }
+        }
+        Ok(PackedMatrix {
+            k,
+            n,
+            nr,
+            isa: self.isa,
+            data: Panels::Bf16 { panels: data, kp },
+        })
+    }
+
+    /// Run the bf16 product over the parts of `plan` (validated by the callers: `qa` holds `m`
+    /// bf16 rows of `k`, the output rows at `c` have `n` floats).
+    pub(super) fn run_bf16(
+        &self,
+        qa: &QuantRows,
+        kp: usize,
+        panels: *const u16,
+        n: usize,
+        c: COut,
+        epi: Epi,
+        plan: Plan,
+        finish: Option<&(dyn Fn(usize, usize, usize) + Sync)>,
+    ) {
+        let lda = qa.stride / 2;
+        let f = self.bgemm;
+        let ptrs = Shared((qa.bytes.as_ptr() as *const u16, panels, c, epi));
+        let run = |part: usize, r0: usize, r1: usize, p0: usize, p1: usize| {
+            let (ap, bp, c, mut epi) = ptrs.get();
+            // SAFETY: the tier is available; qa holds m rows of `lda >= 2 kp` bf16 values; the
+            // panels hold ceil(n / bnr) panels of kp * bnr * 2 values; the output rows r0..r1 at
+            // `c.at` have n columns; bias [n] and residual [m, n] were checked by the caller;
+            // rows r0..r1 and panels p0..p1 are in range, and parts write disjoint rows or
+            // columns.
+            unsafe {
+                if !epi.residual.is_null() {
+                    epi.residual = epi.residual.add(r0 * n);
+                }
+                let cp = c.at(part, r0, n);
+                f(
+                    ap.add(r0 * lda),
+                    lda,
+                    r1 - r0,
+                    kp,
+                    bp,
+                    n,
+                    cp,
+                    n,
+                    p0,
+                    p1,
+                    &epi,
+                )
+            };
+        };
+        self.run_plan(plan, run, finish);
+    }
+}
+
+/// The value of inner row `r`, column `c` (`c < nr`) of panel `p`, with `kp` pairs per panel.
+pub(super) fn bf16_offset(p: usize, r: usize, c: usize, nr: usize, kp: usize) -> usize {
+    ((p * kp + r / 2) * nr + c) * 2 + r % 2
+}

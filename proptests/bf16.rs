@@ -1,0 +1,235 @@
+//! The bf16 kernels (Keras' `mixed_bfloat16`) on every tier this machine has: activation rows
+//! rounded to bf16 bit for bit as `half` rounds them (to nearest, ties to even), and the product
+//! of the rounded operands against float64 within the float32 summation bound.
+
+use crate::common::{config, tiers, values};
+use proptest::prelude::*;
+use transformer_encoder_kernels::quant::WeightFormat;
+use transformer_encoder_kernels::reference as r;
+use transformer_encoder_kernels::*;
+
+/// Sizes from 0, biased to the tails of every tier's bf16 panels (8, 16, 32, 48 columns; pairs
+/// of inner rows) and register tiles (4, 8 rows).
+fn size(max: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![
+        0usize..=max.min(40),
+        prop::sample::select(vec![
+            0usize, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 48, 49, 95, 97
+        ])
+        .prop_map(move |v| v.min(max)),
+        0usize..=max,
+    ]
+}
+
+fn bf16(v: f32) -> f64 {
+    half::bf16::from_f32(v).to_f64()
+}
+
+/// `x` rounded to bf16 by `k` (prepared as the input of a bf16 matrix), row by row, against
+/// `half`'s rounding: the same bits, NaN for NaN.
+fn check_rounded(k: &Kernels, x: &[f32], cols: usize) -> Result<(), String> {
+    let w = k
+        .pack_bf16(&vec![0.0; cols], cols, 1)
+        .map_err(|e| e.to_string())?;
+    let mut q = QuantRows::new();
+    q.arm_for(&w);
+    k.prepare(x, cols, &mut q, Par::Threads(3))
+        .map_err(|e| e.to_string())?;
+    for (i, row) in x.chunks_exact(cols).enumerate() {
+        let got = q.bf16_row(i).ok_or("missing row")?;
+        for (j, (&g, &v)) in got.iter().zip(row).enumerate() {
+            let want = half::bf16::from_f32(v);
+            let same = if v.is_nan() {
+                half::bf16::from_bits(g).is_nan()
+            } else {
+                g == want.to_bits()
+            };
+            if !same {
+                return Err(format!(
+                    "{}: row {i} col {j}: {v:e} ({:#010x}) -> {g:#06x}, half gives {:#06x}",
+                    k.isa(),
+                    v.to_bits(),
+                    want.to_bits()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(48))]
+
+    #[test]
+    fn rows_round_to_nearest_even(cols in size(100).prop_map(|c| c.max(1)), rows in 1usize..4, seed in any::<u64>()) {
+        // Random floats, and values a half-ulp of bf16 apart from one another (ties).
+        let mut x = values(rows * cols, seed, -3.0, 3.0);
+        for (i, v) in x.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
+            *v = f32::from_bits((v.to_bits() & 0xffff_0000) | if i % 2 == 0 { 0x8000 } else { 0x7fff });
+        }
+        for isa in tiers() {
+            check_rounded(Kernels::for_isa(isa).unwrap(), &x, cols).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    #[test]
+    fn bf16_product_sums_rounded_operands(m in size(30), k in size(300).prop_map(|c| c.max(1)), n in size(70), bias in any::<bool>(), resid in any::<bool>(), act in prop_oneof![Just(None), Just(Some(Activation::Gelu)), Just(Some(Activation::Relu))], seed in any::<u64>()) {
+        let a = values(m * k, seed, -2.0, 2.0);
+        let w = values(k * n, seed ^ 1, -0.5, 0.5);
+        let b = values(n, seed ^ 2, -1.0, 1.0);
+        let res = values(m * n, seed ^ 3, -1.0, 1.0);
+        // The exact sums of the bf16 operands, and per element the bound of a float32 sum of k
+        // products (each exact in float32) plus the bias: (k + 2) u sum |a w| + |b|, u = 2^-24.
+        let u = f64::powi(2.0, -24);
+        let mut want = vec![0.0f64; m * n];
+        let mut bound = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut mag) = (0.0f64, 0.0f64);
+                for p in 0..k {
+                    let t = bf16(a[i * k + p]) * bf16(w[p * n + j]);
+                    s += t;
+                    mag += t.abs();
+                }
+                let bj = if bias { b[j] as f64 } else { 0.0 };
+                want[i * n + j] = s + bj;
+                bound[i * n + j] = (k as f64 + 2.0) * u * (mag + bj.abs());
+            }
+        }
+        if let Some(act) = act {
+            r::activation(act, &mut want, n.max(1));
+        }
+        for (i, x) in want.iter_mut().enumerate() {
+            if resid {
+                *x += res[i] as f64;
+            }
+            // GELU's slope is below 1.13; the float32 activation and residual add a few ulps.
+            bound[i] = 1.13 * bound[i] + 4.0 * u * (x.abs() + 1.0);
+        }
+        for isa in tiers() {
+            let kern = Kernels::for_isa(isa).unwrap();
+            let packed = kern.pack_bf16(&w, k, n).unwrap();
+            prop_assert_eq!(packed.format(), WeightFormat::Bf16);
+            let mut q = QuantRows::new();
+            q.arm_for(&packed);
+            kern.prepare(&a, k, &mut q, Par::Seq).unwrap();
+            let ep = Epilogue { bias: bias.then_some(&b[..]), activation: act, residual: resid.then_some(&res[..]) };
+            let mut first: Option<Vec<f32>> = None;
+            for par in [Par::Seq, Par::Threads(3)] {
+                let mut out = vec![f32::NAN; m * n];
+                kern.gemm_prepared(&a, &q, m, &packed, &ep, &mut out, None, par).unwrap();
+                for (i, (&g, &t)) in out.iter().zip(&want).enumerate() {
+                    let err = (g as f64 - t).abs();
+                    prop_assert!(err <= bound[i], "bf16 product {} m={} k={} n={} {:?}: element {}: {} vs {} (bound {:e})", isa, m, k, n, act, i, g, t, bound[i]);
+                }
+                // Bit-identical whatever the thread split.
+                match &first {
+                    None => first = Some(out),
+                    Some(f) => prop_assert!(f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: thread split changed the bits"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn special_values_round_as_half_does() {
+    // Ties both ways, the largest finite values (rounding past them gives infinity), the
+    // infinities, NaNs of both signs, subnormals and signed zeros.
+    let x: Vec<f32> = [
+        1.0 + 1.0 / 256.0,
+        1.0 + 3.0 / 256.0,
+        -(1.0 + 1.0 / 256.0),
+        f32::MAX,
+        -f32::MAX,
+        f32::from_bits(0x7f7f_7fff),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0x0000_8000),
+        f32::from_bits(0x0001_8000),
+        f32::MIN_POSITIVE,
+        1e-40,
+        0.0,
+        -0.0,
+    ]
+    .to_vec();
+    for isa in tiers() {
+        let k = Kernels::for_isa(isa).unwrap();
+        check_rounded(k, &x, x.len()).unwrap();
+        // Odd lengths: the pad value after the row is 0 (it meets a zero weight in the panel).
+        check_rounded(k, &x[..7], 7).unwrap();
+    }
+}
+
+#[test]
+fn nonfinite_rows_poison_only_their_rows() {
+    // A row holding NaN or an infinity gives NaN or an infinity in that row's outputs, never in
+    // the others; an all-zero row gives the bias.
+    let (m, k, n) = (4, 40, 19);
+    let mut a = values(m * k, 3, -1.0, 1.0);
+    a[..k].fill(0.0);
+    a[k + 7] = f32::NAN;
+    a[2 * k + 3] = f32::INFINITY;
+    let w = values(k * n, 4, -1.0, 1.0);
+    let b = values(n, 5, -1.0, 1.0);
+    for isa in tiers() {
+        let kern = Kernels::for_isa(isa).unwrap();
+        let packed = kern.pack_bf16(&w, k, n).unwrap();
+        let mut q = QuantRows::new();
+        q.arm_for(&packed);
+        kern.prepare(&a, k, &mut q, Par::Seq).unwrap();
+        let mut out = vec![0.0f32; m * n];
+        let ep = Epilogue {
+            bias: Some(&b),
+            ..Epilogue::default()
+        };
+        kern.gemm_prepared(&a, &q, m, &packed, &ep, &mut out, None, Par::Seq)
+            .unwrap();
+        assert_eq!(&out[..n], &b[..], "{isa}: a zero row gives the bias");
+        assert!(out[n..2 * n].iter().all(|v| v.is_nan()), "{isa}: NaN row");
+        assert!(
+            out[2 * n..3 * n].iter().all(|v| !v.is_finite()),
+            "{isa}: infinite row"
+        );
+        assert!(out[3 * n..].iter().all(|v| v.is_finite()), "{isa}: others");
+    }
+}
+
+#[test]
+fn misuse_is_an_error() {
+    for isa in tiers() {
+        let k = Kernels::for_isa(isa).unwrap();
+        let p = k.pack_bf16(&[1.0; 12], 4, 3).unwrap();
+        assert!(k.pack_bf16(&[1.0; 11], 4, 3).is_err(), "length");
+        let mut out = [0.0f32; 6];
+        // bf16 weights without bf16 rows, with int8 rows, or with rows of another shape.
+        assert!(
+            k.gemm(&[1.0; 8], 2, &p, &Epilogue::default(), &mut out, Par::Seq)
+                .is_err()
+        );
+        let mut q = QuantRows::new();
+        q.arm_for(&p);
+        k.quantize_rows(&[1.0; 8], 4, &mut q, Par::Seq).unwrap();
+        assert_eq!(q.format(), Some(WeightFormat::Int8), "re-armed for int8");
+        let e = Epilogue::default();
+        assert!(
+            k.gemm_prepared(&[], &q, 2, &p, &e, &mut out, None, Par::Seq)
+                .is_err()
+        );
+        q.arm_for(&p);
+        k.prepare(&[1.0; 12], 4, &mut q, Par::Seq).unwrap();
+        assert!(
+            k.gemm_prepared(&[], &q, 2, &p, &e, &mut out, None, Par::Seq)
+                .is_err(),
+            "3 rows prepared, 2 asked"
+        );
+        q.arm_for(&p);
+        k.prepare(&[1.0; 8], 4, &mut q, Par::Seq).unwrap();
+        k.gemm_prepared(&[], &q, 2, &p, &e, &mut out, None, Par::Seq)
+            .unwrap();
+        assert_eq!(out, [4.0; 6]);
+    }
+}
