@@ -2,11 +2,13 @@
 # Side-by-side latency: ONNX Runtime, OpenVINO and PyTorch against this crate, same shape and
 # thread count, one after the other in one run. Prints one line per measurement and the ratios.
 #
-#   benches/compare.sh [SECONDS] [fp32|int8]      (default 5 s per measurement, fp32)
+#   benches/compare.sh [SECONDS] [fp32|bf16|int8]      (default 5 s per measurement, fp32)
 #
 # fp32: ONNX Runtime (fused BERT ops, tools/ort_anchor.py), OpenVINO fp32 (tools/ov_anchor.py),
 # PyTorch (tools/torch_anchor.py) if /tmp/torchenv has it. int8: ONNX Runtime's dynamic int8
 # (--quant int8) and OpenVINO's NNCF int8 (--precision int8) against the crate in Keras' int8.
+# bf16: OpenVINO bf16 (--precision bf16) and PyTorch bf16 (--dtype bfloat16, if /tmp/torchenv
+# has it) against the crate in Keras' mixed_bfloat16 (ONNX Runtime has no bf16 on CPUs).
 # The anchors are in tools/ (or ANCHORS=dir); their venvs are created in /tmp on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,27 +30,34 @@ shapes=(
   "--hidden 384 --heads 12 --inter 1536 --seq 16 --batch 1 --threads 1 --layers 6"
   "--hidden 64 --heads 8 --inter 64 --seq 10 --batch 2 --threads 1"
 )
-if [ "$precision" = fp32 ]; then
-  shapes+=("--hidden 768 --heads 12 --inter 3072 --seq 128 --batch 8 --threads 2")
-  ortq=""; ovp="fp32"
-else
-  ortq="--quant int8"; ovp="int8"
-fi
+case "$precision" in
+  fp32) shapes+=("--hidden 768 --heads 12 --inter 3072 --seq 128 --batch 8 --threads 2")
+        ortq=""; ovp="fp32"; ptd="float32" ;;
+  bf16) ortq=""; ovp="bf16"; ptd="bfloat16" ;;
+  int8) ortq="--quant int8"; ovp="int8"; ptd="" ;;
+  *) echo "compare.sh: precision must be fp32, bf16 or int8, got '$precision'" >&2; exit 2 ;;
+esac
 med() { sed -n 's/.*median_ms=\([0-9.]*\).*/\1/p'; }
 for s in "${shapes[@]}"; do
-  ort=$(/tmp/ortenv/bin/python "$anchors/ort_anchor.py" $s $ortq --seconds "$secs" 2>/dev/null | tail -1)
+  ort=""
+  if [ "$precision" != bf16 ]; then
+    ort=$(/tmp/ortenv/bin/python "$anchors/ort_anchor.py" $s $ortq --seconds "$secs" 2>/dev/null | tail -1)
+  fi
   ov=$(/tmp/ovenv/bin/python "$anchors/ov_anchor.py" $s --precision "$ovp" --seconds "$secs" 2>/dev/null | tail -1 || true)
   ours=$(./target/release/examples/latency $s --precision "$precision" --seconds "$secs")
-  echo "$ort"
+  [ -n "$ort" ] && echo "$ort"
   [ -n "$ov" ] && echo "$ov"
   echo "$ours"
-  if [ "$precision" = fp32 ] && [ -x /tmp/torchenv/bin/python ]; then
-    pt=$(/tmp/torchenv/bin/python "$anchors/torch_anchor.py" $s --seconds "$secs" 2>/dev/null | tail -1 || true)
+  pt=""
+  if [ -n "$ptd" ] && [ -x /tmp/torchenv/bin/python ]; then
+    pt=$(/tmp/torchenv/bin/python "$anchors/torch_anchor.py" $s --dtype "$ptd" --seconds "$secs" 2>/dev/null | tail -1 || true)
     [ -n "$pt" ] && echo "$pt"
   fi
-  o=$(echo "$ort" | med); v=$(echo "$ov" | med); e=$(echo "$ours" | med)
+  o=$(echo "$ort" | med); v=$(echo "$ov" | med); e=$(echo "$ours" | med); t=$(echo "$pt" | med)
   python3 -c "
-o, v, e = float('$o'), float('${v:-nan}'), float('$e')
-best = min(x for x in (o, v) if x == x)
-print(f'ratio encoder/ort = {e/o:.3f}  encoder/openvino = {e/v:.3f}  encoder/best = {e/best:.3f}   ($s)')"
+nan = float('nan')
+o, v, e, t = (float(x) if x else nan for x in ('$o', '$v', '$e', '$t'))
+others = [x for x in (o, v, t) if x == x]
+best = min(others) if others else nan
+print(f'ratio encoder/ort = {e/o:.3f}  encoder/openvino = {e/v:.3f}  encoder/torch = {e/t:.3f}  encoder/best = {e/best:.3f}   ($s)')"
 done

@@ -7,7 +7,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::hint::black_box;
 use std::sync::Arc;
 use transformer_encoder::{
-    Activation, CallOptions, EncoderConfig, EncoderWeights, Isa, TensorView, Threads,
+    Activation, CallOptions, EncoderConfig, EncoderWeights, Isa, Precision, TensorView, Threads,
     TransformerEncoder, Workspace,
 };
 use transformer_encoder_kernels::{
@@ -274,6 +274,55 @@ const CORPUS_LENGTHS: [usize; 64] = [
     78, 67, 96, 107, 77, 103, 58, 75, 82, 80, 35, 19, 113, 86, 124, 122, 69, 46, 37,
 ];
 
+/// The bf16 products (Keras' `mixed_bfloat16`) at the layer shapes, in FLOP/s (compare with
+/// `peak_flops`' "avx512 bf16 dp" line on the tiers whose table says `bf16_dot`).
+fn gemm_bf16(c: &mut Criterion) {
+    let shapes: &[(&str, usize, usize, usize)] = if quick() {
+        &[("seed_qkv", 20, 64, 192)]
+    } else {
+        &[
+            ("seed_qkv", 20, 64, 192),
+            ("minilm_query_qkv", 16, 384, 1152),
+            ("minilm_query_ffn_out", 16, 1536, 384),
+            ("bert_qkv", 128, 768, 2304),
+            ("bert_ffn_in", 128, 768, 3072),
+            ("bert_ffn_out", 128, 3072, 768),
+        ]
+    };
+    for &(name, m, k, n) in shapes {
+        let mut g = c.benchmark_group(format!("gemm_bf16/{name}_{m}x{k}x{n}"));
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let a = vals(m * k, 1);
+        let w = vals(k * n, 2);
+        let bias = vals(n, 3);
+        let mut out = vec![0.0; m * n];
+        for isa in tiers() {
+            let kern = Kernels::for_isa(isa).unwrap();
+            let p = kern.pack_bf16(&w, k, n).unwrap();
+            let mut q = transformer_encoder_kernels::QuantRows::new();
+            q.arm_for(&p);
+            kern.prepare(&a, k, &mut q, Par::Seq).unwrap();
+            let ep = Epilogue {
+                bias: Some(&bias),
+                activation: None,
+                residual: None,
+            };
+            for (label, par) in [("t1", Par::Seq), ("t2", Par::Threads(2))] {
+                if quick() && label == "t2" {
+                    continue;
+                }
+                g.bench_function(BenchmarkId::new(label, isa), |bch| {
+                    bch.iter(|| {
+                        kern.gemm_prepared(black_box(&a), &q, m, &p, &ep, &mut out, None, par)
+                            .unwrap()
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
 fn layers(c: &mut Criterion) {
     // (name, hidden, heads, inter, batch, seq, threads)
     let all: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
@@ -312,9 +361,10 @@ fn layers(c: &mut Criterion) {
             let x = vals(b * s * h, 10);
             let mut out = vec![0.0; x.len()];
             let mut ws = Workspace::new();
-            // The same layer in float32 and in Keras' int8 mode.
+            // The same layer in float32, in Keras' mixed_bfloat16 and in Keras' int8 mode.
             let int8 = fp32.quantize().unwrap();
-            for (precision, enc) in [("fp32", &fp32), ("int8", &int8)] {
+            let bf16 = fp32.clone().with_precision(Precision::Bf16).unwrap();
+            for (precision, enc) in [("fp32", &fp32), ("bf16", &bf16), ("int8", &int8)] {
                 g.bench_function(BenchmarkId::new(precision, isa), |bch| {
                     bch.iter(|| {
                         enc.forward_into(
@@ -373,7 +423,7 @@ criterion_group! {
         .sample_size(20)
         .measurement_time(std::time::Duration::from_secs(2))
         .warm_up_time(std::time::Duration::from_millis(500));
-    targets = gemm, gemm_int8, small_kernels, layers, embedding
+    targets = gemm, gemm_int8, gemm_bf16, small_kernels, layers, embedding
 }
 
 #[cfg(not(feature = "bert"))]

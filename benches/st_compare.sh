@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side embedding throughput, one run: sentence-transformers (tools/st_anchor.py) on each of
-# its CPU backends, then this crate (ragged and padded, float32 and int8), on the same model
+# its CPU backends, then this crate (ragged and padded, float32, bf16 and int8), on the same model
 # (all-MiniLM-L6-v2), workloads (32 queries, 8 passages, the 64-text mixed-length corpus) and
 # thread count. Medians over SECONDS per workload.
 #   benches/st_compare.sh [THREADS] [SECONDS] [BACKEND...]
@@ -25,7 +25,7 @@ for b in "${backends[@]}"; do
   HF_HUB_OFFLINE=1 /tmp/torchenv/bin/python tools/st_anchor.py --model "$model" --threads "$threads" \
     --seconds "$secs" --corpus "$corpus" --backend "$b" 2>/dev/null | grep '^st '
 done
-for precision in fp32 int8; do
+for precision in fp32 bf16 int8; do
   for path in "" --padded; do
     ./target/release/examples/throughput --model "$model" --threads "$threads" --seconds "$secs" \
       --precision $precision --corpus "$corpus" $path
