@@ -88,9 +88,20 @@ fn latency() -> Result<ExitCode, common::Failure> {
     };
     let s = &m.stack.layers()[0];
     let (heads, inter) = (s.config().num_heads, s.config().intermediate_dim);
+    // How the bf16 products run on this tier: `vdpbf16ps`, or widened to float32.
+    let bf16 = if m.precision == transformer_encoder::Precision::Bf16 {
+        let k = transformer_encoder_kernels::Kernels::for_isa(m.isa)?;
+        if k.bf16_dot() {
+            " bf16=dot"
+        } else {
+            " bf16=widen"
+        }
+    } else {
+        ""
+    };
     let flops = s.flops(batch, seq) * m.layers as f64;
     println!(
-        "encoder isa={} precision={} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1} sync_ms={sync_ms:.4}{idle}",
+        "encoder isa={} precision={} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1} sync_ms={sync_ms:.4}{idle}{bf16}",
         m.isa,
         m.precision,
         if m.pre { "pre" } else { "post" },

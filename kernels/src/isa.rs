@@ -16,6 +16,12 @@ use std::sync::OnceLock;
 /// `avx2vnni`, `avx2` or `portable`.
 pub const ISA_ENV: &str = "TRANSFORMER_ENCODER_ISA";
 
+/// The environment variable that chooses how the AVX-512 tiers run bf16 products: `dot`
+/// (AVX512-BF16's `vdpbf16ps`; an error on a CPU without it) or `widen` (pairs widened to float32).
+/// Unset: `vdpbf16ps` where the CPU has it and the tier has passed the whole suite with it
+/// ([`Isa::bf16_dot_verified`]), else widened.
+pub const BF16_ENV: &str = "TRANSFORMER_ENCODER_BF16";
+
 /// An instruction-set tier. Every kernel exists on every tier.
 ///
 /// ```
@@ -78,6 +84,37 @@ impl Isa {
     /// automatically; the others can still be forced. (All six have: the README lists the CPUs.)
     pub fn verified(self) -> bool {
         true
+    }
+
+    /// Has this tier passed the whole test suite on real hardware with its bf16 products on
+    /// `vdpbf16ps`? Only then does it use them without being told to ([`BF16_ENV`]):
+    /// `avx512vnni` has (AMD EPYC Zen 4, 2026-12-03); `avx512amx` has not yet (its bf16 products
+    /// are widened unless forced).
+    pub fn bf16_dot_verified(self) -> bool {
+        matches!(self, Isa::Avx512Vnni)
+    }
+
+    /// The choice [`BF16_ENV`] makes: `Some(true)` for `dot`, `Some(false)` for `widen`, `None`
+    /// if unset or empty; an error for another value, or for `dot` on a CPU without
+    /// AVX512-BF16.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::Isa;
+    /// // Unset in the doc tests: the tiers decide.
+    /// assert_eq!(Isa::bf16_dot_from_env(), Ok(None));
+    /// ```
+    pub fn bf16_dot_from_env() -> Result<Option<bool>, IsaError> {
+        let v = match std::env::var(BF16_ENV) {
+            Err(std::env::VarError::NotPresent) => return Ok(None),
+            Err(std::env::VarError::NotUnicode(v)) => v.to_string_lossy().into_owned(),
+            Ok(v) => v,
+        };
+        match v.trim() {
+            "" => Ok(None),
+            "widen" => Ok(Some(false)),
+            "dot" if has_bf16_dot() => Ok(Some(true)),
+            _ => Err(IsaError::Bf16Env { value: v }),
+        }
     }
 
     /// Does this CPU have the features the tier needs? (Cached by std after the first call.)
@@ -224,6 +261,12 @@ pub enum IsaError {
     Unknown(String),
     /// The CPU lacks the tier's features.
     Unavailable(Isa),
+    /// `TRANSFORMER_ENCODER_BF16` holds `value`: neither `dot` nor `widen`, or `dot` on a CPU
+    /// without AVX512-BF16.
+    Bf16Env {
+        /// The variable's value.
+        value: String,
+    },
     /// `TRANSFORMER_ENCODER_ISA` holds `value`, which cannot be used (`cause` says why).
     Env {
         /// The variable's value.
@@ -252,11 +295,28 @@ impl fmt::Display for IsaError {
                 tiers_here()
             ),
             IsaError::Env { value, cause } => write!(f, "{ISA_ENV}={value}: {cause}"),
+            IsaError::Bf16Env { value } => write!(
+                f,
+                "{BF16_ENV}={value}: `dot` (AVX512-BF16's vdpbf16ps; this CPU {} it) or `widen`",
+                if has_bf16_dot() { "has" } else { "lacks" }
+            ),
         }
     }
 }
 
 impl std::error::Error for IsaError {}
+
+/// Does the CPU have AVX512-BF16 (`vdpbf16ps`) beside AVX-512?
+pub(crate) fn has_bf16_dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::Avx512.is_available() && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// Does the CPU have AMX-TILE and AMX-INT8, does the OS enable the tile state in XCR0, and has it
 /// granted this process the tile data (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`,

@@ -49,7 +49,7 @@ pub(crate) use x86::*;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BDot, widen_pair};
+    use super::BDot;
     use crate::simd::avx2::Avx2;
     use crate::simd::avx512::Avx512;
     use std::arch::x86_64::*;
@@ -90,6 +90,36 @@ mod x86 {
         }
     }
 
+    /// The even (low halves) and odd (high halves) bf16 values of 16 pairs, as float32.
+    ///
+    /// # Safety
+    /// AVX-512F enabled.
+    #[inline(always)]
+    unsafe fn widen512(x: __m512i) -> (__m512, __m512) {
+        intr!((
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x)),
+            _mm512_castsi512_ps(_mm512_and_si512(
+                x,
+                _mm512_set1_epi32(0xffff_0000u32 as i32)
+            )),
+        ))
+    }
+
+    /// [`widen512`] for 8 pairs.
+    ///
+    /// # Safety
+    /// AVX2 enabled.
+    #[inline(always)]
+    unsafe fn widen256(x: __m256i) -> (__m256, __m256) {
+        intr!((
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(x)),
+            _mm256_castsi256_ps(_mm256_and_si256(
+                x,
+                _mm256_set1_epi32(0xffff_0000u32 as i32)
+            )),
+        ))
+    }
+
     /// AVX-512 without BF16: pairs widened to float32, two FMAs.
     #[derive(Clone, Copy, Debug)]
     pub(crate) struct Avx512Widen;
@@ -101,20 +131,14 @@ mod x86 {
         type B = (__m512, __m512);
         #[inline(always)]
         unsafe fn bcast(p: *const u16) -> (__m512, __m512) {
-            let (lo, hi) = widen_pair(intr!(std::ptr::read_unaligned(p as *const u32)));
-            intr!((_mm512_set1_ps(lo), _mm512_set1_ps(hi)))
+            // One broadcast load of the pair, split in the vector unit (no scalar round trip).
+            intr!(widen512(_mm512_set1_epi32(std::ptr::read_unaligned(
+                p as *const i32
+            ))))
         }
         #[inline(always)]
         unsafe fn load_b(p: *const u16) -> (__m512, __m512) {
-            intr!({
-                let x = _mm512_loadu_si512(p as *const _);
-                let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x));
-                let odd = _mm512_castsi512_ps(_mm512_and_si512(
-                    x,
-                    _mm512_set1_epi32(0xffff_0000u32 as i32),
-                ));
-                (even, odd)
-            })
+            intr!(widen512(_mm512_loadu_si512(p as *const _)))
         }
         #[inline(always)]
         unsafe fn dot(acc: __m512, a: (__m512, __m512), b: (__m512, __m512)) -> __m512 {
@@ -133,20 +157,14 @@ mod x86 {
         type B = (__m256, __m256);
         #[inline(always)]
         unsafe fn bcast(p: *const u16) -> (__m256, __m256) {
-            let (lo, hi) = widen_pair(intr!(std::ptr::read_unaligned(p as *const u32)));
-            intr!((_mm256_set1_ps(lo), _mm256_set1_ps(hi)))
+            // One broadcast load of the pair, split in the vector unit (no scalar round trip).
+            intr!(widen256(_mm256_set1_epi32(std::ptr::read_unaligned(
+                p as *const i32
+            ))))
         }
         #[inline(always)]
         unsafe fn load_b(p: *const u16) -> (__m256, __m256) {
-            intr!({
-                let x = _mm256_loadu_si256(p as *const _);
-                let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(x));
-                let odd = _mm256_castsi256_ps(_mm256_and_si256(
-                    x,
-                    _mm256_set1_epi32(0xffff_0000u32 as i32),
-                ));
-                (even, odd)
-            })
+            intr!(widen256(_mm256_loadu_si256(p as *const _)))
         }
         #[inline(always)]
         unsafe fn dot(acc: __m256, a: (__m256, __m256), b: (__m256, __m256)) -> __m256 {

@@ -126,7 +126,8 @@ macro_rules! table {
 
 // One table per tier: the float kernels of its float tier, the int8 products of its own
 // dot-product instructions, the bf16 products widened to float32 or (where the CPU has
-// AVX512-BF16: `Kernels::table` picks the second table of those tiers) on `vdpbf16ps`.
+// AVX512-BF16 and the tier has passed with it: `Kernels::table` picks the second table of those
+// tiers) on `vdpbf16ps`.
 static PORTABLE: Kernels = table!(
     Isa::Portable,
     crate::arch::portable,
@@ -222,14 +223,20 @@ impl Kernels {
     /// The table of [`Isa::detect`]: the best tier, or the one `TRANSFORMER_ENCODER_ISA` forces
     /// (an error, naming the variable and this CPU's tiers, if it names no tier or one this CPU
     /// lacks).
+    /// (`TRANSFORMER_ENCODER_BF16` is checked too: see [`BF16_ENV`](crate::isa::BF16_ENV).)
     pub fn best() -> Result<&'static Kernels, IsaError> {
         static BEST: OnceLock<Result<&'static Kernels, IsaError>> = OnceLock::new();
-        BEST.get_or_init(|| Isa::detect().map(Kernels::table))
-            .clone()
+        BEST.get_or_init(|| {
+            bf16_choice()?;
+            Isa::detect().map(Kernels::table)
+        })
+        .clone()
     }
 
-    /// The table of a given tier, or an error if this CPU lacks it.
+    /// The table of a given tier, or an error if this CPU lacks it (or
+    /// `TRANSFORMER_ENCODER_BF16` holds a value that cannot be used).
     pub fn for_isa(isa: Isa) -> Result<&'static Kernels, IsaError> {
+        bf16_choice()?;
         isa.require().map(Kernels::table)
     }
 
@@ -243,11 +250,11 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => &AVX512,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni if has_avx512_bf16() => &AVX512_VNNI_BF16,
+            Isa::Avx512Vnni if bf16_dot(isa) => &AVX512_VNNI_BF16,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => &AVX512_VNNI,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Amx if has_avx512_bf16() => &AVX512_AMX_BF16,
+            Isa::Avx512Amx if bf16_dot(isa) => &AVX512_AMX_BF16,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Amx => &AVX512_AMX,
             #[cfg(not(target_arch = "x86_64"))]
@@ -282,10 +289,22 @@ impl Kernels {
     }
 }
 
-/// Does the CPU have AVX512-BF16 (`vdpbf16ps`; the AVX-512 tiers' bf16 products use it)?
+/// `TRANSFORMER_ENCODER_BF16`'s choice, read once.
+fn bf16_choice() -> Result<Option<bool>, IsaError> {
+    static CHOICE: OnceLock<Result<Option<bool>, IsaError>> = OnceLock::new();
+    CHOICE.get_or_init(Isa::bf16_dot_from_env).clone()
+}
+
+/// Do tier `isa`'s bf16 products run on `vdpbf16ps`? Where the CPU has it and the tier has
+/// passed the suite with it ([`Isa::bf16_dot_verified`]), or where `TRANSFORMER_ENCODER_BF16`
+/// says `dot`; never where it says `widen`.
 #[cfg(target_arch = "x86_64")]
-fn has_avx512_bf16() -> bool {
-    std::is_x86_feature_detected!("avx512bf16")
+fn bf16_dot(isa: Isa) -> bool {
+    crate::isa::has_bf16_dot()
+        && match bf16_choice() {
+            Ok(Some(forced)) => forced,
+            _ => isa.bf16_dot_verified(),
+        }
 }
 
 /// `v` grown to at least `n` values; its first `n`.
