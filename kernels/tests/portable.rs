@@ -105,6 +105,72 @@ fn int8_product_and_quantization() {
     }
 }
 
+#[test]
+fn bf16_product_rounding_and_fused_outputs() {
+    // An odd k (the last pair padded), rows rounded to bf16, the product of the rounded operands,
+    // the output rounded into the next product's rows, and the float rows kept only in scratch.
+    let (m, k, n) = (3, 11, 9);
+    let (a, w, b) = (vals(m * k, 40), vals(k * n, 41), vals(n, 42));
+    let bf =
+        |v: f32| f32::from_bits(((v.to_bits() + 0x7fff + ((v.to_bits() >> 16) & 1)) >> 16) << 16);
+    let p = kern().pack_bf16(&w, k, n).unwrap();
+    assert_eq!(p.unpack(), w.iter().map(|&v| bf(v)).collect::<Vec<_>>());
+    let mut q = QuantRows::new();
+    q.arm_for(&p);
+    kern().prepare(&a, k, &mut q, Par::Seq).unwrap();
+    for i in 0..m {
+        let row: Vec<u16> = a[i * k..(i + 1) * k]
+            .iter()
+            .map(|&v| (bf(v).to_bits() >> 16) as u16)
+            .collect();
+        assert_eq!(q.bf16_row(i), Some(row));
+    }
+    let ep = Epilogue {
+        bias: Some(&b),
+        ..Epilogue::default()
+    };
+    let mut out = vec![0.0; m * n];
+    let p_next = kern().pack_bf16(&vals(n * 4, 43), n, 4).unwrap();
+    let mut next = QuantRows::new();
+    next.arm_for(&p_next);
+    kern()
+        .gemm_prepared(
+            &a,
+            &q,
+            m,
+            &p,
+            &ep,
+            &mut out,
+            Some(&mut next),
+            Par::Threads(2),
+        )
+        .unwrap();
+    let want: Vec<f64> = (0..m * n)
+        .map(|i| {
+            let (r, c) = (i / n, i % n);
+            (0..k)
+                .map(|j| bf(a[r * k + j]) as f64 * bf(w[j * n + c]) as f64)
+                .sum::<f64>()
+                + b[c] as f64
+        })
+        .collect();
+    close(&out, &want, 1e-5);
+    let mut only = QuantRows::new();
+    only.arm_for(&p_next);
+    let mut scratch = ProductScratch::new();
+    kern()
+        .gemm_quantized(&q, m, &p, &ep, &mut only, &mut scratch, Par::Threads(2))
+        .unwrap();
+    for i in 0..m {
+        let row: Vec<u16> = out[i * n..(i + 1) * n]
+            .iter()
+            .map(|&v| (bf(v).to_bits() >> 16) as u16)
+            .collect();
+        assert_eq!(next.bf16_row(i), Some(row.clone()));
+        assert_eq!(only.bf16_row(i), Some(row));
+    }
+}
+
 /// A tall product (by row blocks, each finished as it completes), float32 and int8.
 #[test]
 fn tall_products_by_row_blocks() {
