@@ -51,7 +51,7 @@ fn conformance() -> Result<ExitCode, common::Failure> {
                 continue;
             }
         };
-        let report = if precision == Precision::Fp32 {
+        let report = if precision == Precision::F32 {
             case.run(policy, Some(isa))
         } else {
             case.run_precision(precision, Some(isa))
@@ -59,7 +59,7 @@ fn conformance() -> Result<ExitCode, common::Failure> {
         match report {
             Ok(r) => {
                 let verdict = if r.passed() { "PASS" } else { "FAIL" };
-                if precision == Precision::Fp32 {
+                if precision == Precision::F32 {
                     println!(
                         "{verdict} {} max_err={:.3e} atol={:.3e} scores_err={:.3e} atol_scores={:.3e}",
                         r.name,

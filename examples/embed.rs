@@ -146,7 +146,7 @@ fn run_check(
     // The hidden states are compared for float32 (int8 differs from float by design; its check
     // is the embeddings' cosine below).
     for (i, s) in states.iter().enumerate() {
-        if precision != Precision::Fp32 {
+        if precision != Precision::F32 {
             break;
         }
         let truth = f64s(&format!("hidden_states_f64/{i}"))?;
@@ -193,7 +193,7 @@ fn run_check(
         .iter()
         .map(|v| *v as f32)
         .collect();
-    if precision == Precision::Fp32 {
+    if precision == Precision::F32 {
         let tol = (4.0 * max_abs_diff(&torch, &truth)).max(1e-4);
         let err = max_abs_diff(&ours, &truth);
         verdict(

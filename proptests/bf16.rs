@@ -4,7 +4,7 @@
 
 use crate::common::{config, tiers, values};
 use proptest::prelude::*;
-use transformer_encoder_kernels::quant::WeightFormat;
+use transformer_encoder_kernels::quant::Precision;
 use transformer_encoder_kernels::reference as r;
 use transformer_encoder_kernels::*;
 
@@ -109,7 +109,7 @@ proptest! {
         for isa in tiers() {
             let kern = Kernels::for_isa(isa).unwrap();
             let packed = kern.pack_bf16(&w, k, n).unwrap();
-            prop_assert_eq!(packed.format(), WeightFormat::Bf16);
+            prop_assert_eq!(packed.format(), Precision::Bf16);
             let mut q = QuantRows::new();
             q.arm_for(&packed);
             kern.prepare(&a, k, &mut q, Par::Seq).unwrap();
@@ -213,7 +213,7 @@ fn misuse_is_an_error() {
         let mut q = QuantRows::new();
         q.arm_for(&p);
         k.quantize_rows(&[1.0; 8], 4, &mut q, Par::Seq).unwrap();
-        assert_eq!(q.format(), Some(WeightFormat::Int8), "re-armed for int8");
+        assert_eq!(q.format(), Some(Precision::Int8), "re-armed for int8");
         let e = Epilogue::default();
         assert!(
             k.gemm_prepared(&[], &q, 2, &p, &e, &mut out, None, Par::Seq)

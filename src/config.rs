@@ -458,14 +458,14 @@ impl EncoderConfig {
     /// use transformer_encoder::{EncoderConfig, Precision};
     /// let cfg = EncoderConfig::new(64, 8).with_dtype("mixed_bfloat16");
     /// assert_eq!(cfg.compute_precision()?, Precision::Bf16);
-    /// assert_eq!(EncoderConfig::new(64, 8).compute_precision()?, Precision::Fp32);
+    /// assert_eq!(EncoderConfig::new(64, 8).compute_precision()?, Precision::F32);
     /// # Ok::<(), transformer_encoder::Error>(())
     /// ```
     pub fn compute_precision(&self) -> Result<crate::Precision, Error> {
         precision_of_policy(&self.dtype)?;
         Ok(match self.dtype.as_str() {
             "mixed_bfloat16" | "bfloat16" => crate::Precision::Bf16,
-            _ => crate::Precision::Fp32,
+            _ => crate::Precision::F32,
         })
     }
 

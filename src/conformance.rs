@@ -281,7 +281,7 @@ impl GoldenCase {
     /// section 10; `atol_outputs` holds that bound).
     pub fn run_precision(&self, precision: Precision, isa: Option<Isa>) -> Result<CaseReport> {
         match precision {
-            Precision::Fp32 => return self.run(MaskedRowPolicy::Keras, isa),
+            Precision::F32 => return self.run(MaskedRowPolicy::Keras, isa),
             Precision::Bf16 => return self.run_bf16(isa),
             Precision::Int8 => {}
         }

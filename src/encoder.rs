@@ -2,14 +2,14 @@
 
 use crate::config::{EncoderConfig, WeightPrecision};
 use crate::error::{Error, Result};
-use crate::int8::{Int8Dense, Int8Weights, Precision};
+use crate::int8::{Int8Dense, Int8Weights};
 use crate::mask::{Dims, Mask, merge, merge_ragged};
 use crate::weights::{Dense, DenseWeights, EncoderWeights, NormWeights, Sublayers, WeightDims};
 use std::sync::Arc;
 use transformer_encoder_kernels::team;
 use transformer_encoder_kernels::{
     Activation, AttentionScratch, AttentionShape, Epilogue, Isa, KeepMask, Kernels, MaskedRows,
-    PackedMatrix, Par, ProductScratch, QuantRows, RaggedShape, WeightFormat, rng,
+    PackedMatrix, Par, Precision, ProductScratch, QuantRows, RaggedShape, rng,
 };
 
 /// How many threads an encoder's kernels use. Results are bit-identical for every choice.
@@ -581,14 +581,14 @@ impl TransformerEncoder {
     /// let enc = TransformerEncoder::init(EncoderConfig::new(64, 8), 64, 1)?;
     /// let bf16 = enc.with_precision(Precision::Bf16)?;
     /// assert_eq!(bf16.precision(), Precision::Bf16);
-    /// assert!(bf16.with_precision(Precision::Fp32).is_err());
+    /// assert!(bf16.with_precision(Precision::F32).is_err());
     /// # Ok::<(), transformer_encoder::Error>(())
     /// ```
     pub fn with_precision(self, precision: Precision) -> Result<TransformerEncoder> {
         match (self.precision(), precision) {
             (a, b) if a == b => Ok(self),
-            (Precision::Fp32, Precision::Int8) => self.quantize(),
-            (Precision::Fp32, Precision::Bf16) => {
+            (Precision::F32, Precision::Int8) => self.quantize(),
+            (Precision::F32, Precision::Bf16) => {
                 let w = self
                     .weights()
                     .round_through("bfloat16", |v| half::bf16::from_f32(v).to_f32())?;
@@ -725,9 +725,9 @@ impl TransformerEncoder {
     /// The precision of the projections.
     pub fn precision(&self) -> Precision {
         match self.attention.qkv.kernel.format() {
-            WeightFormat::F32 => Precision::Fp32,
-            WeightFormat::Bf16 => Precision::Bf16,
-            WeightFormat::Int8 => Precision::Int8,
+            Precision::F32 => Precision::F32,
+            Precision::Bf16 => Precision::Bf16,
+            Precision::Int8 => Precision::Int8,
         }
     }
 
@@ -1183,7 +1183,7 @@ impl TransformerEncoder {
         self.self_attention_block(x, m, &call, scores, bufs, x1, input_ready)?;
         // The intermediate activation in float32 only for float32 output weights (int8 ones
         // take it quantized, from a block of rows per thread).
-        let f32_inter = self.feed_forward.output.kernel.format() == WeightFormat::F32;
+        let f32_inter = self.feed_forward.output.kernel.format() == Precision::F32;
         let bufs = FeedForwardBuffers {
             normed: grow(&mut ws.normed, m * h),
             inter: grow(
@@ -1209,7 +1209,7 @@ impl TransformerEncoder {
     /// mode): a stack quantizes the previous layer's output for it.
     pub(crate) fn takes_input_for(&self) -> Option<&PackedMatrix> {
         let k = &self.attention.qkv.kernel;
-        (!self.config.normalize_first && k.format() != WeightFormat::F32).then_some(k)
+        (!self.config.normalize_first && k.format() != Precision::F32).then_some(k)
     }
 
     /// Does the layer end with a LayerNorm that can quantize its output (post-norm mode)?

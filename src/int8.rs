@@ -12,53 +12,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use transformer_encoder_kernels::quant::quantize_weights;
 
-/// The precision an encoder computes its projections in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Precision {
-    /// float32 everywhere (the Keras float layer).
-    #[default]
-    Fp32,
-    /// Keras' `mixed_bfloat16`: weights stored in bfloat16, every product of bf16 operands
-    /// (the activations rounded to bf16 where they are produced) summed in float32; softmax,
-    /// LayerNorm and residuals in float32.
-    Bf16,
-    /// Keras' int8 mode: int8 projections with per-token activation scales; attention and
-    /// LayerNorm in float32.
-    Int8,
-}
-
-impl Precision {
-    /// `fp32`, `bf16` or `int8`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16",
-            Precision::Int8 => "int8",
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Precision> {
-        match s {
-            "fp32" | "float32" => Ok(Precision::Fp32),
-            "bf16" | "bfloat16" | "mixed_bfloat16" => Ok(Precision::Bf16),
-            "int8" => Ok(Precision::Int8),
-            other => Err(Error::config(
-                "precision",
-                format!("fp32, bf16 or int8, got `{other}`"),
-            )),
-        }
-    }
-}
-
 /// A projection after `quantize("int8")`: the int8 kernel (`[in, out]`, row major, Keras'
 /// layout flattened), its `kernel_scale` (one per output unit) and the float bias.
 #[derive(Clone, Debug, PartialEq)]

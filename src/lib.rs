@@ -61,9 +61,10 @@ pub use encoder::{
     CallOptions, MaskedRowPolicy, RaggedView, TensorView, Threads, TransformerEncoder, Workspace,
 };
 pub use error::{Error, Result};
-pub use int8::{Int8Dense, Int8Weights, Precision};
+pub use int8::{Int8Dense, Int8Weights};
 pub use mask::{Mask, MaskValues, implicit_mask_from_ids, padding_mask_from_ids};
 pub use stack::{EncoderStack, StackWorkspace};
+pub use transformer_encoder_kernels::Precision;
 pub use transformer_encoder_kernels::activation::{ACCEPTED_NAMES as ACTIVATION_NAMES, Activation};
 pub use transformer_encoder_kernels::{Isa, IsaError};
 pub use weights::{

@@ -127,8 +127,8 @@ fn no_allocation_per_call_after_warm_up() {
     let p = pool(2);
     for isa in tiers() {
         for (pre, precision) in [
-            (false, Precision::Fp32),
-            (true, Precision::Fp32),
+            (false, Precision::F32),
+            (true, Precision::F32),
             (false, Precision::Int8),
             (true, Precision::Int8),
             (false, Precision::Bf16),

@@ -36,7 +36,7 @@ fn helpers_sleep_after_calls_and_during_serial_stretches() {
     let x: Vec<f32> = (0..4 * 64 * 256)
         .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
         .collect();
-    for precision in [Precision::Fp32, Precision::Bf16, Precision::Int8] {
+    for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
         let enc = TransformerEncoder::new(cfg.clone(), w.clone())
             .unwrap()
             .with_precision(precision)

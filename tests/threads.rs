@@ -33,10 +33,10 @@ fn bit_identical_for_every_thread_count() {
         .collect();
     for isa in tiers() {
         for (act, pre, precision) in [
-            (Activation::Gelu, false, Precision::Fp32),
-            (Activation::GeluApproximate, true, Precision::Fp32),
-            (Activation::Silu, false, Precision::Fp32),
-            (Activation::Mish, true, Precision::Fp32),
+            (Activation::Gelu, false, Precision::F32),
+            (Activation::GeluApproximate, true, Precision::F32),
+            (Activation::Silu, false, Precision::F32),
+            (Activation::Mish, true, Precision::F32),
             (Activation::Gelu, false, Precision::Int8),
             (Activation::Softmax, true, Precision::Int8),
             (Activation::Gelu, false, Precision::Bf16),
@@ -135,7 +135,7 @@ fn a_stack_mixing_thread_settings_returns_its_layers_results() {
         let h = 64;
         let lengths = [5usize, 3];
         let x = values(8 * h, 11, -1.0, 1.0);
-        for precision in [Precision::Fp32, Precision::Bf16, Precision::Int8] {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
             let layers: Vec<TransformerEncoder> = (0..3)
                 .map(|l| {
                     let cfg = EncoderConfig::new(128, 4).with_normalize_first(l == 1);
@@ -217,17 +217,16 @@ fn thread_counts_zero_and_above_the_limit() {
 fn stress_eight_callers() {
     watchdog(600, || {
         let h = 192;
-        let encs: Vec<Arc<TransformerEncoder>> =
-            [Precision::Fp32, Precision::Bf16, Precision::Int8]
-                .into_iter()
-                .map(|p| {
-                    Arc::new(
-                        big(Isa::best_available(), Activation::Gelu, false)
-                            .with_precision(p)
-                            .unwrap(),
-                    )
-                })
-                .collect();
+        let encs: Vec<Arc<TransformerEncoder>> = [Precision::F32, Precision::Bf16, Precision::Int8]
+            .into_iter()
+            .map(|p| {
+                Arc::new(
+                    big(Isa::best_available(), Activation::Gelu, false)
+                        .with_precision(p)
+                        .unwrap(),
+                )
+            })
+            .collect();
         let shared_pool = pool(2);
         std::thread::scope(|s| {
             for c in 0..8u64 {

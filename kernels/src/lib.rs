@@ -33,7 +33,7 @@ pub mod team;
 
 pub use activation::{Activation, ErrorBound};
 pub use isa::{Isa, IsaError};
-pub use quant::{QuantRows, WeightFormat};
+pub use quant::{Precision, QuantRows};
 pub use table::{
     AttentionScratch, AttentionShape, Epilogue, Kernels, PackedMatrix, Par, ProductScratch,
     RaggedShape, baseline_sgemm,

@@ -12,15 +12,60 @@
 
 use crate::isa::Isa;
 
-/// How a packed weight matrix stores its values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum WeightFormat {
-    /// float32 panels.
+/// The precision of a layer's products, and so the format its packed weight matrices store:
+/// the one name for the idea, in the kernels and in the encoder API.
+///
+/// ```
+/// use transformer_encoder_kernels::Precision;
+/// assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+/// assert_eq!("mixed_bfloat16".parse::<Precision>().unwrap(), Precision::Bf16);
+/// assert_eq!(Precision::default().name(), "fp32");
+/// assert!("int4".parse::<Precision>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// float32 everywhere (the Keras float layer): float32 panels.
+    #[default]
     F32,
-    /// Keras int8: int8 panels with a float32 scale per output column.
-    Int8,
-    /// bfloat16 panels (Keras' `mixed_bfloat16`: bf16 operands, float32 sums).
+    /// Keras' `mixed_bfloat16`: weights stored in bfloat16, every product of bf16 operands
+    /// (the activations rounded to bf16 where they are produced) summed in float32; softmax,
+    /// LayerNorm and residuals in float32. bf16 panels.
     Bf16,
+    /// Keras' int8 mode: int8 projections with per-token activation scales; attention and
+    /// LayerNorm in float32. int8 panels with a float32 scale per output column.
+    Int8,
+}
+
+impl Precision {
+    /// `fp32`, `bf16` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::KernelError;
+    /// `fp32` (or `float32`), `bf16` (or `bfloat16`, `mixed_bfloat16`), `int8`.
+    fn from_str(s: &str) -> Result<Precision, crate::KernelError> {
+        match s {
+            "fp32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" | "mixed_bfloat16" => Ok(Precision::Bf16),
+            "int8" => Ok(Precision::Int8),
+            other => Err(crate::KernelError {
+                message: format!("precision: fp32, bf16 or int8, got `{other}`"),
+            }),
+        }
+    }
 }
 
 /// Keras' weight quantization of a row-major `[k, n]` kernel (`[in, out]`): the int8 kernel and
@@ -84,7 +129,7 @@ pub struct QuantRows {
     pub(crate) stride: usize,
     pub(crate) isa: Option<Isa>,
     /// The format the rows are prepared for (`None`: none wanted, float32 weights).
-    pub(crate) kind: Option<WeightFormat>,
+    pub(crate) kind: Option<Precision>,
 }
 
 impl Default for QuantRows {
@@ -111,7 +156,7 @@ impl QuantRows {
     /// Prepare to hold the input of `b`: quantized rows are wanted when `b` is int8, bf16 rows
     /// when it is bf16. Clears what the buffer held.
     pub fn arm_for(&mut self, b: &crate::PackedMatrix) {
-        self.kind = (b.format() != WeightFormat::F32).then_some(b.format());
+        self.kind = (b.format() != Precision::F32).then_some(b.format());
         self.isa = Some(b.isa());
         self.rows = 0;
         self.cols = 0;
@@ -123,7 +168,7 @@ impl QuantRows {
     }
 
     /// The format the rows are prepared for, if armed.
-    pub fn format(&self) -> Option<WeightFormat> {
+    pub fn format(&self) -> Option<Precision> {
         self.kind
     }
 
@@ -140,7 +185,7 @@ impl QuantRows {
     /// Row `i`'s quantized values (`-127..=127`) and its Keras scale `s_x`, or `None` past the
     /// rows held. (Decoded from the tier's byte layout; for tests and inspection.)
     pub fn row(&self, i: usize) -> Option<(Vec<i8>, f32)> {
-        if i >= self.rows || self.kind == Some(WeightFormat::Bf16) {
+        if i >= self.rows || self.kind == Some(Precision::Bf16) {
             return None;
         }
         let offset = self.isa.is_some_and(crate::Kernels::int8_offset);
@@ -161,7 +206,7 @@ impl QuantRows {
     /// Row `i` rounded to bfloat16 (the bits of each value), or `None` past the rows held or
     /// if the rows are not bf16. (For tests and inspection.)
     pub fn bf16_row(&self, i: usize) -> Option<Vec<u16>> {
-        if i >= self.rows || self.kind != Some(WeightFormat::Bf16) {
+        if i >= self.rows || self.kind != Some(Precision::Bf16) {
             return None;
         }
         let b = &self.bytes.as_slice()[i * self.stride..][..2 * self.cols];

@@ -11,10 +11,10 @@ impl Kernels {
     /// sum in float32.
     ///
     /// ```
-    /// use transformer_encoder_kernels::{Isa, Kernels, quant::WeightFormat};
+    /// use transformer_encoder_kernels::{Isa, Kernels, quant::Precision};
     /// let w = [1.0f32, 2.0, 3.0, 1.0 + 1.0 / 256.0]; // the last one a tie: rounds to 1.0
     /// let p = Kernels::for_isa(Isa::Portable)?.pack_bf16(&w, 2, 2)?;
-    /// assert_eq!(p.format(), WeightFormat::Bf16);
+    /// assert_eq!(p.format(), Precision::Bf16);
     /// assert_eq!(p.unpack(), vec![1.0, 2.0, 3.0, 1.0]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

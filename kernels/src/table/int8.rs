@@ -154,12 +154,12 @@ impl Kernels {
             });
         }
         let rows = x.len() / cols;
-        q.shape(self.isa, self.row_shape(WeightFormat::Int8), rows, cols)
+        q.shape(self.isa, self.row_shape(Precision::Int8), rows, cols)
             .ok_or_else(|| overflow("quantized rows"))?;
         // The rows hold int8 now, whatever the buffer was armed for (a buffer armed for bf16
         // is re-armed for int8: a bf16 product must not read them).
         if q.kind.is_some() {
-            q.kind = Some(WeightFormat::Int8);
+            q.kind = Some(Precision::Int8);
         }
         let qo = self.quant_out(q);
         let f = self.quant;
@@ -187,7 +187,7 @@ impl Kernels {
         par: Par,
     ) -> Result<(), KernelError> {
         match q.kind {
-            Some(WeightFormat::Int8) => self.quantize_rows(x, cols, q, par),
+            Some(Precision::Int8) => self.quantize_rows(x, cols, q, par),
             Some(_) => {
                 if cols == 0 || !x.len().is_multiple_of(cols) {
                     return Err(KernelError {
@@ -210,9 +210,9 @@ impl Kernels {
 
     /// How rows prepared for `format` are laid out: bytes per value, values a row is padded
     /// to, rows the row count is padded to.
-    pub(super) fn row_shape(&self, format: WeightFormat) -> (usize, usize, usize) {
+    pub(super) fn row_shape(&self, format: Precision) -> (usize, usize, usize) {
         match format {
-            WeightFormat::Bf16 => (2, 2, 1),
+            Precision::Bf16 => (2, 2, 1),
             _ => (1, self.qlayout.row_align(), self.qlayout.rows_align()),
         }
     }
@@ -225,7 +225,7 @@ impl Kernels {
             scale: q.scale.as_mut_ptr(),
             inv_scale: q.inv_scale.as_mut_ptr(),
             offset: self.qoffset,
-            bf16: q.kind == Some(WeightFormat::Bf16),
+            bf16: q.kind == Some(Precision::Bf16),
         }
     }
 
@@ -238,7 +238,7 @@ impl Kernels {
     ) -> Result<Option<QuantOut>, KernelError> {
         match q {
             Some(q) if q.is_armed() => {
-                let shape = self.row_shape(q.kind.unwrap_or(WeightFormat::Int8));
+                let shape = self.row_shape(q.kind.unwrap_or(Precision::Int8));
                 q.shape(self.isa, shape, rows, cols)
                     .ok_or_else(|| overflow("quantized rows"))?;
                 Ok(Some(self.quant_out(q)))

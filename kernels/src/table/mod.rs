@@ -8,7 +8,7 @@ use crate::ops::attention::{AttnArgs, SeqSpan, scratch_len};
 use crate::ops::bgemm::BGemmFn;
 use crate::ops::gemm::Epi;
 use crate::ops::qgemm::QEpi;
-use crate::quant::{QuantRows, WeightFormat};
+use crate::quant::{Precision, QuantRows};
 use crate::{KeepMask, KernelError, MaskedRows, expect_len};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -268,11 +268,11 @@ impl Kernels {
     }
 
     /// The register tile (`rows x columns`) of this tier's matrix products over `format`.
-    pub fn tile(&self, format: WeightFormat) -> (usize, usize) {
+    pub fn tile(&self, format: Precision) -> (usize, usize) {
         match format {
-            WeightFormat::F32 => (self.mr, self.nr),
-            WeightFormat::Int8 => (self.qmr, self.qnr),
-            WeightFormat::Bf16 => (self.bmr, self.bnr),
+            Precision::F32 => (self.mr, self.nr),
+            Precision::Int8 => (self.qmr, self.qnr),
+            Precision::Bf16 => (self.bmr, self.bnr),
         }
     }
 

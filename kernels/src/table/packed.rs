@@ -80,11 +80,11 @@ impl PackedMatrix {
         self.isa
     }
     /// How the values are stored.
-    pub fn format(&self) -> WeightFormat {
+    pub fn format(&self) -> Precision {
         match self.data {
-            Panels::F32(_) => WeightFormat::F32,
-            Panels::Int8 { .. } => WeightFormat::Int8,
-            Panels::Bf16 { .. } => WeightFormat::Bf16,
+            Panels::F32(_) => Precision::F32,
+            Panels::Int8 { .. } => Precision::Int8,
+            Panels::Bf16 { .. } => Precision::Bf16,
         }
     }
 

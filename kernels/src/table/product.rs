@@ -150,7 +150,7 @@ impl Kernels {
         match &b.data {
             Panels::F32(_) => expect_len("gemm input", a.len(), mk)?,
             Panels::Bf16 { .. } => {
-                let bf16 = qa.kind == Some(WeightFormat::Bf16);
+                let bf16 = qa.kind == Some(Precision::Bf16);
                 if !bf16 || qa.isa != Some(self.isa) || qa.rows != m || qa.cols != k {
                     return Err(KernelError {
                         message: format!(
@@ -163,7 +163,7 @@ impl Kernels {
                 }
             }
             Panels::Int8 { .. } => {
-                let bf16 = qa.kind == Some(WeightFormat::Bf16);
+                let bf16 = qa.kind == Some(Precision::Bf16);
                 if bf16 || qa.isa != Some(self.isa) || qa.rows != m || qa.cols != k {
                     return Err(KernelError {
                         message: format!(
