@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 export RUSTFLAGS="-Zsanitizer=address"
 export RUSTDOCFLAGS="-Zsanitizer=address"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
-export PROPTEST_CASES="${PROPTEST_CASES:-32}"
+export PROPTEST_CASES="${PROPTEST_CASES:-16}"
 cargo +nightly test --target x86_64-unknown-linux-gnu --target-dir target/asan \
   --test adversarial --test proptests --test api --test golden --test bert --test threads "$@"
