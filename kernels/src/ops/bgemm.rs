@@ -8,7 +8,7 @@
 //! computed by the same operations whatever the thread split.
 
 use super::act::apply_tile;
-use super::gemm::Epi;
+use super::gemm::{Epi, load_n, store_n};
 use crate::activation::Activation;
 use crate::simd::Simd;
 use crate::simd::bf16::BDot;
@@ -59,26 +59,15 @@ unsafe fn micro<D: BDot, const R: usize, const NV: usize>(
                     break;
                 }
                 let n = cols - cc;
-                let load = |p: *const f32| {
-                    if n >= lanes {
-                        S::<D>::load(p)
-                    } else {
-                        S::<D>::load_partial(p, n)
-                    }
-                };
                 let mut y = y;
                 if !epi.bias.is_null() {
-                    y = S::<D>::add(y, load(epi.bias.add(cc)));
+                    y = S::<D>::add(y, load_n::<S<D>>(epi.bias.add(cc), n));
                 }
                 if epi.act == Activation::Linear && !epi.residual.is_null() {
-                    y = S::<D>::add(y, load(epi.residual.add(i * epi.ldr + cc)));
+                    let r = epi.residual.add(i * epi.ldr + cc);
+                    y = S::<D>::add(y, load_n::<S<D>>(r, n));
                 }
-                let cp = c.add(i * ldc + cc);
-                if n >= lanes {
-                    S::<D>::store(cp, y);
-                } else {
-                    S::<D>::store_partial(cp, n, y);
-                }
+                store_n::<S<D>>(c.add(i * ldc + cc), n, y);
             }
         }
         if epi.act != Activation::Linear {

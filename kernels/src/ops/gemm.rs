@@ -40,8 +40,9 @@ impl Epi {
     };
 }
 
+/// The first `min(n, LANES)` values at `p` (the other lanes 0).
 #[inline(always)]
-unsafe fn load_n<S: Simd>(p: *const f32, n: usize) -> S::V {
+pub(crate) unsafe fn load_n<S: Simd>(p: *const f32, n: usize) -> S::V {
     // SAFETY: p is valid for n (< LANES) or LANES values (caller).
     unsafe {
         if n >= S::LANES {
@@ -52,8 +53,9 @@ unsafe fn load_n<S: Simd>(p: *const f32, n: usize) -> S::V {
     }
 }
 
+/// Store the first `min(n, LANES)` lanes of `v` at `p`.
 #[inline(always)]
-unsafe fn store_n<S: Simd>(p: *mut f32, n: usize, v: S::V) {
+pub(crate) unsafe fn store_n<S: Simd>(p: *mut f32, n: usize, v: S::V) {
     // SAFETY: p is valid for n (< LANES) or LANES values (caller).
     unsafe {
         if n >= S::LANES {

@@ -145,15 +145,7 @@ impl Kernels {
         q: &mut QuantRows,
         par: Par,
     ) -> Result<(), KernelError> {
-        if cols == 0 || !x.len().is_multiple_of(cols) {
-            return Err(KernelError {
-                message: format!(
-                    "rows to quantize have {} elements, not a multiple of the row length {cols}",
-                    x.len()
-                ),
-            });
-        }
-        let rows = x.len() / cols;
+        let rows = row_count(x, cols, "quantize")?;
         q.shape(self.isa, self.row_shape(Precision::Int8), rows, cols)
             .ok_or_else(|| overflow("quantized rows"))?;
         // The rows hold int8 now, whatever the buffer was armed for (a buffer armed for bf16
@@ -189,15 +181,7 @@ impl Kernels {
         match q.kind {
             Some(Precision::Int8) => self.quantize_rows(x, cols, q, par),
             Some(_) => {
-                if cols == 0 || !x.len().is_multiple_of(cols) {
-                    return Err(KernelError {
-                        message: format!(
-                            "rows to prepare have {} elements, not a multiple of the row length {cols}",
-                            x.len()
-                        ),
-                    });
-                }
-                let rows = x.len() / cols;
+                let rows = row_count(x, cols, "prepare")?;
                 let qo = self
                     .armed_out(Some(q), rows, cols)?
                     .unwrap_or(QuantOut::NONE);
@@ -365,6 +349,19 @@ impl Kernels {
         };
         self.run_plan(plan, run, finish);
     }
+}
+
+/// The rows of `cols` values `x` holds, or an error if it holds no whole number of them.
+fn row_count(x: &[f32], cols: usize, what: &str) -> Result<usize, KernelError> {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
+        return Err(KernelError {
+            message: format!(
+                "rows to {what} have {} elements, not a multiple of the row length {cols}",
+                x.len()
+            ),
+        });
+    }
+    Ok(x.len() / cols)
 }
 
 /// The largest `k` of an int8 product: `255 * 127 * k` stays below 2^31.
