@@ -9,25 +9,12 @@ use crate::ops::act::{apply_slice, row};
 #[cfg(target_arch = "x86_64")]
 use crate::ops::amx::qgemm_amx;
 use crate::ops::attention::{AttnArgs, attention_head};
-use crate::ops::gemm::{Epi, gemm_panels};
+use crate::ops::gemm::gemm_panels;
 use crate::ops::norm::layer_norm_row;
-use crate::ops::qgemm::{QEpi, qgemm_panels};
+use crate::ops::product::{ProductArgs, ProductKernel};
+use crate::ops::qgemm::qgemm_panels;
 use crate::ops::quant::prepare_row;
 
-/// `gemm(a, lda, m, k, packed_b, n, c, ldc, p0, p1, epi)`: see `ops::gemm::gemm_panels`.
-pub(crate) type GemmFn = unsafe fn(
-    *const f32,
-    usize,
-    usize,
-    usize,
-    *const f32,
-    usize,
-    *mut f32,
-    usize,
-    usize,
-    usize,
-    &Epi,
-);
 /// `layer_norm(a, r, rows, n, gamma, beta, eps, out, sum_out, quant)` over `rows` rows.
 pub(crate) type NormFn = unsafe fn(
     *const f32,
@@ -44,20 +31,6 @@ pub(crate) type NormFn = unsafe fn(
 /// `quantize(x, rows, n, quant)`: Keras' per-row int8 quantization of `rows` rows (or their
 /// rounding to bf16, as `quant` says).
 pub(crate) type QuantFn = unsafe fn(*const f32, usize, usize, &QuantOut);
-/// `qgemm(a, lda, m, kg, packed, n, c, ldc, p0, p1, epi)`: see `ops::qgemm::qgemm_panels`.
-pub(crate) type QGemmFn = unsafe fn(
-    *const u8,
-    usize,
-    usize,
-    usize,
-    *const i8,
-    usize,
-    *mut f32,
-    usize,
-    usize,
-    usize,
-    &QEpi,
-);
 
 /// Where rows are quantized to: `bytes` (row `i` at `i * stride`, `stride` bytes per row),
 /// `scale` (Keras' `s` per row) and `inv_scale` (`1 / s`), offset to the first row of the call;
@@ -146,22 +119,13 @@ macro_rules! shells {
             /// # Safety
             /// The tier's CPU features; `gemm_panels`' contract.
             $(#[$attr])*
-            pub(crate) unsafe fn gemm(
-                a: *const f32,
-                lda: usize,
-                m: usize,
-                k: usize,
-                packed: *const f32,
-                n: usize,
-                c: *mut f32,
-                ldc: usize,
-                p0: usize,
-                p1: usize,
-                epi: &Epi,
-            ) {
+            unsafe fn product(a: *const u8, packed: *const u8, c: *mut f32, args: &ProductArgs) {
                 // SAFETY: forwarded contract; features enabled on this function.
-                unsafe { gemm_panels::<$simd, $mr, $nv>(a, lda, m, k, packed, n, c, ldc, p0, p1, epi) }
+                unsafe { gemm_panels::<$simd, $mr, $nv>(a, packed, c, args) }
             }
+
+            /// This tier's float32 product: the kernel table's row for the format.
+            pub(crate) const KERNEL: ProductKernel = ProductKernel { run: product, mr: MR, nr: NR };
 
             /// # Safety
             /// The tier's CPU features; `layer_norm_row`'s contract for each of `rows` rows.
@@ -297,22 +261,13 @@ macro_rules! qshells {
             /// # Safety
             /// The tier's CPU features; `qgemm_panels`' contract.
             $(#[$attr])*
-            pub(crate) unsafe fn qgemm(
-                a: *const u8,
-                lda: usize,
-                m: usize,
-                kg: usize,
-                packed: *const i8,
-                n: usize,
-                c: *mut f32,
-                ldc: usize,
-                p0: usize,
-                p1: usize,
-                epi: &QEpi,
-            ) {
+            unsafe fn product(a: *const u8, packed: *const u8, c: *mut f32, args: &ProductArgs) {
                 // SAFETY: forwarded contract; features enabled on this function.
-                unsafe { qgemm_panels::<$dot, $mr, $nv>(a, lda, m, kg, packed, n, c, ldc, p0, p1, epi) }
+                unsafe { qgemm_panels::<$dot, $mr, $nv>(a, packed, c, args) }
             }
+
+            /// This tier's int8 product: the kernel table's row for the format.
+            pub(crate) const KERNEL: ProductKernel = ProductKernel { run: product, mr: MR, nr: NR };
         }
     };
 }
@@ -362,22 +317,15 @@ pub(crate) mod q_amx {
     /// # Safety
     /// The tier's CPU features and the OS' tile grant; `qgemm_amx`'s contract.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    pub(crate) unsafe fn qgemm(
-        a: *const u8,
-        lda: usize,
-        m: usize,
-        kg: usize,
-        packed: *const i8,
-        n: usize,
-        c: *mut f32,
-        ldc: usize,
-        p0: usize,
-        p1: usize,
-        epi: &QEpi,
-    ) {
+    unsafe fn product(a: *const u8, packed: *const u8, c: *mut f32, args: &ProductArgs) {
         // SAFETY: forwarded contract; features enabled on this function.
-        unsafe {
-            qgemm_amx::<crate::simd::avx512::Avx512>(a, lda, m, kg, packed, n, c, ldc, p0, p1, epi)
-        }
+        unsafe { qgemm_amx::<crate::simd::avx512::Avx512>(a, packed, c, args) }
     }
+
+    /// The AMX int8 product: the kernel table's row for the format.
+    pub(crate) const KERNEL: ProductKernel = ProductKernel {
+        run: product,
+        mr: MR,
+        nr: NR,
+    };
 }

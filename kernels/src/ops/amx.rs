@@ -17,6 +17,7 @@
 //! the tier's detection requests ([`crate::isa`]); a tier that is not available is never run.
 
 use super::act::apply_tile;
+use super::product::ProductArgs;
 use super::qgemm::{QEpi, finish};
 use crate::activation::Activation;
 use crate::simd::Simd;
@@ -49,24 +50,28 @@ static CONFIG: TileConfig = {
 /// # Safety
 /// * The CPU has AMX-TILE and AMX-INT8 and the OS granted the tile state; S's features enabled.
 /// * `a`: `ceil(m / 32) * 32` readable rows of `lda` bytes (`lda` a multiple of 64, at least
-///   `4 * kg`); `packed`: `ceil(n / 32)` panels of `kg * 128` bytes (`kg` a multiple of 16);
+///   `4 * kg`, `kg = steps`); `packed`: `ceil(n / 32)` panels of `kg * 128` bytes (`kg` a multiple of 16);
 ///   `c`: `m` rows of `n` values (f32, or i32 with `epi.raw`) at stride `ldc`; the epilogue
 ///   operands as for `qgemm_panels` (comp unused: no offset).
 /// * No other thread writes the columns of panels `p0..p1` of these rows.
 #[inline(always)]
 pub(crate) unsafe fn qgemm_amx<S: Simd>(
     a: *const u8,
-    lda: usize,
-    m: usize,
-    kg: usize,
-    packed: *const i8,
-    n: usize,
+    packed: *const u8,
     c: *mut f32,
-    ldc: usize,
-    p0: usize,
-    p1: usize,
-    epi: &QEpi,
+    args: &ProductArgs,
 ) {
+    let ProductArgs {
+        lda,
+        m,
+        steps: kg,
+        n,
+        ldc,
+        p0,
+        p1,
+        ..
+    } = *args;
+    let (packed, epi) = (packed as *const i8, &QEpi::of(args));
     let steps = kg / 16;
     // Two blocks of sums: the epilogue of one block runs while the tiles compute the next.
     let mut sums = [[0i32; BLOCK * BLOCK]; 2];

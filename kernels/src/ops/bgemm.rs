@@ -9,6 +9,7 @@
 
 use super::act::apply_tile;
 use super::gemm::{Epi, load_n, store_n};
+use super::product::{ProductArgs, ProductKernel, by_rows};
 use crate::activation::Activation;
 use crate::simd::Simd;
 use crate::simd::bf16::BDot;
@@ -95,41 +96,35 @@ unsafe fn tile<D: BDot, const NV: usize>(
         };
     }
     // SAFETY: forwarded contract of `micro` with R = rows.
-    unsafe {
-        match rows {
-            1 => go!(1),
-            2 => go!(2),
-            3 => go!(3),
-            4 => go!(4),
-            5 => go!(5),
-            6 => go!(6),
-            7 => go!(7),
-            _ => go!(8),
-        }
-    }
+    unsafe { by_rows!(rows, go, [1, 2, 3, 4, 5, 6, 7], 8) }
 }
 
 /// Rows `0..m` and panels `p0..p1` of the bf16 product.
 ///
 /// # Safety
-/// * `a`: `m` rows of `lda >= 2 * kp` values; `packed`: `ceil(n / NR)` panels of `kp * NR * 2`
+/// * `a`: `m` rows of `2 * kp` values (`kp = steps`), `lda` bytes apart (even); `packed`: `ceil(n / NR)` panels of `kp * NR * 2`
 ///   values; `c`: `m` rows of `n` values at stride `ldc`; `epi.bias` `n` values or null;
 ///   `epi.residual` `m` rows at stride `epi.ldr` or null.
 /// * `MR <= 8`; no other thread writes the columns of panels `p0..p1` of these rows.
 #[inline(always)]
 pub(crate) unsafe fn bgemm_panels<D: BDot, const MR: usize, const NV: usize>(
-    a: *const u16,
-    lda: usize,
-    m: usize,
-    kp: usize,
-    packed: *const u16,
-    n: usize,
+    a: *const u8,
+    packed: *const u8,
     c: *mut f32,
-    ldc: usize,
-    p0: usize,
-    p1: usize,
-    epi: &Epi,
+    args: &ProductArgs,
 ) {
+    let ProductArgs {
+        m,
+        steps: kp,
+        n,
+        ldc,
+        p0,
+        p1,
+        ref epi,
+        ..
+    } = *args;
+    let (a, lda) = (a as *const u16, args.lda / 2);
+    let packed = packed as *const u16;
     let nr = NV * <D::F as Simd>::LANES;
     // SAFETY: every pointer formed below stays inside the extents documented above.
     unsafe {
@@ -162,21 +157,6 @@ pub(crate) unsafe fn bgemm_panels<D: BDot, const MR: usize, const NV: usize>(
     }
 }
 
-/// `bgemm(a, lda, m, kp, packed, n, c, ldc, p0, p1, epi)`: see [`bgemm_panels`].
-pub(crate) type BGemmFn = unsafe fn(
-    *const u16,
-    usize,
-    usize,
-    usize,
-    *const u16,
-    usize,
-    *mut f32,
-    usize,
-    usize,
-    usize,
-    &Epi,
-);
-
 /// Thin shells of the bf16 products: one per dot-product flavour, each instantiating
 /// `bgemm_panels` with its register tile (`MR` rows of `NV` vectors).
 macro_rules! bshells {
@@ -193,22 +173,13 @@ macro_rules! bshells {
             /// # Safety
             /// The tier's CPU features; `bgemm_panels`' contract.
             $(#[$attr])*
-            pub(crate) unsafe fn bgemm(
-                a: *const u16,
-                lda: usize,
-                m: usize,
-                kp: usize,
-                packed: *const u16,
-                n: usize,
-                c: *mut f32,
-                ldc: usize,
-                p0: usize,
-                p1: usize,
-                epi: &Epi,
-            ) {
+            unsafe fn product(a: *const u8, packed: *const u8, c: *mut f32, args: &ProductArgs) {
                 // SAFETY: forwarded contract; features enabled on this function.
-                unsafe { bgemm_panels::<$dot, $mr, $nv>(a, lda, m, kp, packed, n, c, ldc, p0, p1, epi) }
+                unsafe { bgemm_panels::<$dot, $mr, $nv>(a, packed, c, args) }
             }
+
+            /// This tier's bf16 product: the kernel table's row for the format.
+            pub(crate) const KERNEL: ProductKernel = ProductKernel { run: product, mr: MR, nr: NR };
         }
     };
 }

@@ -10,6 +10,7 @@
 //! thread count.
 
 use super::act::apply_tile;
+use super::product::{ProductArgs, by_rows};
 use crate::activation::Activation;
 use crate::simd::Simd;
 
@@ -176,22 +177,7 @@ pub(crate) unsafe fn micro_rows<S: Simd, const NV: usize>(
         };
     }
     // SAFETY: forwarded from the caller (same contract as `micro` with R = rows).
-    unsafe {
-        match rows {
-            1 => go!(1),
-            2 => go!(2),
-            3 => go!(3),
-            4 => go!(4),
-            5 => go!(5),
-            6 => go!(6),
-            7 => go!(7),
-            8 => go!(8),
-            9 => go!(9),
-            10 => go!(10),
-            11 => go!(11),
-            _ => go!(12),
-        }
-    }
+    unsafe { by_rows!(rows, go, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 12) }
 }
 
 /// A register tile of `rows <= MR` rows: the full-size kernel when `rows == MR`, else the one
@@ -229,24 +215,30 @@ pub(crate) unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
 /// activation and the residual are applied to it while it is still in L1 ([`apply_tile`]).
 ///
 /// # Safety
-/// * `a`: `m` rows of `k` values at stride `lda`; `packed`: `ceil(n / NR)` panels of `k * NR`
-///   values; `c`: `m` rows of `n` values at stride `ldc`; `epi.bias`: `n` values or null;
-///   `epi.residual`: `m` rows of `n` values at stride `epi.ldr`, or null.
+/// * `a`: `m` rows of `k = steps` float32 values, `lda` bytes apart (a multiple of 4);
+///   `packed`: `ceil(n / NR)` panels of `k * NR` values; `c`: `m` rows of `n` values at stride
+///   `ldc`; `epi.bias`: `n` values or null; `epi.residual`: `m` rows of `n` values at stride
+///   `epi.ldr`, or null.
 /// * `k >= 1`; no other thread writes the columns of panels `p0..p1`.
 #[inline(always)]
 pub(crate) unsafe fn gemm_panels<S: Simd, const MR: usize, const NV: usize>(
-    a: *const f32,
-    lda: usize,
-    m: usize,
-    k: usize,
-    packed: *const f32,
-    n: usize,
+    a: *const u8,
+    packed: *const u8,
     c: *mut f32,
-    ldc: usize,
-    p0: usize,
-    p1: usize,
-    epi: &Epi,
+    args: &ProductArgs,
 ) {
+    let ProductArgs {
+        m,
+        steps: k,
+        n,
+        ldc,
+        p0,
+        p1,
+        ref epi,
+        ..
+    } = *args;
+    let (a, lda) = (a as *const f32, args.lda / 4);
+    let packed = packed as *const f32;
     let nr = NV * S::LANES;
     // SAFETY: every pointer formed below stays inside the extents documented above.
     unsafe {

@@ -7,5 +7,6 @@ pub(crate) mod attention;
 pub(crate) mod bgemm;
 pub(crate) mod gemm;
 pub(crate) mod norm;
+pub(crate) mod product;
 pub(crate) mod qgemm;
 pub(crate) mod quant;

@@ -9,6 +9,8 @@
 //! reference checks them bit for bit).
 
 use super::act::apply_tile;
+use super::gemm::load_n;
+use super::product::{ProductArgs, by_rows};
 use crate::activation::Activation;
 use crate::simd::Simd;
 use crate::simd::dot::Dot;
@@ -33,14 +35,20 @@ pub(crate) struct QEpi {
     pub raw: bool,
 }
 
-#[inline(always)]
-unsafe fn load_n<S: Simd>(p: *const f32, n: usize) -> S::V {
-    // SAFETY: p valid for min(n, LANES) values (caller).
-    unsafe {
-        if n >= S::LANES {
-            S::load(p)
-        } else {
-            S::load_partial(p, n)
+impl QEpi {
+    /// The epilogue operands of a product call.
+    #[inline(always)]
+    pub(crate) fn of(args: &ProductArgs) -> QEpi {
+        let (e, d) = (&args.epi, &args.deq);
+        QEpi {
+            bias: e.bias,
+            residual: e.residual,
+            ldr: e.ldr,
+            act: e.act,
+            comp: d.comp,
+            wscale: d.wscale,
+            xscale: d.xscale,
+            raw: d.raw,
         }
     }
 }
@@ -166,28 +174,13 @@ unsafe fn tile<D: Dot, const NV: usize>(
         };
     }
     // SAFETY: forwarded contract of `micro` with R = rows.
-    unsafe {
-        match rows {
-            1 => go!(1),
-            2 => go!(2),
-            3 => go!(3),
-            4 => go!(4),
-            5 => go!(5),
-            6 => go!(6),
-            7 => go!(7),
-            8 => go!(8),
-            9 => go!(9),
-            10 => go!(10),
-            11 => go!(11),
-            _ => go!(12),
-        }
-    }
+    unsafe { by_rows!(rows, go, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 12) }
 }
 
 /// Rows `0..m` and panels `p0..p1` of the int8 product.
 ///
 /// # Safety
-/// * `a`: `m` rows of `lda >= 4 * kg` bytes; `packed`: `ceil(n / NR)` panels of `kg * NR * 4`
+/// * `a`: `m` rows of `lda >= 4 * kg` bytes (`kg = steps`); `packed`: `ceil(n / NR)` panels of `kg * NR * 4`
 ///   bytes; `c`: `m` rows of `n` values (f32, or i32 with `epi.raw`) at stride `ldc`;
 ///   `epi.bias` `n` values or null; `epi.residual` `m` rows at stride `epi.ldr` or null;
 ///   `epi.comp` and `epi.wscale` `ceil(n / NR) * NR` values; `epi.xscale` `m` values.
@@ -195,17 +188,21 @@ unsafe fn tile<D: Dot, const NV: usize>(
 #[inline(always)]
 pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
     a: *const u8,
-    lda: usize,
-    m: usize,
-    kg: usize,
-    packed: *const i8,
-    n: usize,
+    packed: *const u8,
     c: *mut f32,
-    ldc: usize,
-    p0: usize,
-    p1: usize,
-    epi: &QEpi,
+    args: &ProductArgs,
 ) {
+    let ProductArgs {
+        lda,
+        m,
+        steps: kg,
+        n,
+        ldc,
+        p0,
+        p1,
+        ..
+    } = *args;
+    let (packed, epi) = (packed as *const i8, &QEpi::of(args));
     let nr = NV * <D::F as Simd>::LANES;
     // SAFETY: every pointer formed below stays inside the extents documented above.
     unsafe {

@@ -240,7 +240,7 @@ impl Kernels {
         } else {
             par.parts().min(units)
         };
-        let len = scratch_len(totals.longest, key_dim, self.mr, self.nr);
+        let len = scratch_len(totals.longest, key_dim, self.f32.mr, self.f32.nr);
         if slots.len() < parts {
             slots.resize_with(parts, Vec::new);
         }

@@ -23,7 +23,7 @@ impl Kernels {
             message: format!("bf16 weight matrix [{k}, {n}] is too large"),
         })?;
         expect_len("weight matrix", w.len(), want)?;
-        let nr = self.bnr;
+        let nr = self.bf16.nr;
         let panels = n.div_ceil(nr);
         let kp = k.div_ceil(2);
         let mut data = Aligned::<u16>::zeroed(panels * kp * nr * 2);
@@ -40,52 +40,6 @@ impl Kernels {
             isa: self.isa,
             data: Panels::Bf16 { panels: data, kp },
         })
-    }
-
-    /// Run the bf16 product over the parts of `plan` (validated by the callers: `qa` holds `m`
-    /// bf16 rows of `k`, the output rows at `c` have `n` floats).
-    pub(super) fn run_bf16(
-        &self,
-        qa: &QuantRows,
-        kp: usize,
-        panels: *const u16,
-        n: usize,
-        c: COut,
-        epi: Epi,
-        plan: Plan,
-        finish: Option<&(dyn Fn(usize, usize, usize) + Sync)>,
-    ) {
-        let lda = qa.stride / 2;
-        let f = self.bgemm;
-        let ptrs = Shared((qa.bytes.as_ptr() as *const u16, panels, c, epi));
-        let run = |part: usize, r0: usize, r1: usize, p0: usize, p1: usize| {
-            let (ap, bp, c, mut epi) = ptrs.get();
-            // SAFETY: the tier is available; qa holds m rows of `lda >= 2 kp` bf16 values; the
-            // panels hold ceil(n / bnr) panels of kp * bnr * 2 values; the output rows r0..r1 at
-            // `c.at` have n columns; bias [n] and residual [m, n] were checked by the caller;
-            // rows r0..r1 and panels p0..p1 are in range, and parts write disjoint rows or
-            // columns.
-            unsafe {
-                if !epi.residual.is_null() {
-                    epi.residual = epi.residual.add(r0 * n);
-                }
-                let cp = c.at(part, r0, n);
-                f(
-                    ap.add(r0 * lda),
-                    lda,
-                    r1 - r0,
-                    kp,
-                    bp,
-                    n,
-                    cp,
-                    n,
-                    p0,
-                    p1,
-                    &epi,
-                )
-            };
-        };
-        self.run_plan(plan, run, finish);
     }
 }
 

@@ -97,7 +97,7 @@ impl Kernels {
                 message: format!("kernel_scale must be finite and positive, got {v}"),
             });
         }
-        let (nr, layout) = (self.qnr, self.qlayout);
+        let (nr, layout) = (self.int8.nr, self.qlayout);
         let panels = n.div_ceil(nr);
         let kg = k.next_multiple_of(layout.row_align()) / 4;
         let np = panels * nr;
@@ -240,24 +240,19 @@ impl Kernels {
         out: &mut [i32],
         par: Par,
     ) -> Result<(), KernelError> {
-        let Panels::Int8 {
-            panels,
-            kg,
-            comp,
-            inv_scale,
-            ..
-        } = &b.data
-        else {
+        let Panels::Int8 { .. } = &b.data else {
             return Err(KernelError {
                 message: "gemm_int8_sums takes int8 weights".into(),
             });
         };
         let (m, k, n) = (qa.rows, b.k, b.n);
-        if b.isa != self.isa || qa.isa != Some(self.isa) || qa.cols != k {
+        let int8 = qa.kind != Some(Precision::Bf16);
+        if b.isa != self.isa || !int8 || qa.isa != Some(self.isa) || qa.cols != k {
             return Err(KernelError {
                 message: format!(
-                    "int8 sums: weights [{k}, {n}] for tier {}, rows of {} quantized for {:?},                      table {}",
-                    b.isa, qa.cols, qa.isa, self.isa
+                    "int8 sums: weights [{k}, {n}] for tier {}, rows of {} prepared as {:?} for \
+                     {:?}, table {}",
+                    b.isa, qa.cols, qa.kind, qa.isa, self.isa
                 ),
             });
         }
@@ -270,84 +265,17 @@ impl Kernels {
             out.fill(0);
             return Ok(());
         }
-        let epi = QEpi {
-            bias: std::ptr::null(),
-            residual: std::ptr::null(),
-            ldr: n,
-            act: Activation::Linear,
-            comp: comp.as_ptr(),
-            // Not read for raw sums, but offset like the others: a valid pointer.
-            wscale: inv_scale.as_ptr(),
-            xscale: qa.inv_scale.as_ptr(),
-            raw: true,
-        };
-        let plan = self.plan_product(
-            m,
-            *kg,
-            n,
-            self.qmr,
-            self.qnr,
-            qa.stride,
-            b.bytes(),
-            TALL_ROWS_INT8,
-            par,
-        );
+        let mut call = self.call(&[], qa, m, b, Epi::NONE);
+        call.args.epi.ldr = n;
+        call.args.deq.raw = true;
+        let plan = self.plan_call(&call, b, par);
         let c = COut {
             base: out.as_mut_ptr() as *mut f32,
             per_part: 0,
             blocked: false,
         };
-        self.run_int8(qa, *kg, panels.as_ptr(), n, c, epi, plan, None);
+        self.run_packed(&call, c, plan, None);
         Ok(())
-    }
-
-    /// Run the int8 product over the parts of `plan` (validated by the callers: `qa` holds `m`
-    /// rows of `k`, the output rows at `c` have `n` elements of 4 bytes).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn run_int8(
-        &self,
-        qa: &QuantRows,
-        kg: usize,
-        panels: *const i8,
-        n: usize,
-        c: COut,
-        epi: QEpi,
-        plan: Plan,
-        finish: Option<&(dyn Fn(usize, usize, usize) + Sync)>,
-    ) {
-        let stride = qa.stride;
-        let f = self.qgemm;
-        let ptrs = Shared((qa.bytes.as_ptr(), panels, c, epi));
-        let run = |part: usize, r0: usize, r1: usize, p0: usize, p1: usize| {
-            let (ap, bp, c, mut epi) = ptrs.get();
-            // SAFETY: the tier is available; qa holds m rows of `stride >= 4 kg` bytes and m
-            // scales; the panels hold ceil(n / qnr) panels of kg * qnr * 4 bytes, comp and
-            // inv_scale ceil(n / qnr) * qnr values; the output rows r0..r1 at `c.at` have n
-            // columns (f32 or i32); bias [n] and residual [m, n] were checked by the caller;
-            // rows r0..r1 and panels p0..p1 are in range, and parts write disjoint rows or
-            // columns.
-            unsafe {
-                if !epi.residual.is_null() {
-                    epi.residual = epi.residual.add(r0 * n);
-                }
-                epi.xscale = epi.xscale.add(r0);
-                let cp = c.at(part, r0, n);
-                f(
-                    ap.add(r0 * stride),
-                    stride,
-                    r1 - r0,
-                    kg,
-                    bp,
-                    n,
-                    cp,
-                    n,
-                    p0,
-                    p1,
-                    &epi,
-                )
-            };
-        };
-        self.run_plan(plan, run, finish);
     }
 }
 

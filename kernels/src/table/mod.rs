@@ -2,12 +2,11 @@
 
 use crate::activation::Activation;
 use crate::aligned::Aligned;
-use crate::arch::{ActFn, AttnFn, GemmFn, NormFn, QGemmFn, QuantFn, QuantOut, RowActFn};
+use crate::arch::{ActFn, AttnFn, NormFn, QuantFn, QuantOut, RowActFn};
 use crate::isa::{Isa, IsaError};
 use crate::ops::attention::{AttnArgs, SeqSpan, scratch_len};
-use crate::ops::bgemm::BGemmFn;
 use crate::ops::gemm::Epi;
-use crate::ops::qgemm::QEpi;
+use crate::ops::product::{Dequant, ProductArgs, ProductKernel};
 use crate::quant::{Precision, QuantRows};
 use crate::{KeepMask, KernelError, MaskedRows, expect_len};
 use std::sync::OnceLock;
@@ -27,7 +26,7 @@ pub use packed::PackedMatrix;
 pub use plan::ProductScratch;
 
 use packed::Panels;
-use plan::{COut, Plan, TALL_ROWS_F32, TALL_ROWS_INT8};
+use plan::{COut, TALL_ROWS_F32, TALL_ROWS_INT8};
 use rows::check_norm;
 
 /// How a kernel call may use threads. Results are bit-identical for every choice.
@@ -75,24 +74,19 @@ impl Par {
 #[derive(Debug)]
 pub struct Kernels {
     isa: Isa,
-    mr: usize,
-    nr: usize,
-    gemm: GemmFn,
     norm: NormFn,
     attn: AttnFn,
     act: ActFn,
     act_rows: RowActFn,
     quant: QuantFn,
-    /// The int8 products: register tile, panel width, whether activations carry `+128`.
-    qgemm: QGemmFn,
-    qmr: usize,
-    qnr: usize,
+    /// The products, one per weight format (see `ops::product`).
+    f32: ProductKernel,
+    int8: ProductKernel,
+    bf16: ProductKernel,
+    /// int8: whether activations carry `+128`, and the panels' layout.
     qoffset: bool,
     qlayout: Int8Layout,
-    /// The bf16 products: register tile, panel width, whether they run on `vdpbf16ps`.
-    bgemm: BGemmFn,
-    bmr: usize,
-    bnr: usize,
+    /// bf16: whether the products run on `vdpbf16ps`.
     bdot: bool,
 }
 
@@ -103,22 +97,16 @@ macro_rules! table {
         use $q as q;
         Kernels {
             isa: $isa,
-            mr: t::MR,
-            nr: t::NR,
-            gemm: t::gemm,
             norm: t::layer_norm,
             attn: t::attention,
             act: t::activation,
             act_rows: t::activation_rows,
             quant: t::quantize,
-            qgemm: q::qgemm,
-            qmr: q::MR,
-            qnr: q::NR,
+            f32: t::KERNEL,
+            int8: q::KERNEL,
+            bf16: b::KERNEL,
             qoffset: q::OFFSET,
             qlayout: q::LAYOUT,
-            bgemm: b::bgemm,
-            bmr: b::MR,
-            bnr: b::NR,
             bdot: $bdot,
         }
     }};
@@ -269,10 +257,16 @@ impl Kernels {
 
     /// The register tile (`rows x columns`) of this tier's matrix products over `format`.
     pub fn tile(&self, format: Precision) -> (usize, usize) {
+        let p = self.product(format);
+        (p.mr, p.nr)
+    }
+
+    /// The product over weights packed in `format` (the one place a format picks its kernel).
+    pub(super) fn product(&self, format: Precision) -> &ProductKernel {
         match format {
-            Precision::F32 => (self.mr, self.nr),
-            Precision::Int8 => (self.qmr, self.qnr),
-            Precision::Bf16 => (self.bmr, self.bnr),
+            Precision::F32 => &self.f32,
+            Precision::Int8 => &self.int8,
+            Precision::Bf16 => &self.bf16,
         }
     }
 

@@ -10,7 +10,7 @@ impl Kernels {
             message: format!("weight matrix [{k}, {n}] is too large"),
         })?;
         expect_len("weight matrix", w.len(), want)?;
-        let nr = self.nr;
+        let nr = self.f32.nr;
         let panels = n.div_ceil(nr);
         let mut data = Aligned::<f32>::zeroed(panels * k * nr);
         let d = data.as_mut_slice();

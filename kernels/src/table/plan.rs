@@ -1,5 +1,6 @@
 //! How a product is split between threads, and running the split.
 
+use super::product::Call;
 use super::*;
 
 impl Kernels {
@@ -76,6 +77,33 @@ impl Kernels {
                 finish_parts: par.row_parts(m * n, m),
             }
         }
+    }
+
+    /// Run `call` over the parts of `plan`: each part's rows `r0..r1` and panels `p0..p1`
+    /// of the product (all `m` rows validated by the caller: the operands hold them,
+    /// `steps >= 1`), its output at `c`, then `finish` on finished rows (see
+    /// [`run_plan`](Kernels::run_plan)).
+    pub(super) fn run_packed(
+        &self,
+        call: &Call<'_>,
+        c: COut,
+        plan: Plan,
+        finish: Option<&(dyn Fn(usize, usize, usize) + Sync)>,
+    ) {
+        let (f, n, lda) = (call.kernel.run, call.args.n, call.args.lda);
+        let ptrs = Shared((call.a, call.packed, call.args, c));
+        let run = |part: usize, r0: usize, r1: usize, p0: usize, p1: usize| {
+            let (a, packed, args, c) = ptrs.get();
+            // SAFETY: the table's tier is available (tables are only handed out for available
+            // tiers) and `call.kernel` is one of its products; the operands were checked by the
+            // caller for all m rows; rows r0..r1 and panels p0..p1 are in range, the output
+            // rows at `c.at` have n columns, and parts write disjoint rows or columns.
+            unsafe {
+                let cp = c.at(part, r0, n);
+                f(a.add(r0 * lda), packed, cp, &args.part(r0, r1, p0, p1))
+            };
+        };
+        self.run_plan(plan, run, finish);
     }
 
     /// Run a planned product: `f(part, r0, r1, p0, p1)` on each part, then

@@ -1,5 +1,6 @@
 //! The matrix products' entry points: checks, then the product with its fused finish.
 
+use super::plan::Plan;
 use super::*;
 
 impl Kernels {
@@ -288,7 +289,7 @@ impl Kernels {
         norm: Option<RowNorm>,
         par: Par,
     ) {
-        let (k, n) = (b.k, b.n);
+        let n = b.n;
         let act = epilogue.activation.unwrap_or(Activation::Linear);
         let rowwise = act.is_rowwise();
         let bias = epilogue.bias.map_or(std::ptr::null(), |b| b.as_ptr());
@@ -297,34 +298,14 @@ impl Kernels {
             _ => std::ptr::null(),
         };
         let fused = if rowwise { Activation::Linear } else { act };
-        let plan = match &b.data {
-            Panels::F32(_) => {
-                let (mr, nr) = (self.mr, self.nr);
-                self.plan_product(m, k, n, mr, nr, 4 * k, b.bytes(), TALL_ROWS_F32, par)
-            }
-            Panels::Int8 { kg, .. } => self.plan_product(
-                m,
-                *kg,
-                n,
-                self.qmr,
-                self.qnr,
-                qa.stride,
-                b.bytes(),
-                TALL_ROWS_INT8,
-                par,
-            ),
-            Panels::Bf16 { kp, .. } => self.plan_product(
-                m,
-                *kp,
-                n,
-                self.bmr,
-                self.bnr,
-                qa.stride,
-                b.bytes(),
-                TALL_ROWS_F32,
-                par,
-            ),
+        let epi = Epi {
+            bias,
+            residual,
+            ldr: n,
+            act: fused,
         };
+        let call = self.call(a, qa, m, b, epi);
+        let plan = self.plan_call(&call, b, par);
         let c = match target {
             Target::Out(p) => COut {
                 base: p,
@@ -393,32 +374,36 @@ impl Kernels {
         };
         let finish: Option<&(dyn Fn(usize, usize, usize) + Sync)> =
             (rowwise || q_out.is_some() || norm.is_some()).then_some(&finish_rows);
-        match &b.data {
+        self.run_packed(&call, c, plan, finish);
+    }
+
+    /// The call of a product over `b`: its format's kernel, operands and arguments for all `m`
+    /// rows (`a` for float32 weights, `qa` for the others) and the row count from which it
+    /// runs by row blocks. The one place a weight format picks its kernel and operands.
+    pub(super) fn call<'k>(
+        &'k self,
+        a: &[f32],
+        qa: &QuantRows,
+        m: usize,
+        b: &PackedMatrix,
+        epi: Epi,
+    ) -> Call<'k> {
+        let mut args = ProductArgs {
+            lda: qa.stride,
+            m,
+            steps: b.k,
+            n: b.n,
+            ldc: b.n,
+            p0: 0,
+            p1: 0,
+            epi,
+            deq: Dequant::NONE,
+        };
+        let (kernel, a, packed, tall_rows) = match &b.data {
             Panels::F32(data) => {
-                let epi = Epi {
-                    bias,
-                    residual,
-                    ldr: n,
-                    act: fused,
-                };
-                let f = self.gemm;
-                let ptrs = Shared((a.as_ptr(), data.as_ptr(), c, epi));
-                let run = |part: usize, r0: usize, r1: usize, p0: usize, p1: usize| {
-                    let (ap, bp, c, mut epi) = ptrs.get();
-                    // SAFETY: the table's tier is available (tables are only handed out for
-                    // available tiers); a is [m, k], the packed weights hold ceil(n / nr)
-                    // panels of k * nr, the output rows r0..r1 at `c.at` have n columns, bias
-                    // [n] and residual [m, n] were checked by the caller; rows r0..r1 and
-                    // panels p0..p1 are in range, and parts write disjoint rows or columns.
-                    unsafe {
-                        if !epi.residual.is_null() {
-                            epi.residual = epi.residual.add(r0 * n);
-                        }
-                        let cp = c.at(part, r0, n);
-                        f(ap.add(r0 * k), k, r1 - r0, k, bp, n, cp, n, p0, p1, &epi)
-                    };
-                };
-                self.run_plan(plan, run, finish);
+                args.lda = 4 * b.k;
+                let (a, packed) = (a.as_ptr().cast(), data.as_ptr().cast());
+                (&self.f32, a, packed, TALL_ROWS_F32)
             }
             Panels::Int8 {
                 panels,
@@ -427,29 +412,57 @@ impl Kernels {
                 inv_scale,
                 ..
             } => {
-                let epi = QEpi {
-                    bias,
-                    residual,
-                    ldr: n,
-                    act: fused,
+                args.steps = *kg;
+                args.deq = Dequant {
                     comp: comp.as_ptr(),
                     wscale: inv_scale.as_ptr(),
                     xscale: qa.inv_scale.as_ptr(),
                     raw: false,
                 };
-                self.run_int8(qa, *kg, panels.as_ptr(), n, c, epi, plan, finish);
+                let (a, packed) = (qa.bytes.as_ptr(), panels.as_ptr().cast());
+                (&self.int8, a, packed, TALL_ROWS_INT8)
             }
             Panels::Bf16 { panels, kp } => {
-                let epi = Epi {
-                    bias,
-                    residual,
-                    ldr: n,
-                    act: fused,
-                };
-                self.run_bf16(qa, *kp, panels.as_ptr(), n, c, epi, plan, finish);
+                args.steps = *kp;
+                let (a, packed) = (qa.bytes.as_ptr(), panels.as_ptr().cast());
+                (&self.bf16, a, packed, TALL_ROWS_F32)
             }
+        };
+        Call {
+            kernel,
+            a,
+            packed,
+            args,
+            tall_rows,
         }
     }
+
+    /// The plan of `call` (threads, row blocks or panels) under `par`.
+    pub(super) fn plan_call(&self, call: &Call<'_>, b: &PackedMatrix, par: Par) -> Plan {
+        let (k, args) = (call.kernel, &call.args);
+        self.plan_product(
+            args.m,
+            args.steps,
+            args.n,
+            k.mr,
+            k.nr,
+            args.lda,
+            b.bytes(),
+            call.tall_rows,
+            par,
+        )
+    }
+}
+
+/// One product call, as [`Kernels::call`] builds it: the kernel, `A`'s row 0 and the packed
+/// panels (in the format's types), the arguments for all rows, and the row count from which
+/// it runs by row blocks.
+pub(super) struct Call<'k> {
+    pub(super) kernel: &'k ProductKernel,
+    pub(super) a: *const u8,
+    pub(super) packed: *const u8,
+    pub(super) args: ProductArgs,
+    pub(super) tall_rows: usize,
 }
 
 /// A LayerNorm finishing a product's rows (see [`Kernels::gemm_layer_norm`]): its residual

@@ -1,0 +1,113 @@
+//! The one interface of a packed matrix product, whatever the weight format.
+//!
+//! Every format (float32, int8, bf16) and every tier implements the same entry point,
+//! [`ProductFn`]: rows `0..m` and panels `p0..p1` of `C = epilogue(A · B)`, its operands and one
+//! [`ProductArgs`]. A format's rows of `A` and its packed panels are bytes whose layout the
+//! format's body knows (float32 values, quantized bytes, bf16 values); the planner in
+//! `table/` only moves pointers by whole rows and panels. A tier's shell module exports its
+//! product as a [`ProductKernel`] constant, the row of the kernel table for that format.
+
+use super::gemm::Epi;
+
+/// The int8 dequantization operands of a product's epilogue (Keras: `float(sum) * (1 / s_w) *
+/// (1 / s_x)`), offset to row 0 of the call; null for the float formats, which do not read them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dequant {
+    /// `128 * column sum` per column, padded to whole panels (for offset activations).
+    pub comp: *const i32,
+    /// `1 / s_w` per column, padded to whole panels.
+    pub wscale: *const f32,
+    /// `1 / s_x` per row of A (indexed like A's rows).
+    pub xscale: *const f32,
+    /// Store the int32 sums (C is `*mut i32`), no float epilogue.
+    pub raw: bool,
+}
+
+impl Dequant {
+    /// None: a float format.
+    pub(crate) const NONE: Dequant = Dequant {
+        comp: std::ptr::null(),
+        wscale: std::ptr::null(),
+        xscale: std::ptr::null(),
+        raw: false,
+    };
+}
+
+/// The shape and epilogue of one call of a packed product: rows `0..m` and panels `p0..p1` of
+/// `C = epilogue(A · B)`. The operands themselves (`A`'s row 0, the packed panels, `C`'s row 0)
+/// are the entry point's own arguments (see [`ProductFn`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProductArgs {
+    /// Bytes from one row of A to the next.
+    pub lda: usize,
+    /// Rows of A and C.
+    pub m: usize,
+    /// Inner steps of a panel: `k` values (float32), groups of four (int8), pairs (bf16).
+    pub steps: usize,
+    /// Columns of C (the panels cover `ceil(n / NR) * NR`).
+    pub n: usize,
+    /// Values from one row of C to the next.
+    pub ldc: usize,
+    pub p0: usize,
+    pub p1: usize,
+    /// Bias, residual (offset to row 0), element-wise activation.
+    pub epi: Epi,
+    /// int8 only.
+    pub deq: Dequant,
+}
+
+impl ProductArgs {
+    /// The same product for rows `r0..r1` (the row-indexed epilogue operands offset to `r0`)
+    /// over panels `p0..p1`.
+    ///
+    /// # Safety
+    /// `r0 <= r1 <= m`, `p0 <= p1`.
+    #[inline]
+    pub(crate) unsafe fn part(&self, r0: usize, r1: usize, p0: usize, p1: usize) -> ProductArgs {
+        // SAFETY: the caller keeps the rows within the operands' extents.
+        unsafe {
+            let mut args = *self;
+            args.m = r1 - r0;
+            (args.p0, args.p1) = (p0, p1);
+            if !args.epi.residual.is_null() {
+                args.epi.residual = args.epi.residual.add(r0 * args.epi.ldr);
+            }
+            if !args.deq.xscale.is_null() {
+                args.deq.xscale = args.deq.xscale.add(r0);
+            }
+            args
+        }
+    }
+}
+
+/// A format's product on one tier: `(a, packed, c, args)`, with `a` row 0 of A in the format's
+/// input type, `packed` panel 0 of the packed weights and `c` row 0 of C (`f32`, or `i32` for
+/// raw int8 sums). The three operands are arguments, not fields of `args`: with them loaded from
+/// memory, LLVM kept the float32 register tile's accumulators in memory (one store per FMA,
+/// 2.2x slower on Zen 4).
+///
+/// # Safety
+/// The tier's CPU features; the operands valid as its body documents, with `steps >= 1`; no
+/// other thread writes the columns of panels `p0..p1` of these rows.
+pub(crate) type ProductFn = unsafe fn(*const u8, *const u8, *mut f32, &ProductArgs);
+
+/// One weight format's product on one tier: the entry point and its register tile (`mr` rows,
+/// `nr` columns: the panel width its packing uses).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProductKernel {
+    pub run: ProductFn,
+    pub mr: usize,
+    pub nr: usize,
+}
+
+/// `$go!(R)` with `R` the literal equal to the runtime row count `$rows` (the last literal for
+/// any larger count): a register tile monomorphised per row count.
+macro_rules! by_rows {
+    ($rows:expr, $go:ident, [$($r:literal),*], $last:literal) => {
+        match $rows {
+            $($r => $go!($r),)*
+            _ => $go!($last),
+        }
+    };
+}
+pub(crate) use by_rows;
