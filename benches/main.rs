@@ -275,7 +275,8 @@ const CORPUS_LENGTHS: [usize; 64] = [
 ];
 
 /// The bf16 products (Keras' `mixed_bfloat16`) at the layer shapes, in FLOP/s (compare with
-/// `peak_flops`' "avx512 bf16 dp" line on the tiers whose table says `bf16_dot`).
+/// `peak_flops`' "amx bf16" line where the tier's `bf16_kernel` is `tiles`, its "avx512 bf16
+/// dp" line where it is `dot`, its fp32 FMA line where it is `widen`).
 fn gemm_bf16(c: &mut Criterion) {
     let shapes: &[(&str, usize, usize, usize)] = if quick() {
         &[("seed_qkv", 20, 64, 192)]

@@ -88,16 +88,12 @@ fn latency() -> Result<ExitCode, common::Failure> {
     };
     let s = &m.stack.layers()[0];
     let (heads, inter) = (s.config().num_heads, s.config().intermediate_dim);
-    // How the bf16 products run on this tier: `vdpbf16ps`, or widened to float32.
+    // How the bf16 products run on this tier: AMX tiles, `vdpbf16ps`, or widened to float32.
     let bf16 = if m.precision == transformer_encoder::Precision::Bf16 {
         let k = transformer_encoder_kernels::Kernels::for_isa(m.isa)?;
-        if k.bf16_dot() {
-            " bf16=dot"
-        } else {
-            " bf16=widen"
-        }
+        format!(" bf16={}", k.bf16_kernel().name())
     } else {
-        ""
+        String::new()
     };
     let flops = s.flops(batch, seq) * m.layers as f64;
     println!(

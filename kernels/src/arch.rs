@@ -7,7 +7,7 @@
 use crate::activation::Activation;
 use crate::ops::act::{apply_slice, row};
 #[cfg(target_arch = "x86_64")]
-use crate::ops::amx::qgemm_amx;
+use crate::ops::amx::gemm_tiles;
 use crate::ops::attention::{AttnArgs, attention_head};
 use crate::ops::gemm::gemm_panels;
 use crate::ops::norm::layer_norm_row;
@@ -125,7 +125,7 @@ macro_rules! shells {
             }
 
             /// This tier's float32 product: the kernel table's row for the format.
-            pub(crate) const KERNEL: ProductKernel = ProductKernel { run: product, mr: MR, nr: NR };
+            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product, MR, NR, 1);
 
             /// # Safety
             /// The tier's CPU features; `layer_norm_row`'s contract for each of `rows` rows.
@@ -266,8 +266,8 @@ macro_rules! qshells {
                 unsafe { qgemm_panels::<$dot, $mr, $nv>(a, packed, c, args) }
             }
 
-            /// This tier's int8 product: the kernel table's row for the format.
-            pub(crate) const KERNEL: ProductKernel = ProductKernel { run: product, mr: MR, nr: NR };
+            /// This tier's int8 product: the kernel table's row for the format (groups of 4).
+            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product, MR, NR, 4);
         }
     };
 }
@@ -300,32 +300,56 @@ qshells!(
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,avx512vnni")]
 );
 
-/// The int8 products on AMX tiles (with the AVX-512 tier's float epilogue).
+/// The products on AMX tiles (with the AVX-512 tier's float epilogue): int8 (`tdpbssd`) and
+/// bf16 (`tdpbf16ps`), one shell each over the shared tile driver.
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod q_amx {
-    use super::*;
+macro_rules! amx_shells {
+    ($module:ident, $format:ty, $k_align:expr, $what:literal $(, $extra:item)*) => {
+        pub(crate) mod $module {
+            use super::*;
+            $($extra)*
 
-    /// Rows of a block.
-    pub(crate) const MR: usize = crate::ops::amx::BLOCK;
-    /// Columns of a panel.
-    pub(crate) const NR: usize = crate::ops::amx::BLOCK;
-    /// Activations stored as `q` (`tdpbssd` multiplies signed bytes).
-    pub(crate) const OFFSET: bool = false;
-    /// The weight panels' layout.
-    pub(crate) const LAYOUT: crate::table::Int8Layout = crate::table::Int8Layout::AmxTiles;
+            /// Rows of a block.
+            pub(crate) const MR: usize = crate::ops::amx::BLOCK;
+            /// Columns of a panel.
+            pub(crate) const NR: usize = crate::ops::amx::BLOCK;
 
-    /// # Safety
-    /// The tier's CPU features and the OS' tile grant; `qgemm_amx`'s contract.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    unsafe fn product(a: *const u8, packed: *const u8, c: *mut f32, args: &ProductArgs) {
-        // SAFETY: forwarded contract; features enabled on this function.
-        unsafe { qgemm_amx::<crate::simd::avx512::Avx512>(a, packed, c, args) }
-    }
+            /// # Safety
+            /// The tier's CPU features and the OS' tile grant; `gemm_tiles`' contract.
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+            unsafe fn product(a: *const u8, packed: *const u8, c: *mut f32, args: &ProductArgs) {
+                // SAFETY: forwarded contract; features enabled on this function.
+                unsafe { gemm_tiles::<$format, crate::simd::avx512::Avx512>(a, packed, c, args) }
+            }
 
-    /// The AMX int8 product: the kernel table's row for the format.
-    pub(crate) const KERNEL: ProductKernel = ProductKernel {
-        run: product,
-        mr: MR,
-        nr: NR,
+            #[doc = concat!("The AMX ", $what, " product: the kernel table's row for the format ")]
+            /// (rows padded to 64 bytes, their count to whole blocks).
+            pub(crate) const KERNEL: ProductKernel = ProductKernel {
+                run: product,
+                mr: MR,
+                nr: NR,
+                k_align: $k_align,
+                rows_align: crate::ops::amx::BLOCK,
+            };
+        }
     };
 }
+
+#[cfg(target_arch = "x86_64")]
+amx_shells!(
+    q_amx,
+    crate::ops::amx::Int8Tiles,
+    crate::ops::amx::STEP,
+    "int8",
+    /// Activations stored as `q` (`tdpbssd` multiplies signed bytes).
+    pub(crate) const OFFSET: bool = false;,
+    /// The weight panels' layout.
+    pub(crate) const LAYOUT: crate::table::Int8Layout = crate::table::Int8Layout::AmxTiles;
+);
+#[cfg(target_arch = "x86_64")]
+amx_shells!(
+    b_amx,
+    crate::ops::amx::Bf16Tiles,
+    crate::ops::amx::STEP / 2,
+    "bf16"
+);

@@ -16,11 +16,64 @@ use std::sync::OnceLock;
 /// `avx2vnni`, `avx2` or `portable`.
 pub const ISA_ENV: &str = "TRANSFORMER_ENCODER_ISA";
 
-/// The environment variable that chooses how the AVX-512 tiers run bf16 products: `dot`
-/// (AVX512-BF16's `vdpbf16ps`; an error on a CPU without it) or `widen` (pairs widened to float32).
-/// Unset: `vdpbf16ps` where the CPU has it and the tier has passed the whole suite with it
-/// ([`Isa::bf16_dot_verified`]), else widened.
+/// The environment variable that chooses how the AVX-512 tiers run bf16 products ([`Bf16Kernel`]):
+/// `tiles` (AMX-BF16's `tdpbf16ps`, on the `avx512amx` tier), `dot` (AVX512-BF16's `vdpbf16ps`)
+/// or `widen` (pairs widened to float32); naming one the CPU lacks is an error. A tier without
+/// the named kernel widens. Unset: see [`Isa::bf16_kernel`].
 pub const BF16_ENV: &str = "TRANSFORMER_ENCODER_BF16";
+
+/// How a tier's bf16 products run.
+///
+/// ```
+/// use transformer_encoder_kernels::Bf16Kernel;
+/// assert_eq!("tiles".parse::<Bf16Kernel>().unwrap(), Bf16Kernel::Tiles);
+/// assert_eq!(Bf16Kernel::Widen.name(), "widen");
+/// assert!("fast".parse::<Bf16Kernel>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bf16Kernel {
+    /// bf16 pairs widened to float32 in the kernel (float32 arithmetic, half the weight bytes):
+    /// every tier.
+    Widen,
+    /// AVX512-BF16's `vdpbf16ps` (AMD Zen 4 and later, Intel Cooper Lake and later).
+    Dot,
+    /// AMX-BF16's `tdpbf16ps` on tiles (Intel Sapphire Rapids and later; the `avx512amx` tier).
+    Tiles,
+}
+
+impl Bf16Kernel {
+    /// `widen`, `dot` or `tiles`, as [`BF16_ENV`] spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Widen => "widen",
+            Bf16Kernel::Dot => "dot",
+            Bf16Kernel::Tiles => "tiles",
+        }
+    }
+
+    /// Does this CPU have the kernel's instructions (and, for tiles, the OS' grant)?
+    pub fn is_available(self) -> bool {
+        match self {
+            Bf16Kernel::Widen => true,
+            Bf16Kernel::Dot => has_bf16_dot(),
+            Bf16Kernel::Tiles => has_amx_bf16(),
+        }
+    }
+}
+
+impl std::str::FromStr for Bf16Kernel {
+    type Err = IsaError;
+    fn from_str(s: &str) -> Result<Bf16Kernel, IsaError> {
+        match s.trim() {
+            "widen" => Ok(Bf16Kernel::Widen),
+            "dot" => Ok(Bf16Kernel::Dot),
+            "tiles" => Ok(Bf16Kernel::Tiles),
+            _ => Err(IsaError::Bf16Env {
+                value: s.to_string(),
+            }),
+        }
+    }
+}
 
 /// An instruction-set tier. Every kernel exists on every tier.
 ///
@@ -86,33 +139,57 @@ impl Isa {
         true
     }
 
-    /// Has this tier passed the whole test suite on real hardware with its bf16 products on
-    /// `vdpbf16ps`? Only then does it use them without being told to ([`BF16_ENV`]):
-    /// `avx512vnni` has (AMD EPYC Zen 4, 2026-12-03); `avx512amx` has not yet (its bf16 products
-    /// are widened unless forced).
-    pub fn bf16_dot_verified(self) -> bool {
-        matches!(self, Isa::Avx512Vnni)
+    /// The fastest bf16 kernel this tier has passed the whole test suite with on real hardware:
+    /// the record [`Isa::bf16_kernel`] consults. `avx512amx` with tiles (Intel Xeon with AMX,
+    /// 2026-12-06), `avx512vnni` with `vdpbf16ps` (AMD EPYC Zen 4, 2026-12-03); every tier
+    /// widened.
+    pub fn bf16_verified(self) -> Bf16Kernel {
+        match self {
+            Isa::Avx512Amx => Bf16Kernel::Tiles,
+            Isa::Avx512Vnni => Bf16Kernel::Dot,
+            _ => Bf16Kernel::Widen,
+        }
     }
 
-    /// The choice [`BF16_ENV`] makes: `Some(true)` for `dot`, `Some(false)` for `widen`, `None`
-    /// if unset or empty; an error for another value, or for `dot` on a CPU without
-    /// AVX512-BF16.
+    /// How this tier runs bf16 products on this CPU unless [`BF16_ENV`] says otherwise: tiles
+    /// where it has them and has passed with them; `vdpbf16ps` where it has passed with it and
+    /// the CPU runs it faster than widened pairs (AMD: twice its float32 FMA rate on Zen 4;
+    /// Intel's runs at half its FMA rate, measured on Xeons with AVX512-BF16, so widening wins
+    /// there); else widened.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Bf16Kernel, Isa};
+    /// assert_eq!(Isa::Portable.bf16_kernel(), Bf16Kernel::Widen);
+    /// ```
+    pub fn bf16_kernel(self) -> Bf16Kernel {
+        match self.bf16_verified() {
+            Bf16Kernel::Tiles if has_amx_bf16() => Bf16Kernel::Tiles,
+            Bf16Kernel::Tiles | Bf16Kernel::Dot if has_bf16_dot() && dot_beats_widen() => {
+                Bf16Kernel::Dot
+            }
+            _ => Bf16Kernel::Widen,
+        }
+    }
+
+    /// The choice [`BF16_ENV`] makes, `None` if unset or empty; an error for another value, or
+    /// for a kernel this CPU lacks.
     ///
     /// ```
     /// use transformer_encoder_kernels::Isa;
     /// // Unset in the doc tests: the tiers decide.
-    /// assert_eq!(Isa::bf16_dot_from_env(), Ok(None));
+    /// assert_eq!(Isa::bf16_from_env(), Ok(None));
     /// ```
-    pub fn bf16_dot_from_env() -> Result<Option<bool>, IsaError> {
+    pub fn bf16_from_env() -> Result<Option<Bf16Kernel>, IsaError> {
         let v = match std::env::var(BF16_ENV) {
             Err(std::env::VarError::NotPresent) => return Ok(None),
             Err(std::env::VarError::NotUnicode(v)) => v.to_string_lossy().into_owned(),
             Ok(v) => v,
         };
-        match v.trim() {
-            "" => Ok(None),
-            "widen" => Ok(Some(false)),
-            "dot" if has_bf16_dot() => Ok(Some(true)),
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        match v.parse::<Bf16Kernel>() {
+            Ok(k) if k.is_available() => Ok(Some(k)),
             _ => Err(IsaError::Bf16Env { value: v }),
         }
     }
@@ -261,8 +338,8 @@ pub enum IsaError {
     Unknown(String),
     /// The CPU lacks the tier's features.
     Unavailable(Isa),
-    /// `TRANSFORMER_ENCODER_BF16` holds `value`: neither `dot` nor `widen`, or `dot` on a CPU
-    /// without AVX512-BF16.
+    /// `TRANSFORMER_ENCODER_BF16` holds `value`: not `tiles`, `dot` or `widen`, or a kernel
+    /// this CPU lacks.
     Bf16Env {
         /// The variable's value.
         value: String,
@@ -295,11 +372,16 @@ impl fmt::Display for IsaError {
                 tiers_here()
             ),
             IsaError::Env { value, cause } => write!(f, "{ISA_ENV}={value}: {cause}"),
-            IsaError::Bf16Env { value } => write!(
-                f,
-                "{BF16_ENV}={value}: `dot` (AVX512-BF16's vdpbf16ps; this CPU {} it) or `widen`",
-                if has_bf16_dot() { "has" } else { "lacks" }
-            ),
+            IsaError::Bf16Env { value } => {
+                let has = |k: Bf16Kernel| if k.is_available() { "has" } else { "lacks" };
+                write!(
+                    f,
+                    "{BF16_ENV}={value}: `tiles` (AMX-BF16's tdpbf16ps; this CPU {} it), `dot` \
+                     (AVX512-BF16's vdpbf16ps; this CPU {} it) or `widen`",
+                    has(Bf16Kernel::Tiles),
+                    has(Bf16Kernel::Dot)
+                )
+            }
         }
     }
 }
@@ -311,6 +393,39 @@ pub(crate) fn has_bf16_dot() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         Isa::Avx512.is_available() && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Does the CPU run AVX512-BF16's `vdpbf16ps` faster than float32 FMAs on widened pairs? AMD's
+/// do (Zen 4: 232 against 115 GFLOP/s per core, `tools/peak_flops.c`); Intel's run it at half
+/// their FMA rate (Xeon with AMX: 72-86 against 138-175).
+fn dot_beats_widen() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        let v = __cpuid(0);
+        // "AuthenticAMD" in ebx, edx, ecx.
+        (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Does the CPU have AMX-BF16 beside the `avx512amx` tier (its tiles granted by the OS)?
+pub(crate) fn has_amx_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // Leaf 7 only after checking the maximum leaf; EDX bit 22 is AMX-BF16.
+        Isa::Avx512Amx.is_available()
+            && __cpuid(0).eax >= 7
+            && (__cpuid_count(7, 0).edx >> 22) & 1 == 1
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -1,22 +1,34 @@
-//! int8 products on AMX tiles (Intel Sapphire Rapids and later): `tdpbssd` multiplies a tile of
-//! 16 rows x 64 signed bytes of A by a tile of 16 x 64 signed bytes of B (16 groups of 4 inner
-//! rows for 16 columns, the VNNI layout) into 16 x 16 int32 sums, exactly.
+//! Products on AMX tiles (Intel Sapphire Rapids and later), one driver for two formats:
 //!
-//! A block of 32 rows x 32 columns keeps four accumulator tiles (tmm0..3); each 64-wide step of
-//! `k` loads two A tiles (tmm4, 5) and two B tiles (tmm6, 7) and issues four `tdpbssd`. The sums
-//! are stored to a 4 KiB stack block and finished by the float epilogue of the other int8
-//! kernels (dequantization, bias, activation, residual).
+//! * int8 ([`Int8Tiles`]): `tdpbssd` multiplies a tile of 16 rows x 64 signed bytes of A by a
+//!   tile of 16 x 64 signed bytes of B (16 groups of 4 inner rows for 16 columns) into 16 x 16
+//!   int32 sums, exactly; the epilogue dequantizes (Keras' int8 mode).
+//! * bf16 ([`Bf16Tiles`]): `tdpbf16ps` multiplies a tile of 16 rows x 32 bf16 values of A by a
+//!   tile of 16 pairs x 16 columns of B into 16 x 16 float32 sums (Keras' `mixed_bfloat16`:
+//!   bf16 operands, float32 sums). Each product of two bf16 values is exact in float32; the
+//!   instruction adds them pair by pair in order, rounding to nearest even, and treats bf16
+//!   subnormal inputs (below 2^-126 in magnitude) as zero and flushes subnormal sums to zero.
 //!
-//! Layouts: A rows are the quantized rows (signed bytes, no offset), their stride a multiple of
-//! 64, the buffer padded to a multiple of 32 rows (padding rows are read, their sums dropped).
-//! B is packed in panels of 32 columns: for each 64-wide step of `k`, the 16 x 64-byte tile of
-//! columns 0..16, then that of columns 16..32.
+//! A block of 32 rows x 32 columns keeps four accumulator tiles (tmm0..3); each 64-byte step of
+//! the inner dimension loads two A tiles (tmm4, 5) and two B tiles (tmm6, 7) and issues four
+//! tile products. A block of at most 16 rows (a short query) uses one A tile and two products
+//! per step: the rows past it are neither loaded nor multiplied. The sums are stored to a
+//! 4 KiB stack block and finished by the format's float epilogue (bias, activation, residual)
+//! while the tiles compute the next block.
+//!
+//! Layouts: A rows are the prepared rows (signed bytes, or bf16 values), their stride a multiple
+//! of 64 bytes, the buffer padded to a multiple of 32 rows (padding rows are read, their sums
+//! dropped). B is packed in panels of 32 columns, 2 KiB per step: int8 as two 16 x 64-byte
+//! tiles (columns 0..16, then 16..32), bf16 in the bf16 panel layout of the vector kernels (per
+//! pair of inner rows, 32 columns x 2 values: the tile of columns 0..16 is the first 64 bytes
+//! of each 128-byte row, that of columns 16..32 the second).
 //!
 //! The tile instructions are emitted with inline assembly (the AMX intrinsics are not stable).
 //! Linux hands out the tile state only after `arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`, which
 //! the tier's detection requests ([`crate::isa`]); a tier that is not available is never run.
 
 use super::act::apply_tile;
+use super::gemm::{load_n, store_n};
 use super::product::ProductArgs;
 use super::qgemm::{QEpi, finish};
 use crate::activation::Activation;
@@ -28,6 +40,8 @@ use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
 pub(crate) const BLOCK: usize = 32;
 /// Inner bytes per step (one tile row).
 pub(crate) const STEP: usize = 64;
+/// Rows of one tile.
+const TILE_ROWS: usize = 16;
 
 /// The tile configuration: palette 1, eight tiles of 16 rows x 64 bytes.
 #[repr(C, align(64))]
@@ -45,17 +59,194 @@ static CONFIG: TileConfig = {
     TileConfig(c)
 };
 
-/// Rows `0..m` and panels `p0..p1` of the int8 product on tiles.
+/// A weight format on tiles: where a step's two B tiles lie, its tile products, and the float
+/// epilogue of one row of its sums.
+pub(crate) trait TileFormat {
+    /// Bytes from a step's first B tile to its second.
+    const B1: usize;
+    /// Bytes from one row of a B tile to the next.
+    const B_STRIDE: usize;
+
+    /// `tmm0..3 += [tmm4 = A rows a0.., tmm5 = A rows a1..] x [tmm6 = B at b, tmm7 = b + B1]`.
+    ///
+    /// # Safety
+    /// Tiles configured; 16 rows of 64 bytes readable at `a0` and `a1` (stride `lda`) and at
+    /// `b` and `b + B1` (stride `B_STRIDE`).
+    unsafe fn step4(a0: *const u8, a1: *const u8, lda: usize, b: *const u8);
+
+    /// `tmm0, tmm1 += tmm4 = A rows a0.. x [tmm6 = B at b, tmm7 = b + B1]`.
+    ///
+    /// # Safety
+    /// As [`step4`](TileFormat::step4) without `a1`.
+    unsafe fn step2(a0: *const u8, lda: usize, b: *const u8);
+
+    /// Row `i` of a block: its `cols` sums at `src` (the format's 32-bit values) finished into
+    /// `dst` with `e` (offset to the block's first row and column); the activation is applied
+    /// afterwards over the whole block.
+    ///
+    /// # Safety
+    /// `src` and `dst` valid for `cols` values; `e`'s operands for row `i`, columns `0..cols`;
+    /// S's features enabled.
+    unsafe fn finish_row<S: Simd>(src: *const i32, e: &QEpi, i: usize, cols: usize, dst: *mut f32);
+}
+
+/// Keras' int8 products: `tdpbssd`, dequantized in the epilogue (or the raw int32 sums).
+pub(crate) struct Int8Tiles;
+
+impl TileFormat for Int8Tiles {
+    const B1: usize = 1024;
+    const B_STRIDE: usize = 64;
+
+    #[inline(always)]
+    unsafe fn step4(a0: *const u8, a1: *const u8, lda: usize, b: *const u8) {
+        // SAFETY: the contract: tiles configured, every tile load inside the operands.
+        unsafe {
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbssd tmm0, tmm4, tmm6",
+                "tdpbssd tmm1, tmm4, tmm7",
+                "tdpbssd tmm2, tmm5, tmm6",
+                "tdpbssd tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b,
+                b1 = in(reg) b.add(Self::B1),
+                sa = in(reg) lda,
+                sb = in(reg) Self::B_STRIDE,
+                options(nostack, readonly)
+            );
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn step2(a0: *const u8, lda: usize, b: *const u8) {
+        // SAFETY: as step4, one A tile.
+        unsafe {
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbssd tmm0, tmm4, tmm6",
+                "tdpbssd tmm1, tmm4, tmm7",
+                a0 = in(reg) a0,
+                b0 = in(reg) b,
+                b1 = in(reg) b.add(Self::B1),
+                sa = in(reg) lda,
+                sb = in(reg) Self::B_STRIDE,
+                options(nostack, readonly)
+            );
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn finish_row<S: Simd>(src: *const i32, e: &QEpi, i: usize, cols: usize, dst: *mut f32) {
+        // SAFETY: the contract: row i of the operands, columns below cols.
+        unsafe {
+            let xs = S::splat(*e.xscale.add(i));
+            let mut cc = 0;
+            while cc < cols {
+                let nn = (cols - cc).min(S::LANES);
+                if e.raw {
+                    std::ptr::copy_nonoverlapping(src.add(cc), (dst as *mut i32).add(cc), nn);
+                } else {
+                    let y = S::load_i32_f32(src.add(cc), nn);
+                    finish::<S>(y, xs, e, i, cc, nn, dst.add(cc));
+                }
+                cc += nn;
+            }
+        }
+    }
+}
+
+/// Keras' `mixed_bfloat16` products: `tdpbf16ps`, float32 sums, the float epilogue.
+pub(crate) struct Bf16Tiles;
+
+impl TileFormat for Bf16Tiles {
+    const B1: usize = 64;
+    const B_STRIDE: usize = 128;
+
+    #[inline(always)]
+    unsafe fn step4(a0: *const u8, a1: *const u8, lda: usize, b: *const u8) {
+        // SAFETY: the contract: tiles configured, every tile load inside the operands.
+        unsafe {
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b,
+                b1 = in(reg) b.add(Self::B1),
+                sa = in(reg) lda,
+                sb = in(reg) Self::B_STRIDE,
+                options(nostack, readonly)
+            );
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn step2(a0: *const u8, lda: usize, b: *const u8) {
+        // SAFETY: as step4, one A tile.
+        unsafe {
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                a0 = in(reg) a0,
+                b0 = in(reg) b,
+                b1 = in(reg) b.add(Self::B1),
+                sa = in(reg) lda,
+                sb = in(reg) Self::B_STRIDE,
+                options(nostack, readonly)
+            );
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn finish_row<S: Simd>(src: *const i32, e: &QEpi, i: usize, cols: usize, dst: *mut f32) {
+        let src = src as *const f32;
+        // SAFETY: the contract: row i of the operands, columns below cols.
+        unsafe {
+            let mut cc = 0;
+            while cc < cols {
+                let nn = (cols - cc).min(S::LANES);
+                let mut y = load_n::<S>(src.add(cc), nn);
+                if !e.bias.is_null() {
+                    y = S::add(y, load_n::<S>(e.bias.add(cc), nn));
+                }
+                if e.act == Activation::Linear && !e.residual.is_null() {
+                    y = S::add(y, load_n::<S>(e.residual.add(i * e.ldr + cc), nn));
+                }
+                store_n::<S>(dst.add(cc), nn, y);
+                cc += nn;
+            }
+        }
+    }
+}
+
+/// Rows `0..m` and panels `p0..p1` of a product on tiles.
 ///
 /// # Safety
-/// * The CPU has AMX-TILE and AMX-INT8 and the OS granted the tile state; S's features enabled.
+/// * The CPU has AMX-TILE and the format's AMX instructions, and the OS granted the tile state;
+///   S's features enabled.
 /// * `a`: `ceil(m / 32) * 32` readable rows of `lda` bytes (`lda` a multiple of 64, at least
-///   `4 * kg`, `kg = steps`); `packed`: `ceil(n / 32)` panels of `kg * 128` bytes (`kg` a multiple of 16);
-///   `c`: `m` rows of `n` values (f32, or i32 with `epi.raw`) at stride `ldc`; the epilogue
-///   operands as for `qgemm_panels` (comp unused: no offset).
+///   `4 * steps`); `packed`: `ceil(n / 32)` panels of `steps * 128` bytes (`steps`, the groups
+///   of 4 bytes or pairs of bf16 values, a multiple of 16); `c`: `m` rows of `n` values (f32,
+///   or i32 with int8's `raw`) at stride `ldc`; the epilogue operands as for the format's vector
+///   kernels (int8's comp unused: no offset).
 /// * No other thread writes the columns of panels `p0..p1` of these rows.
 #[inline(always)]
-pub(crate) unsafe fn qgemm_amx<S: Simd>(
+pub(crate) unsafe fn gemm_tiles<F: TileFormat, S: Simd>(
     a: *const u8,
     packed: *const u8,
     c: *mut f32,
@@ -71,18 +262,19 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
         p1,
         ..
     } = *args;
-    let (packed, epi) = (packed as *const i8, &QEpi::of(args));
+    let epi = &QEpi::of(args);
     let steps = kg / 16;
     // Two blocks of sums: the epilogue of one block runs while the tiles compute the next.
     let mut sums = [[0i32; BLOCK * BLOCK]; 2];
     let mut pending: Option<Pending> = None;
     let mut which = 0;
     // SAFETY: the tile instructions run on a CPU that has them (contract); every tile load
-    // reads 16 rows of 64 bytes inside the buffers described above, every store writes a
-    // 4 KiB block on the stack; the epilogue stays within C's rows and columns.
+    // reads 16 rows of 64 bytes inside the buffers described above (a block of at most 16 rows
+    // loads only its first A tile), every store writes a 4 KiB block on the stack; the epilogue
+    // stays within C's rows and columns.
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
-        // Panels outer: a panel's weights (kg * 128 bytes) are read from memory once and stay in
+        // Panels outer: a panel's weights (steps * 2 KiB) are read from memory once and stay in
         // L1/L2 while every row block passes; the rows of A stay in L2 across the panels.
         for p in p0..p1 {
             let col0 = p * BLOCK;
@@ -91,7 +283,7 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
             while r0 < m {
                 let rows = BLOCK.min(m - r0);
                 let a0 = a.add(r0 * lda);
-                let a1 = a0.add(16 * lda);
+                let a1 = a0.add(TILE_ROWS * lda);
                 let mut b = packed.add(p * kg * 4 * BLOCK);
                 // The block's output rows, fetched for writing while the tiles compute: its
                 // epilogue (one block later) then stores into cache instead of waiting on memory
@@ -110,47 +302,42 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
                     options(nostack, nomem)
                 );
                 let prev = pending.take();
+                let two = rows > TILE_ROWS;
                 for t in 0..steps {
                     // The previous block's epilogue (vector work), a share of its rows after
                     // each step, overlaps this block's tile work.
                     if let Some(prev) = &prev {
                         let (i0, i1) = (prev.rows * t / steps, prev.rows * (t + 1) / steps);
                         let sp = sums[prev.buf].as_ptr();
-                        block_epilogue::<S>(prev, sp, c, ldc, epi, i0, i1);
+                        block_epilogue::<F, S>(prev, sp, c, ldc, epi, i0, i1);
                     }
                     let ka = t * STEP;
-                    asm!(
-                        "tileloadd tmm4, [{a0} + {sa}*1]",
-                        "tileloadd tmm5, [{a1} + {sa}*1]",
-                        "tileloadd tmm6, [{b0} + {sb}*1]",
-                        "tileloadd tmm7, [{b1} + {sb}*1]",
-                        "tdpbssd tmm0, tmm4, tmm6",
-                        "tdpbssd tmm1, tmm4, tmm7",
-                        "tdpbssd tmm2, tmm5, tmm6",
-                        "tdpbssd tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0.add(ka),
-                        a1 = in(reg) a1.add(ka),
-                        b0 = in(reg) b,
-                        b1 = in(reg) b.add(1024),
-                        sa = in(reg) lda,
-                        sb = in(reg) 64usize,
-                        options(nostack, readonly)
-                    );
-                    b = b.add(2048);
+                    if two {
+                        F::step4(a0.add(ka), a1.add(ka), lda, b);
+                    } else {
+                        F::step2(a0.add(ka), lda, b);
+                    }
+                    b = b.add(2 * TILE_ROWS * STEP);
                 }
                 let sp = sums[which].as_mut_ptr();
                 asm!(
                     "tilestored [{s} + {ld}*1], tmm0",
                     "tilestored [{s1} + {ld}*1], tmm1",
-                    "tilestored [{s2} + {ld}*1], tmm2",
-                    "tilestored [{s3} + {ld}*1], tmm3",
                     s = in(reg) sp,
-                    s1 = in(reg) sp.add(16),
-                    s2 = in(reg) sp.add(16 * BLOCK),
-                    s3 = in(reg) sp.add(16 * BLOCK + 16),
+                    s1 = in(reg) sp.add(TILE_ROWS),
                     ld = in(reg) 4 * BLOCK,
                     options(nostack)
                 );
+                if two {
+                    asm!(
+                        "tilestored [{s2} + {ld}*1], tmm2",
+                        "tilestored [{s3} + {ld}*1], tmm3",
+                        s2 = in(reg) sp.add(TILE_ROWS * BLOCK),
+                        s3 = in(reg) sp.add(TILE_ROWS * BLOCK + TILE_ROWS),
+                        ld = in(reg) 4 * BLOCK,
+                        options(nostack)
+                    );
+                }
                 pending = Some(Pending {
                     buf: which,
                     r0,
@@ -163,7 +350,8 @@ pub(crate) unsafe fn qgemm_amx<S: Simd>(
             }
         }
         if let Some(prev) = pending {
-            block_epilogue::<S>(&prev, sums[prev.buf].as_ptr(), c, ldc, epi, 0, prev.rows);
+            let sp = sums[prev.buf].as_ptr();
+            block_epilogue::<F, S>(&prev, sp, c, ldc, epi, 0, prev.rows);
         }
         asm!("tilerelease", options(nostack, nomem));
     }
@@ -178,13 +366,13 @@ struct Pending {
     cols: usize,
 }
 
-/// Dequantization, bias, activation and residual of rows `i0..i1` of one block (or their raw
-/// sums), from the block of sums at `sp` (`BLOCK x BLOCK` int32, row-major).
+/// The epilogue of rows `i0..i1` of one block (or their raw sums), from the block of sums at
+/// `sp` (`BLOCK x BLOCK` 32-bit values, row-major), then the activation over those rows.
 ///
 /// # Safety
-/// As [`qgemm_amx`]'s operands; the block lies within C. S's features enabled.
+/// As [`gemm_tiles`]' operands; the block lies within C. S's features enabled.
 #[inline(always)]
-unsafe fn block_epilogue<S: Simd>(
+unsafe fn block_epilogue<F: TileFormat, S: Simd>(
     blk: &Pending,
     sp: *const i32,
     c: *mut f32,
@@ -201,51 +389,23 @@ unsafe fn block_epilogue<S: Simd>(
         ..
     } = *blk;
     // SAFETY: the contract above: rows r0..r0+rows and columns col0..col0+cols of C and of the
-    // epilogue operands are in bounds.
+    // epilogue operands are in bounds (the int8 scales exist only for int8, which reads them).
     unsafe {
+        let at = |p: *const f32, off: usize| if p.is_null() { p } else { p.add(off) };
         let e = QEpi {
-            bias: if epi.bias.is_null() {
-                epi.bias
-            } else {
-                epi.bias.add(col0)
-            },
-            residual: if epi.residual.is_null() {
-                epi.residual
-            } else {
-                epi.residual.add(r0 * epi.ldr + col0)
-            },
-            comp: epi.comp,
-            wscale: epi.wscale.add(col0),
-            xscale: epi.xscale.add(r0),
+            bias: at(epi.bias, col0),
+            residual: at(epi.residual, r0 * epi.ldr + col0),
+            wscale: at(epi.wscale, col0),
+            xscale: at(epi.xscale, r0),
             ..*epi
         };
         let cp = c.add(r0 * ldc + col0);
         debug_assert!(i1 <= rows);
         for i in i0..i1 {
-            let xs = S::splat(*e.xscale.add(i));
-            let mut cc = 0;
-            while cc < cols {
-                let nn = (cols - cc).min(S::LANES);
-                let src = sp.add(i * BLOCK + cc);
-                if e.raw {
-                    std::ptr::copy_nonoverlapping(
-                        src,
-                        (c as *mut i32).add((r0 + i) * ldc + col0 + cc),
-                        nn,
-                    );
-                } else {
-                    let y = S::load_i32_f32(src, nn);
-                    finish::<S>(y, xs, &e, i, cc, nn, cp.add(i * ldc + cc));
-                }
-                cc += nn;
-            }
+            F::finish_row::<S>(sp.add(i * BLOCK), &e, i, cols, cp.add(i * ldc));
         }
         if !e.raw && e.act != Activation::Linear && i1 > i0 {
-            let res = if e.residual.is_null() {
-                e.residual
-            } else {
-                e.residual.add(i0 * e.ldr)
-            };
+            let res = at(e.residual, i0 * e.ldr);
             apply_tile::<S>(cp.add(i0 * ldc), ldc, i1 - i0, cols, e.act, res, e.ldr);
         }
     }

@@ -179,7 +179,7 @@ macro_rules! bshells {
             }
 
             /// This tier's bf16 product: the kernel table's row for the format.
-            pub(crate) const KERNEL: ProductKernel = ProductKernel { run: product, mr: MR, nr: NR };
+            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product, MR, NR, 2);
         }
     };
 }

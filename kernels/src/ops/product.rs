@@ -91,13 +91,31 @@ impl ProductArgs {
 /// other thread writes the columns of panels `p0..p1` of these rows.
 pub(crate) type ProductFn = unsafe fn(*const u8, *const u8, *mut f32, &ProductArgs);
 
-/// One weight format's product on one tier: the entry point and its register tile (`mr` rows,
-/// `nr` columns: the panel width its packing uses).
+/// One weight format's product on one tier: the entry point, its register tile (`mr` rows,
+/// `nr` columns: the panel width its packing uses) and the padding its operands need: each
+/// row of A and each panel's inner dimension padded to a multiple of `k_align` values (zeros),
+/// the rows of A to a multiple of `rows_align` (readable memory; their outputs are dropped).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ProductKernel {
     pub run: ProductFn,
     pub mr: usize,
     pub nr: usize,
+    pub k_align: usize,
+    pub rows_align: usize,
+}
+
+impl ProductKernel {
+    /// A kernel of register tile `mr x nr` whose operands are padded to `k_align` inner values
+    /// and need no padding rows (the vector kernels).
+    pub(crate) const fn vector(run: ProductFn, mr: usize, nr: usize, k_align: usize) -> Self {
+        ProductKernel {
+            run,
+            mr,
+            nr,
+            k_align,
+            rows_align: 1,
+        }
+    }
 }
 
 /// `$go!(R)` with `R` the literal equal to the runtime row count `$rows` (the last literal for

@@ -25,7 +25,7 @@ impl Kernels {
         expect_len("weight matrix", w.len(), want)?;
         let nr = self.bf16.nr;
         let panels = n.div_ceil(nr);
-        let kp = k.div_ceil(2);
+        let kp = k.next_multiple_of(self.bf16.k_align) / 2;
         let mut data = Aligned::<u16>::zeroed(panels * kp * nr * 2);
         let d = data.as_mut_slice();
         for r in 0..k {

@@ -15,20 +15,6 @@ pub(crate) enum Int8Layout {
 }
 
 impl Int8Layout {
-    /// Bytes a quantized row is padded to.
-    pub(crate) fn row_align(self) -> usize {
-        match self {
-            Int8Layout::Groups => 4,
-            Int8Layout::AmxTiles => 64,
-        }
-    }
-    /// Rows the quantized rows are padded to (the tiles read whole blocks).
-    pub(crate) fn rows_align(self) -> usize {
-        match self {
-            Int8Layout::Groups => 1,
-            Int8Layout::AmxTiles => 32,
-        }
-    }
     /// The byte of inner row `r`, column `c` (`c < nr`) of panel `p`, with `kg` groups per panel.
     pub(super) fn offset(self, p: usize, r: usize, c: usize, nr: usize, kg: usize) -> usize {
         let (g, b) = (r / 4, r % 4);
@@ -99,7 +85,7 @@ impl Kernels {
         }
         let (nr, layout) = (self.int8.nr, self.qlayout);
         let panels = n.div_ceil(nr);
-        let kg = k.next_multiple_of(layout.row_align()) / 4;
+        let kg = k.next_multiple_of(self.int8.k_align) / 4;
         let np = panels * nr;
         let mut data = Aligned::<i8>::zeroed(panels * kg * nr * 4);
         let mut comp = Aligned::<i32>::zeroed(np);
@@ -193,12 +179,11 @@ impl Kernels {
     }
 
     /// How rows prepared for `format` are laid out: bytes per value, values a row is padded
-    /// to, rows the row count is padded to.
+    /// to, rows the row count is padded to (as the format's product reads them).
     pub(super) fn row_shape(&self, format: Precision) -> (usize, usize, usize) {
-        match format {
-            Precision::Bf16 => (2, 2, 1),
-            _ => (1, self.qlayout.row_align(), self.qlayout.rows_align()),
-        }
+        let p = self.product(format);
+        let bytes = if format == Precision::Bf16 { 2 } else { 1 };
+        (bytes, p.k_align, p.rows_align)
     }
 
     /// The raw destination of quantized rows (shaped), with this tier's byte layout.

@@ -3,7 +3,7 @@
 use crate::activation::Activation;
 use crate::aligned::Aligned;
 use crate::arch::{ActFn, AttnFn, NormFn, QuantFn, QuantOut, RowActFn};
-use crate::isa::{Isa, IsaError};
+use crate::isa::{Bf16Kernel, Isa, IsaError};
 use crate::ops::attention::{AttnArgs, SeqSpan, scratch_len};
 use crate::ops::gemm::Epi;
 use crate::ops::product::{Dequant, ProductArgs, ProductKernel};
@@ -86,12 +86,12 @@ pub struct Kernels {
     /// int8: whether activations carry `+128`, and the panels' layout.
     qoffset: bool,
     qlayout: Int8Layout,
-    /// bf16: whether the products run on `vdpbf16ps`.
-    bdot: bool,
+    /// bf16: how the products run.
+    bkind: Bf16Kernel,
 }
 
 macro_rules! table {
-    ($isa:expr, $m:path, $q:path, $b:path, $bdot:expr) => {{
+    ($isa:expr, $m:path, $q:path, $b:path, $bkind:expr) => {{
         use $b as b;
         use $m as t;
         use $q as q;
@@ -107,21 +107,21 @@ macro_rules! table {
             bf16: b::KERNEL,
             qoffset: q::OFFSET,
             qlayout: q::LAYOUT,
-            bdot: $bdot,
+            bkind: $bkind,
         }
     }};
 }
 
 // One table per tier: the float kernels of its float tier, the int8 products of its own
-// dot-product instructions, the bf16 products widened to float32 or (where the CPU has
-// AVX512-BF16 and the tier has passed with it: `Kernels::table` picks the second table of those
-// tiers) on `vdpbf16ps`.
+// dot-product instructions, the bf16 products widened to float32, or (the AVX-512 tiers' other
+// tables, which `Kernels::table` picks by `Isa::bf16_kernel` or `TRANSFORMER_ENCODER_BF16`) on
+// `vdpbf16ps` or AMX tiles.
 static PORTABLE: Kernels = table!(
     Isa::Portable,
     crate::arch::portable,
     crate::arch::q_portable,
     crate::ops::bgemm::b_portable,
-    false
+    Bf16Kernel::Widen
 );
 #[cfg(target_arch = "x86_64")]
 static AVX2: Kernels = table!(
@@ -129,7 +129,7 @@ static AVX2: Kernels = table!(
     crate::arch::avx2,
     crate::arch::q_avx2,
     crate::ops::bgemm::b_avx2,
-    false
+    Bf16Kernel::Widen
 );
 #[cfg(target_arch = "x86_64")]
 static AVX2_VNNI: Kernels = table!(
@@ -137,7 +137,7 @@ static AVX2_VNNI: Kernels = table!(
     crate::arch::avx2,
     crate::arch::q_avx2vnni,
     crate::ops::bgemm::b_avx2,
-    false
+    Bf16Kernel::Widen
 );
 #[cfg(target_arch = "x86_64")]
 static AVX512: Kernels = table!(
@@ -145,7 +145,7 @@ static AVX512: Kernels = table!(
     crate::arch::avx512,
     crate::arch::q_avx512,
     crate::ops::bgemm::b_avx512,
-    false
+    Bf16Kernel::Widen
 );
 #[cfg(target_arch = "x86_64")]
 static AVX512_VNNI: Kernels = table!(
@@ -153,7 +153,7 @@ static AVX512_VNNI: Kernels = table!(
     crate::arch::avx512,
     crate::arch::q_avx512vnni,
     crate::ops::bgemm::b_avx512,
-    false
+    Bf16Kernel::Widen
 );
 #[cfg(target_arch = "x86_64")]
 static AVX512_VNNI_BF16: Kernels = table!(
@@ -161,7 +161,7 @@ static AVX512_VNNI_BF16: Kernels = table!(
     crate::arch::avx512,
     crate::arch::q_avx512vnni,
     crate::ops::bgemm::b_avx512bf16,
-    true
+    Bf16Kernel::Dot
 );
 #[cfg(target_arch = "x86_64")]
 static AVX512_AMX: Kernels = table!(
@@ -169,7 +169,15 @@ static AVX512_AMX: Kernels = table!(
     crate::arch::avx512,
     crate::arch::q_amx,
     crate::ops::bgemm::b_avx512,
-    false
+    Bf16Kernel::Widen
+);
+#[cfg(target_arch = "x86_64")]
+static AVX512_AMX_TILES: Kernels = table!(
+    Isa::Avx512Amx,
+    crate::arch::avx512,
+    crate::arch::q_amx,
+    crate::arch::b_amx,
+    Bf16Kernel::Tiles
 );
 #[cfg(target_arch = "x86_64")]
 static AVX512_AMX_BF16: Kernels = table!(
@@ -177,7 +185,7 @@ static AVX512_AMX_BF16: Kernels = table!(
     crate::arch::avx512,
     crate::arch::q_amx,
     crate::ops::bgemm::b_avx512bf16,
-    true
+    Bf16Kernel::Dot
 );
 
 /// A product below this many multiply-adds runs on one thread (its split would cost more than
@@ -238,13 +246,16 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => &AVX512,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni if bf16_dot(isa) => &AVX512_VNNI_BF16,
+            Isa::Avx512Vnni => match bf16_kernel(isa) {
+                Bf16Kernel::Dot => &AVX512_VNNI_BF16,
+                _ => &AVX512_VNNI,
+            },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => &AVX512_VNNI,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Amx if bf16_dot(isa) => &AVX512_AMX_BF16,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Amx => &AVX512_AMX,
+            Isa::Avx512Amx => match bf16_kernel(isa) {
+                Bf16Kernel::Tiles => &AVX512_AMX_TILES,
+                Bf16Kernel::Dot => &AVX512_AMX_BF16,
+                Bf16Kernel::Widen => &AVX512_AMX,
+            },
             #[cfg(not(target_arch = "x86_64"))]
             _ => &PORTABLE,
         }
@@ -270,35 +281,33 @@ impl Kernels {
         }
     }
 
-    /// Do this table's bf16 products run on AVX512-BF16's `vdpbf16ps` (else: widened to
-    /// float32 in the kernel)?
+    /// How this table's bf16 products run (widened, `vdpbf16ps` or AMX tiles).
     ///
     /// ```
-    /// use transformer_encoder_kernels::{Isa, Kernels};
-    /// assert!(!Kernels::for_isa(Isa::Portable)?.bf16_dot());
+    /// use transformer_encoder_kernels::{Bf16Kernel, Isa, Kernels};
+    /// assert_eq!(Kernels::for_isa(Isa::Portable)?.bf16_kernel(), Bf16Kernel::Widen);
     /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
     /// ```
-    pub fn bf16_dot(&self) -> bool {
-        self.bdot
+    pub fn bf16_kernel(&self) -> Bf16Kernel {
+        self.bkind
     }
 }
 
 /// `TRANSFORMER_ENCODER_BF16`'s choice, read once.
-fn bf16_choice() -> Result<Option<bool>, IsaError> {
-    static CHOICE: OnceLock<Result<Option<bool>, IsaError>> = OnceLock::new();
-    CHOICE.get_or_init(Isa::bf16_dot_from_env).clone()
+fn bf16_choice() -> Result<Option<Bf16Kernel>, IsaError> {
+    static CHOICE: OnceLock<Result<Option<Bf16Kernel>, IsaError>> = OnceLock::new();
+    CHOICE.get_or_init(Isa::bf16_from_env).clone()
 }
 
-/// Do tier `isa`'s bf16 products run on `vdpbf16ps`? Where the CPU has it and the tier has
-/// passed the suite with it ([`Isa::bf16_dot_verified`]), or where `TRANSFORMER_ENCODER_BF16`
-/// says `dot`; never where it says `widen`.
+/// How tier `isa` runs its bf16 products: as `TRANSFORMER_ENCODER_BF16` says where it is set
+/// (checked available when read; tiles only on the AMX tier), else [`Isa::bf16_kernel`].
 #[cfg(target_arch = "x86_64")]
-fn bf16_dot(isa: Isa) -> bool {
-    crate::isa::has_bf16_dot()
-        && match bf16_choice() {
-            Ok(Some(forced)) => forced,
-            _ => isa.bf16_dot_verified(),
-        }
+fn bf16_kernel(isa: Isa) -> Bf16Kernel {
+    match bf16_choice() {
+        Ok(Some(Bf16Kernel::Tiles)) if isa != Isa::Avx512Amx => Bf16Kernel::Widen,
+        Ok(Some(forced)) => forced,
+        _ => isa.bf16_kernel(),
+    }
 }
 
 /// `v` grown to at least `n` values; its first `n`.
