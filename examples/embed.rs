@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! cargo run --release --example embed -- --model DIR [--threads N] [--precision fp32|bf16|int8]
-//!     [--check GOLDEN] TEXT...
+//!     [--check GOLDEN] [--texts FILE] [--npy OUT] TEXT...
 //! ```
 //!
-//! Prints each text's embedding (first values and norm) and the time taken. With `--check FILE`
+//! Prints each text's embedding (first values and norm) and the time taken. `--texts FILE` adds
+//! the file's lines as texts; `--npy OUT` also writes the embeddings as a float32 `.npy` array
+//! `[texts, dim]` (the Python package's tests compare its own with them bit for bit). With `--check FILE`
 //! (the format of `tests/data/minilm/`): tokenizes the file's `sentences`, requires the same
 //! `input_ids`, runs the model and compares the hidden states after the embeddings and after each
 //! layer with `hidden_states_f64/<i>`, and the final sentence embedding, printing a PASS/FAIL
@@ -21,15 +23,19 @@ use std::time::Instant;
 use transformer_encoder::conformance::max_abs_diff;
 use transformer_encoder::{Pooling, Precision, SentenceEncoder};
 
-const USAGE: &str =
-    "embed --model DIR [--threads N] [--precision fp32|bf16|int8] [--check GOLDEN] TEXT...";
+const USAGE: &str = "embed --model DIR [--threads N] [--precision fp32|bf16|int8] [--check GOLDEN] \
+     [--texts FILE] [--npy OUT] TEXT...";
 
 fn main() -> ExitCode {
     common::run(embed)
 }
 
 fn embed() -> Result<ExitCode, common::Failure> {
-    let a = common::Args::parse(USAGE, &["model", "threads", "check", "precision"], &[])?;
+    let a = common::Args::parse(
+        USAGE,
+        &["model", "threads", "check", "precision", "texts", "npy"],
+        &[],
+    )?;
     let precision = common::precision(&a)?;
     let default_model = std::env::var("TRANSFORMER_ENCODER_MODEL")
         .unwrap_or_else(|_| "target/models/all-MiniLM-L6-v2".to_string());
@@ -49,7 +55,11 @@ fn embed() -> Result<ExitCode, common::Failure> {
     if let Some(path) = a.get("check") {
         return run_check(&enc, path, precision);
     }
-    let texts = &a.positional;
+    let mut texts = a.positional.clone();
+    if let Some(file) = a.get("texts") {
+        let all = std::fs::read_to_string(file).map_err(|e| format!("--texts {file}: {e}"))?;
+        texts.extend(all.lines().map(str::to_string));
+    }
     if texts.is_empty() {
         return Err(format!("give some TEXT to embed, or --check GOLDEN (usage: {USAGE})").into());
     }
@@ -70,7 +80,29 @@ fn embed() -> Result<ExitCode, common::Failure> {
         "{} texts in {ms:.2} ms (tokenization included)",
         texts.len()
     );
+    if let Some(out) = a.get("npy") {
+        let dim = enc.model().config().hidden_size;
+        write_npy(out, &embs.concat(), embs.len(), dim).map_err(|e| format!("--npy {out}: {e}"))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `values` (`rows x cols`) as a little-endian float32 `.npy` file (format version 1.0).
+fn write_npy(path: &str, values: &[f32], rows: usize, cols: usize) -> std::io::Result<()> {
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    // Magic (6) + version (2) + length (2) + header + '\n', padded to a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes)
 }
 
 fn run_check(

@@ -944,6 +944,16 @@ impl SentenceEncoder {
         Ok(self)
     }
 
+    /// The longest text in tokens, special tokens included (longer texts are truncated).
+    pub fn max_seq_length(&self) -> usize {
+        self.max_seq_length
+    }
+
+    /// Does the model L2-normalise its embeddings (a `Normalize` module in `modules.json`)?
+    pub fn normalizes(&self) -> bool {
+        self.normalize
+    }
+
     /// The token budget of one ragged batch in [`encode`](SentenceEncoder::encode).
     pub fn max_batch_tokens(&self) -> usize {
         self.max_batch_tokens

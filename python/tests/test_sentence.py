@@ -1,0 +1,114 @@
+"""SentenceEncoder: the Rust SentenceEncoder's embeddings bit for bit, PyTorch's float64 ones within the
+crate's stated bounds, parallel Python threads, and bad input raising."""
+
+import threading
+
+import numpy as np
+import pytest
+import transformer_encoder as te
+
+from conftest import CORPUS, MINILM_GOLDEN, PRECISIONS, corpus, read_safetensors, rust_embeddings
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_encode_equals_rust_bit_for_bit(precision, model_dir, embed_bin, tmp_path):
+    texts = corpus()
+    enc = te.SentenceEncoder(model_dir, precision=precision, threads=2)
+    ours = enc.encode(texts)
+    assert ours.dtype == np.float32 and ours.shape == (len(texts), 384)
+    rust = rust_embeddings(embed_bin, model_dir, precision, 1, CORPUS, tmp_path)
+    assert ours.shape == rust.shape
+    diff = np.flatnonzero(ours.view(np.uint32) != rust.view(np.uint32))
+    assert diff.size == 0, f"{diff.size} values differ from the Rust SentenceEncoder, first at {diff[0]}"
+
+
+def _truth():
+    """PyTorch's float64 sentence embeddings of the golden sentences: mean pooling of the last
+    float64 hidden state over the attention mask, then L2 normalisation (the model's modules)."""
+    t, meta = read_safetensors(MINILM_GOLDEN)
+    import json
+
+    sentences = json.loads(meta["sentences"])
+    h = t["hidden_states_f64/6"]
+    m = t["attention_mask"].astype(np.float64)[:, :, None]
+    pooled = (h * m).sum(1) / m.sum(1)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    return sentences, pooled, t["sentence_embedding"].astype(np.float64)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_encode_against_pytorch_float64(precision, model_dir):
+    sentences, truth, torch32 = _truth()
+    ours = te.SentenceEncoder(model_dir, precision=precision, threads=1).encode(sentences).astype(np.float64)
+    cos = (ours * truth).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(truth, axis=1))
+    if precision == "fp32":
+        # The crate's bound (examples/embed.rs --check): 4x PyTorch float32's own distance, or 1e-4.
+        tol = max(4 * np.abs(torch32 - truth).max(), 1e-4)
+        assert np.abs(ours - truth).max() <= tol
+    elif precision == "bf16":
+        assert cos.min() >= 0.999 and cos.mean() >= 0.999, cos
+    else:
+        assert cos.min() >= 0.985 and cos.mean() >= 0.99, cos
+
+
+def test_sentence_transformers_signature(model_dir):
+    enc = te.SentenceEncoder(model_dir, precision="int8", threads=1)
+    one = enc.encode("How do I reset the router?")
+    assert one.shape == (384,)
+    many = enc.encode(["How do I reset the router?", "Hello!"], batch_size=1, show_progress_bar=False)
+    assert np.array_equal(many[0], one)
+    assert enc.encode([]).shape == (0, 384)
+    assert enc.get_sentence_embedding_dimension() == 384
+    # all-MiniLM-L6-v2 has a Normalize module: normalize_embeddings changes nothing but rounding.
+    normed = enc.encode(["Hello!"], normalize_embeddings=True)
+    assert np.allclose(normed, many[1:], atol=1e-6)
+    assert abs(np.linalg.norm(normed) - 1) < 1e-5
+
+
+def test_four_python_threads_match_one(model_dir):
+    texts = corpus()
+    enc = te.SentenceEncoder(model_dir, precision="int8", threads=1)
+    want = enc.encode(texts)
+    results = [None] * 4
+    errors = []
+
+    def work(i):
+        try:
+            results[i] = enc.encode(texts[i::4])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(4):
+        assert np.array_equal(results[i].view(np.uint32), want[i::4].view(np.uint32))
+
+
+def test_bad_input_raises(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="config.json"):
+        te.SentenceEncoder(tmp_path)
+    with pytest.raises(ValueError, match="precision"):
+        te.SentenceEncoder(model_dir, precision="int4")
+    with pytest.raises(ValueError, match="threads"):
+        te.SentenceEncoder(model_dir, threads=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        te.SentenceEncoder(model_dir, max_batch_tokens=0)
+    with pytest.raises(TypeError, match="threads"):
+        te.SentenceEncoder(model_dir, threads="2")
+    enc = te.SentenceEncoder(model_dir, threads=1)
+    with pytest.raises(TypeError, match=r"sentences\[1\]"):
+        enc.encode(["a", 2])
+    with pytest.raises(TypeError, match="sentences"):
+        enc.encode(b"bytes")
+    with pytest.raises(ValueError, match="batch_size"):
+        enc.encode(["a"], batch_size=0)
+    with pytest.raises(ValueError, match="output_value"):
+        enc.encode(["a"], output_value="token_embeddings")
+    with pytest.raises(ValueError, match="device"):
+        enc.encode(["a"], device="cuda")
+    with pytest.raises(ValueError, match="convert_to_numpy"):
+        enc.encode(["a"], convert_to_tensor=True)
