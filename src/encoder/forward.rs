@@ -144,6 +144,7 @@ impl TransformerEncoder {
     }
 
     /// How many threads a call of this encoder would use here (1 inside a team's part).
+    #[cfg(feature = "bert")]
     pub(crate) fn thread_count(&self) -> usize {
         if team::in_part() {
             return 1;
