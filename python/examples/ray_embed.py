@@ -17,7 +17,8 @@ installed on every node (`pip install ./python`, or a runtime_env with the wheel
 Prints one line: `ray_embed texts=... workers=... threads_per_worker=... precision=...
 ray_start_s=... embed_s=... texts_per_s=... total_s=...`, where ray_start_s is ray.init() plus the
 time until the first batch starts (workers starting, models loading), embed_s the time from the
-first batch's start to the last one's end, and texts_per_s = texts / embed_s.
+first batch's start to the last one's end, texts_per_s = texts / embed_s, and busy the share of
+workers x embed_s the encoders spent encoding (the rest: Ray moving batches, workers waiting).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Embedder:
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim),
                 "_t0": pa.array(np.full(n, t0)),
                 "_t1": pa.array(np.full(n, t1)),
+                "_dt": pa.array(np.full(n, (t1 - t0) / max(n, 1))),
             }
         )
 
@@ -105,14 +107,14 @@ def main(argv=None) -> int:
     )
     ds = ds.materialize()
     n = ds.count()
-    first, last = ds.min("_t0"), ds.max("_t1")
-    ds.drop_columns(["_t0", "_t1"]).write_parquet(a.output)
+    first, last, busy = ds.min("_t0"), ds.max("_t1"), ds.sum("_dt")
+    ds.drop_columns(["_t0", "_t1", "_dt"]).write_parquet(a.output)
     total = time.time() - start
     embed = max(last - first, 1e-9)
     print(
         f"ray_embed texts={n} workers={a.workers} threads_per_worker={a.threads_per_worker} "
         f"precision={a.precision} ray_start_s={first - start:.2f} embed_s={embed:.3f} "
-        f"texts_per_s={n / embed:.1f} total_s={total:.2f}"
+        f"texts_per_s={n / embed:.1f} busy={busy / (a.workers * embed):.2f} total_s={total:.2f}"
     )
     ray.shutdown()
     return 0
