@@ -90,6 +90,55 @@ pub(crate) trait TileFormat {
     unsafe fn finish_row<S: Simd>(src: *const i32, e: &QEpi, i: usize, cols: usize, dst: *mut f32);
 }
 
+/// A format's `step4` and `step2` ([`TileFormat`]) with its tile product instruction `$dot`.
+macro_rules! tile_steps {
+    ($dot:literal) => {
+        #[inline(always)]
+        unsafe fn step4(a0: *const u8, a1: *const u8, lda: usize, b: *const u8) {
+            // SAFETY: the contract: tiles configured, every tile load inside the operands.
+            unsafe {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    concat!($dot, " tmm0, tmm4, tmm6"),
+                    concat!($dot, " tmm1, tmm4, tmm7"),
+                    concat!($dot, " tmm2, tmm5, tmm6"),
+                    concat!($dot, " tmm3, tmm5, tmm7"),
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a1,
+                    b0 = in(reg) b,
+                    b1 = in(reg) b.add(Self::B1),
+                    sa = in(reg) lda,
+                    sb = in(reg) Self::B_STRIDE,
+                    options(nostack, readonly)
+                );
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn step2(a0: *const u8, lda: usize, b: *const u8) {
+            // SAFETY: as step4, one A tile.
+            unsafe {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    concat!($dot, " tmm0, tmm4, tmm6"),
+                    concat!($dot, " tmm1, tmm4, tmm7"),
+                    a0 = in(reg) a0,
+                    b0 = in(reg) b,
+                    b1 = in(reg) b.add(Self::B1),
+                    sa = in(reg) lda,
+                    sb = in(reg) Self::B_STRIDE,
+                    options(nostack, readonly)
+                );
+            }
+        }
+    };
+}
+
 /// Keras' int8 products: `tdpbssd`, dequantized in the epilogue (or the raw int32 sums).
 pub(crate) struct Int8Tiles;
 
@@ -97,49 +146,7 @@ impl TileFormat for Int8Tiles {
     const B1: usize = 1024;
     const B_STRIDE: usize = 64;
 
-    #[inline(always)]
-    unsafe fn step4(a0: *const u8, a1: *const u8, lda: usize, b: *const u8) {
-        // SAFETY: the contract: tiles configured, every tile load inside the operands.
-        unsafe {
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
-                "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tileloadd tmm7, [{b1} + {sb}*1]",
-                "tdpbssd tmm0, tmm4, tmm6",
-                "tdpbssd tmm1, tmm4, tmm7",
-                "tdpbssd tmm2, tmm5, tmm6",
-                "tdpbssd tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                b0 = in(reg) b,
-                b1 = in(reg) b.add(Self::B1),
-                sa = in(reg) lda,
-                sb = in(reg) Self::B_STRIDE,
-                options(nostack, readonly)
-            );
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn step2(a0: *const u8, lda: usize, b: *const u8) {
-        // SAFETY: as step4, one A tile.
-        unsafe {
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tileloadd tmm7, [{b1} + {sb}*1]",
-                "tdpbssd tmm0, tmm4, tmm6",
-                "tdpbssd tmm1, tmm4, tmm7",
-                a0 = in(reg) a0,
-                b0 = in(reg) b,
-                b1 = in(reg) b.add(Self::B1),
-                sa = in(reg) lda,
-                sb = in(reg) Self::B_STRIDE,
-                options(nostack, readonly)
-            );
-        }
-    }
+    tile_steps!("tdpbssd");
 
     #[inline(always)]
     unsafe fn finish_row<S: Simd>(src: *const i32, e: &QEpi, i: usize, cols: usize, dst: *mut f32) {
@@ -168,49 +175,7 @@ impl TileFormat for Bf16Tiles {
     const B1: usize = 64;
     const B_STRIDE: usize = 128;
 
-    #[inline(always)]
-    unsafe fn step4(a0: *const u8, a1: *const u8, lda: usize, b: *const u8) {
-        // SAFETY: the contract: tiles configured, every tile load inside the operands.
-        unsafe {
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
-                "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tileloadd tmm7, [{b1} + {sb}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                b0 = in(reg) b,
-                b1 = in(reg) b.add(Self::B1),
-                sa = in(reg) lda,
-                sb = in(reg) Self::B_STRIDE,
-                options(nostack, readonly)
-            );
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn step2(a0: *const u8, lda: usize, b: *const u8) {
-        // SAFETY: as step4, one A tile.
-        unsafe {
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tileloadd tmm7, [{b1} + {sb}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                a0 = in(reg) a0,
-                b0 = in(reg) b,
-                b1 = in(reg) b.add(Self::B1),
-                sa = in(reg) lda,
-                sb = in(reg) Self::B_STRIDE,
-                options(nostack, readonly)
-            );
-        }
-    }
+    tile_steps!("tdpbf16ps");
 
     #[inline(always)]
     unsafe fn finish_row<S: Simd>(src: *const i32, e: &QEpi, i: usize, cols: usize, dst: *mut f32) {
