@@ -255,8 +255,6 @@ macro_rules! qshells {
                 $nv * <<$dot as crate::simd::dot::Dot>::F as crate::simd::Simd>::LANES;
             /// Activations stored as `q + 128`.
             pub(crate) const OFFSET: bool = <$dot as crate::simd::dot::Dot>::OFFSET;
-            /// The weight panels' layout.
-            pub(crate) const LAYOUT: crate::table::Int8Layout = crate::table::Int8Layout::Groups;
 
             /// # Safety
             /// The tier's CPU features; `qgemm_panels`' contract.
@@ -328,6 +326,7 @@ macro_rules! amx_shells {
                 run: product,
                 mr: MR,
                 nr: NR,
+                layout: crate::ops::product::PanelLayout::Tiles,
                 k_align: $k_align,
                 rows_align: crate::ops::amx::BLOCK,
             };
@@ -342,9 +341,7 @@ amx_shells!(
     crate::ops::amx::STEP,
     "int8",
     /// Activations stored as `q` (`tdpbssd` multiplies signed bytes).
-    pub(crate) const OFFSET: bool = false;,
-    /// The weight panels' layout.
-    pub(crate) const LAYOUT: crate::table::Int8Layout = crate::table::Int8Layout::AmxTiles;
+    pub(crate) const OFFSET: bool = false;
 );
 #[cfg(target_arch = "x86_64")]
 amx_shells!(

@@ -92,28 +92,69 @@ impl ProductArgs {
 pub(crate) type ProductFn = unsafe fn(*const u8, *const u8, *mut f32, &ProductArgs);
 
 /// One weight format's product on one tier: the entry point, its register tile (`mr` rows,
-/// `nr` columns: the panel width its packing uses) and the padding its operands need: each
-/// row of A and each panel's inner dimension padded to a multiple of `k_align` values (zeros),
-/// the rows of A to a multiple of `rows_align` (readable memory; their outputs are dropped).
+/// `nr` columns: the panel width its packing uses), how its panels are laid out, and the
+/// padding its operands need: each row of A and each panel's inner dimension padded to a
+/// multiple of `k_align` values (zeros), the rows of A to a multiple of `rows_align` (readable
+/// memory; their outputs are dropped).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ProductKernel {
     pub run: ProductFn,
     pub mr: usize,
     pub nr: usize,
+    pub layout: PanelLayout,
     pub k_align: usize,
     pub rows_align: usize,
 }
 
 impl ProductKernel {
-    /// A kernel of register tile `mr x nr` whose operands are padded to `k_align` inner values
-    /// and need no padding rows (the vector kernels).
+    /// A kernel of register tile `mr x nr` over panels of groups ([`PanelLayout::Groups`])
+    /// whose operands are padded to `k_align` inner values and need no padding rows (the vector
+    /// kernels).
     pub(crate) const fn vector(run: ProductFn, mr: usize, nr: usize, k_align: usize) -> Self {
         ProductKernel {
             run,
             mr,
             nr,
+            layout: PanelLayout::Groups,
             k_align,
             rows_align: 1,
+        }
+    }
+}
+
+/// How a panel of `nr` columns keeps the values of a packed matrix whose inner rows come in
+/// groups of `g` (4 int8 values, or 2 bf16 values: one 32-bit lane; 1 for float32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PanelLayout {
+    /// Group after group, each `nr` columns of `g` values (the vector kernels).
+    Groups,
+    /// Per 16 groups (one 64-byte tile row of `g` values per column), two tiles of 16 groups x
+    /// 16 columns, columns 0..16 then 16..32, 1 KiB each (AMX; `nr` = 32).
+    Tiles,
+}
+
+impl PanelLayout {
+    /// Where inner row `r`, column `c < nr` of panel `p` lies, in values, with `steps` groups
+    /// of `g` values per panel.
+    pub(crate) fn offset(
+        self,
+        p: usize,
+        r: usize,
+        c: usize,
+        nr: usize,
+        steps: usize,
+        g: usize,
+    ) -> usize {
+        let (s, b) = (r / g, r % g);
+        match self {
+            PanelLayout::Groups => ((p * steps + s) * nr + c) * g + b,
+            PanelLayout::Tiles => {
+                (p * steps + s / 16 * 16) * nr * g
+                    + (c / 16) * 16 * 16 * g
+                    + (s % 16) * 16 * g
+                    + (c % 16) * g
+                    + b
+            }
         }
     }
 }

@@ -23,14 +23,14 @@ impl Kernels {
             message: format!("bf16 weight matrix [{k}, {n}] is too large"),
         })?;
         expect_len("weight matrix", w.len(), want)?;
-        let nr = self.bf16.nr;
+        let (nr, layout) = (self.bf16.nr, self.bf16.layout);
         let panels = n.div_ceil(nr);
         let kp = k.next_multiple_of(self.bf16.k_align) / 2;
         let mut data = Aligned::<u16>::zeroed(panels * kp * nr * 2);
         let d = data.as_mut_slice();
         for r in 0..k {
             for (c, &v) in w[r * n..][..n].iter().enumerate() {
-                d[bf16_offset(c / nr, r, c % nr, nr, kp)] = bf16_bits(v);
+                d[layout.offset(c / nr, r, c % nr, nr, kp, 2)] = bf16_bits(v);
             }
         }
         Ok(PackedMatrix {
@@ -38,12 +38,11 @@ impl Kernels {
             n,
             nr,
             isa: self.isa,
-            data: Panels::Bf16 { panels: data, kp },
+            data: Panels::Bf16 {
+                panels: data,
+                kp,
+                layout,
+            },
         })
     }
-}
-
-/// The value of inner row `r`, column `c` (`c < nr`) of panel `p`, with `kp` pairs per panel.
-pub(super) fn bf16_offset(p: usize, r: usize, c: usize, nr: usize, kp: usize) -> usize {
-    ((p * kp + r / 2) * nr + c) * 2 + r % 2
 }

@@ -3,35 +3,6 @@
 
 use super::*;
 
-/// How the int8 weight panels (and the quantized rows feeding them) are laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Int8Layout {
-    /// Panel of `nr` columns: `k/4` groups, each `nr` columns x 4 bytes (the vector kernels);
-    /// rows padded to a multiple of 4 bytes.
-    Groups,
-    /// Panel of 32 columns: per 64-wide step of `k`, two 16 x 64-byte tiles (columns 0..16, then
-    /// 16..32); rows padded to 64 bytes, the row count to 32 (AMX).
-    AmxTiles,
-}
-
-impl Int8Layout {
-    /// The byte of inner row `r`, column `c` (`c < nr`) of panel `p`, with `kg` groups per panel.
-    pub(super) fn offset(self, p: usize, r: usize, c: usize, nr: usize, kg: usize) -> usize {
-        let (g, b) = (r / 4, r % 4);
-        match self {
-            Int8Layout::Groups => ((p * kg + g) * nr + c) * 4 + b,
-            Int8Layout::AmxTiles => {
-                p * kg * nr * 4
-                    + (g / 16) * 16 * nr * 4
-                    + (c / 16) * 1024
-                    + (g % 16) * 64
-                    + (c % 16) * 4
-                    + b
-            }
-        }
-    }
-}
-
 impl Kernels {
     /// Do the int8 kernels of `isa` store activations as `q + 128`?
     pub(crate) fn int8_offset(isa: Isa) -> bool {
@@ -83,7 +54,7 @@ impl Kernels {
                 message: format!("kernel_scale must be finite and positive, got {v}"),
             });
         }
-        let (nr, layout) = (self.int8.nr, self.qlayout);
+        let (nr, layout) = (self.int8.nr, self.int8.layout);
         let panels = n.div_ceil(nr);
         let kg = k.next_multiple_of(self.int8.k_align) / 4;
         let np = panels * nr;
@@ -97,7 +68,7 @@ impl Kernels {
                 for r in 0..k {
                     let v = kernel[r * n + col];
                     sum += v as i32;
-                    d[layout.offset(p, r, c, nr, kg)] = v;
+                    d[layout.offset(p, r, c, nr, kg, 4)] = v;
                 }
                 cs[col] = if self.qoffset { 128 * sum } else { 0 };
             }

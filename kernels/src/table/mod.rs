@@ -6,7 +6,7 @@ use crate::arch::{ActFn, AttnFn, NormFn, QuantFn, QuantOut, RowActFn};
 use crate::isa::{Bf16Kernel, Isa, IsaError};
 use crate::ops::attention::{AttnArgs, SeqSpan, scratch_len};
 use crate::ops::gemm::Epi;
-use crate::ops::product::{Dequant, ProductArgs, ProductKernel};
+use crate::ops::product::{Dequant, PanelLayout, ProductArgs, ProductKernel};
 use crate::quant::{Precision, QuantRows};
 use crate::{KeepMask, KernelError, MaskedRows, expect_len};
 use std::sync::OnceLock;
@@ -21,7 +21,6 @@ mod product;
 mod rows;
 
 pub use attend::{AttentionScratch, AttentionShape, RaggedShape};
-pub(crate) use int8::Int8Layout;
 pub use packed::PackedMatrix;
 pub use plan::ProductScratch;
 
@@ -83,9 +82,8 @@ pub struct Kernels {
     f32: ProductKernel,
     int8: ProductKernel,
     bf16: ProductKernel,
-    /// int8: whether activations carry `+128`, and the panels' layout.
+    /// int8: whether activations carry `+128`.
     qoffset: bool,
-    qlayout: Int8Layout,
     /// bf16: how the products run.
     bkind: Bf16Kernel,
 }
@@ -106,7 +104,6 @@ macro_rules! table {
             int8: q::KERNEL,
             bf16: b::KERNEL,
             qoffset: q::OFFSET,
-            qlayout: q::LAYOUT,
             bkind: $bkind,
         }
     }};

@@ -48,18 +48,24 @@ pub struct PackedMatrix {
 pub(super) enum Panels {
     /// `ceil(n / nr)` panels of `k * nr` floats.
     F32(Aligned<f32>),
-    /// `ceil(n / nr)` panels of `kg = ceil(k / 4)` groups of `nr` columns x 4 bytes; per column
-    /// (padded to whole panels) the offset compensation and `1 / scale`; `scale` itself (`[n]`).
+    /// `ceil(n / nr)` panels of `kg` groups (`k` padded) of `nr` columns x 4 bytes, as `layout`
+    /// places them; per column (padded to whole panels) the offset compensation and
+    /// `1 / scale`; `scale` itself (`[n]`).
     Int8 {
         panels: Aligned<i8>,
         kg: usize,
-        layout: Int8Layout,
+        layout: PanelLayout,
         comp: Aligned<i32>,
         inv_scale: Aligned<f32>,
         scale: Vec<f32>,
     },
-    /// `ceil(n / nr)` panels of `kp = ceil(k / 2)` pairs of `nr` columns x 2 bf16 values.
-    Bf16 { panels: Aligned<u16>, kp: usize },
+    /// `ceil(n / nr)` panels of `kp` pairs (`k` padded) of `nr` columns x 2 bf16 values, as
+    /// `layout` places them.
+    Bf16 {
+        panels: Aligned<u16>,
+        kp: usize,
+        layout: PanelLayout,
+    },
 }
 
 impl PackedMatrix {
@@ -136,12 +142,12 @@ impl PackedMatrix {
                     .map(|(i, &v)| v as f32 / scale[i % n])
                     .collect()
             }
-            Panels::Bf16 { panels, kp } => {
+            Panels::Bf16 { panels, kp, layout } => {
                 let panels = panels.as_slice();
                 let mut w = vec![0.0f32; k * n];
                 for r in 0..k {
                     for c in 0..n {
-                        let v = panels[super::bf16::bf16_offset(c / nr, r, c % nr, nr, *kp)];
+                        let v = panels[layout.offset(c / nr, r, c % nr, nr, *kp, 2)];
                         w[r * n + c] = f32::from_bits((v as u32) << 16);
                     }
                 }
@@ -168,7 +174,7 @@ impl PackedMatrix {
         let mut q = vec![0i8; k * n];
         for r in 0..k {
             for c in 0..n {
-                q[r * n + c] = panels[layout.offset(c / nr, r, c % nr, nr, *kg)];
+                q[r * n + c] = panels[layout.offset(c / nr, r, c % nr, nr, *kg, 4)];
             }
         }
         Some((q, scale.clone()))

@@ -422,7 +422,7 @@ impl Kernels {
                 let (a, packed) = (qa.bytes.as_ptr(), panels.as_ptr().cast());
                 (&self.int8, a, packed, TALL_ROWS_INT8)
             }
-            Panels::Bf16 { panels, kp } => {
+            Panels::Bf16 { panels, kp, .. } => {
                 args.steps = *kp;
                 let (a, packed) = (qa.bytes.as_ptr(), panels.as_ptr().cast());
                 (&self.bf16, a, packed, TALL_ROWS_F32)
