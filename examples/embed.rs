@@ -42,11 +42,10 @@ fn embed() -> Result<ExitCode, common::Failure> {
     let model = a.get("model").unwrap_or(&default_model);
     let threads = a.num("threads", 1usize)?;
     let t0 = Instant::now();
-    let enc = SentenceEncoder::from_dir(model)
+    let enc = SentenceEncoder::from_dir_with_precision(model, precision)
         .map_err(|e| {
             format!("cannot load the model from {model}: {e} (fetch it with .ci/fetch_model.sh)")
         })?
-        .with_precision(precision)?
         .with_threads(common::threads(threads)?);
     eprintln!(
         "loaded {model} in {:.0} ms",

@@ -77,10 +77,9 @@ fn throughput() -> Result<ExitCode, common::Failure> {
             .into());
         }
     }
-    let enc = SentenceEncoder::from_dir(model)
+    let enc = SentenceEncoder::from_dir_with_precision(model, precision)
         .and_then(|e| e.with_max_seq_length(128))
         .map_err(|e| format!("{e} (fetch the model with .ci/fetch_model.sh)"))?
-        .with_precision(precision)?
         .with_threads(common::threads(threads)?);
     for (name, texts) in workloads {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

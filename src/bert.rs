@@ -10,9 +10,9 @@ use crate::encoder::{CallOptions, RaggedView, TensorView, Threads, TransformerEn
 use crate::error::{Error, Result, dims};
 use crate::mask::Mask;
 use crate::stack::{EncoderStack, StackWorkspace};
+use crate::store::TensorStore;
 use crate::weights::{DenseWeights, EncoderWeights, NormWeights, Sublayers, WeightDims};
-use crate::{EncoderConfig, Workspace};
-use safetensors::{Dtype, SafeTensors};
+use crate::{EncoderConfig, Precision, Workspace};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
@@ -140,9 +140,9 @@ pub struct BertModel {
     kernels: &'static Kernels,
 }
 
-/// Reads tensors by name from a safetensors buffer, as f32, with shape checks naming the tensor.
+/// Reads tensors by name from a checkpoint, as f32, with shape checks naming the tensor.
 struct Tensors<'a> {
-    st: SafeTensors<'a>,
+    st: TensorStore<'a>,
     prefix: &'static str,
 }
 
@@ -151,41 +151,23 @@ impl Tensors<'_> {
         let full = format!("{}{name}", self.prefix);
         let t = self
             .st
-            .tensor(&full)
-            .map_err(|_| Error::weights(&full, "missing from the checkpoint"))?;
-        if t.shape() != shape {
+            .info(&full)
+            .ok_or_else(|| Error::weights(&full, "missing from the checkpoint"))?;
+        if t.shape != shape {
             return Err(Error::weights(
                 &full,
-                format!("expected shape {}, got {}", dims(shape), dims(t.shape())),
+                format!("expected shape {}, got {}", dims(shape), dims(&t.shape)),
             ));
         }
-        let d = t.data();
-        match t.dtype() {
-            Dtype::F32 => Ok(d
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()),
-            Dtype::F16 => Ok(d
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect()),
-            Dtype::BF16 => Ok(d
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect()),
-            other => Err(Error::weights(
-                &full,
-                format!("dtype {other:?} is not F32, F16 or BF16"),
-            )),
-        }
+        self.st.f32(&full, &full)
     }
 
     /// A LayerNorm's (gamma, beta), under `weight`/`bias` or the older `gamma`/`beta` names.
     fn layer_norm(&self, base: &str, h: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         let has = |n: &str| {
             self.st
-                .tensor(&format!("{}{base}.{n}", self.prefix))
-                .is_ok()
+                .info(&format!("{}{base}.{n}", self.prefix))
+                .is_some()
         };
         if !has("weight") && has("gamma") {
             Ok((
@@ -215,26 +197,52 @@ impl Tensors<'_> {
 }
 
 impl BertModel {
-    /// Load `config.json` and `model.safetensors` from a directory.
+    /// Load `config.json` and `model.safetensors` from a directory. The checkpoint is read one
+    /// tensor at a time: loading holds the model and one layer's float weights, never the file.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<BertModel> {
+        BertModel::from_dir_with_precision(dir, Precision::F32)
+    }
+
+    /// Load as [`from_dir`](BertModel::from_dir) does, each layer built in `precision` as it is
+    /// read: the same model as `from_dir(dir)?.with_precision(precision)`, without holding the
+    /// float32 layers on the way (an int8 BERT-base peaks near its int8 size, not its float one).
+    ///
+    /// ```no_run
+    /// use transformer_encoder::{BertModel, Precision};
+    /// let model = BertModel::from_dir_with_precision("all-MiniLM-L6-v2", Precision::Int8)?;
+    /// assert_eq!(model.stack().layers()[0].precision(), Precision::Int8);
+    /// # Ok::<(), transformer_encoder::Error>(())
+    /// ```
+    pub fn from_dir_with_precision(
+        dir: impl AsRef<Path>,
+        precision: Precision,
+    ) -> Result<BertModel> {
         let dir = dir.as_ref();
-        let read = |n: &str| {
-            let p = dir.join(n);
-            std::fs::read(&p).map_err(|e| Error::format(&p.display().to_string(), e.to_string()))
-        };
-        let cfg = String::from_utf8(read("config.json")?)
-            .map_err(|e| Error::format("config.json", e.to_string()))?;
-        BertModel::from_parts(&cfg, &read("model.safetensors")?)
+        let p = dir.join("config.json");
+        let cfg = std::fs::read_to_string(&p)
+            .map_err(|e| Error::format(&p.display().to_string(), e.to_string()))?;
+        let st = TensorStore::open(&dir.join("model.safetensors"))?;
+        BertModel::from_store(&cfg, st, precision)
     }
 
     /// Build from a `config.json` text and a safetensors buffer. Tensors are named as Hugging
     /// Face names them, with or without the `bert.` prefix; a missing or mis-shaped tensor is an
     /// error that names it.
     pub fn from_parts(config_json: &str, safetensors: &[u8]) -> Result<BertModel> {
+        BertModel::from_store(
+            config_json,
+            TensorStore::from_bytes(safetensors)?,
+            Precision::F32,
+        )
+    }
+
+    fn from_store(
+        config_json: &str,
+        st: TensorStore<'_>,
+        precision: Precision,
+    ) -> Result<BertModel> {
         let config = BertConfig::from_json_str(config_json)?;
-        let st = SafeTensors::deserialize(safetensors)
-            .map_err(|e| Error::format("safetensors", e.to_string()))?;
-        let prefix = if st.tensor("bert.embeddings.word_embeddings.weight").is_ok() {
+        let prefix = if st.info("bert.embeddings.word_embeddings.weight").is_some() {
             "bert."
         } else {
             ""
@@ -271,6 +279,7 @@ impl BertModel {
             key_dim: h / n,
             intermediate_dim: f,
         };
+        let kernels = Kernels::best()?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}.");
@@ -297,14 +306,19 @@ impl BertModel {
                     feedforward_output_dense: dense((w2, b2)),
                 },
             )?;
-            layers.push(TransformerEncoder::new(config.layer_config(), w)?);
+            layers.push(TransformerEncoder::from_float_in(
+                config.layer_config(),
+                w,
+                kernels,
+                precision,
+            )?);
         }
         let stack = EncoderStack::new(layers)?;
         Ok(BertModel {
             config,
             embeddings,
             stack,
-            kernels: Kernels::best()?,
+            kernels,
         })
     }
 
@@ -826,8 +840,25 @@ impl SentenceEncoder {
     /// `modules.json` (a `Normalize` module turns on L2 normalisation) and
     /// `sentence_bert_config.json` (`max_seq_length`, default 512 capped by the positions).
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<SentenceEncoder> {
+        SentenceEncoder::from_dir_with_precision(dir, Precision::F32)
+    }
+
+    /// Load as [`from_dir`](SentenceEncoder::from_dir) does, the model's layers built in
+    /// `precision` as they are read ([`BertModel::from_dir_with_precision`]): the same encoder as
+    /// `from_dir(dir)?.with_precision(precision)`, loaded in less memory.
+    ///
+    /// ```no_run
+    /// use transformer_encoder::{Precision, SentenceEncoder};
+    /// let enc = SentenceEncoder::from_dir_with_precision("all-MiniLM-L6-v2", Precision::Bf16)?;
+    /// let e = enc.encode(&["hello"])?;
+    /// # Ok::<(), transformer_encoder::Error>(())
+    /// ```
+    pub fn from_dir_with_precision(
+        dir: impl AsRef<Path>,
+        precision: Precision,
+    ) -> Result<SentenceEncoder> {
         let dir = dir.as_ref();
-        let model = BertModel::from_dir(dir)?;
+        let model = BertModel::from_dir_with_precision(dir, precision)?;
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::format(&tok_path.display().to_string(), e.to_string()))?;

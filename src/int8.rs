@@ -3,11 +3,11 @@
 //! softmax and LayerNorm stay float. [`Int8Weights`] holds those variables under Keras' names.
 
 use crate::error::{Error, Result};
+use crate::store::TensorStore;
 use crate::weights::{
-    Dense, EncoderWeights, Loaded, NormRole, NormWeights, Sublayers, TensorOut, WeightDims,
-    read_file, serialize, write_file,
+    Dense, EncoderWeights, Loaded, NormRole, Sublayers, TensorOut, WeightDims, serialize,
+    write_file,
 };
-use safetensors::SafeTensors;
 use std::collections::BTreeMap;
 use std::path::Path;
 use transformer_encoder_kernels::quant::quantize_weights;
@@ -50,46 +50,76 @@ const MIN_SCALE: f32 = 1e-6;
 /// The largest: Keras' largest is 127 / 1e-7 = 1.27e9 (an all-zero column).
 const MAX_SCALE: f32 = 1e10;
 
+impl Int8Dense {
+    /// Projection `d`'s lengths, and Keras' value range.
+    fn check(&self, d: Dense, dims: &WeightDims) -> Result<()> {
+        let (rows, cols) = dims.matrix(d);
+        let path = d.path();
+        let check = |what: &str, got: usize, want: usize| -> Result<()> {
+            if got == want {
+                Ok(())
+            } else {
+                Err(Error::weights(
+                    &format!("{path}/{what}"),
+                    format!("expected {want} values, got {got}"),
+                ))
+            }
+        };
+        check("kernel", self.kernel.len(), rows * cols)?;
+        check("kernel_scale", self.kernel_scale.len(), cols)?;
+        check("bias", self.bias.len(), cols)?;
+        if self.kernel.contains(&i8::MIN) {
+            return Err(Error::weights(
+                &format!("{path}/kernel"),
+                "holds -128, outside Keras' int8 range -127..=127",
+            ));
+        }
+        if let Some(v) = self
+            .kernel_scale
+            .iter()
+            .find(|v| !(MIN_SCALE..=MAX_SCALE).contains(*v))
+        {
+            return Err(Error::weights(
+                &format!("{path}/kernel_scale"),
+                format!(
+                    "must be within 1e-6 to 1e10 (Keras' scales are 127 / (max |W| + 1e-7), \
+                     at most 1.27e9; 1e-6 stands for weights of about 1e8), got {v:e}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Projection `d` of a layer's int8 variables, read from `loaded` and checked.
+    pub(crate) fn read(loaded: &Loaded<'_>, d: Dense, dims: &WeightDims) -> Result<Int8Dense> {
+        let kshape = dims
+            .shape(&format!("{}/kernel", d.path()))
+            .unwrap_or_default();
+        let bshape = dims
+            .shape(&format!("{}/bias", d.path()))
+            .unwrap_or_default();
+        let sname = format!("{}/kernel_scale", d.path());
+        let keras = d.scale_shape(dims);
+        let short = bshape.clone();
+        let kernel_scale = loaded
+            .f32_shaped(&sname, &keras)
+            .or_else(|_| loaded.f32_shaped(&sname, &short))?;
+        let w = Int8Dense {
+            kernel: loaded.i8_shaped(&format!("{}/kernel", d.path()), &kshape)?,
+            kernel_scale,
+            bias: loaded.f32_shaped(&format!("{}/bias", d.path()), &bshape)?,
+        };
+        w.check(d, dims)?;
+        Ok(w)
+    }
+}
+
 impl Int8Weights {
     /// Build from named sublayers, checking every length (and Keras' value range).
     pub fn new(dims: WeightDims, layers: Sublayers<Int8Dense>) -> Result<Int8Weights> {
         dims.check()?;
         for d in Dense::ALL {
-            let s = layers.dense(d);
-            let (rows, cols) = dims.matrix(d);
-            let path = d.path();
-            let check = |what: &str, got: usize, want: usize| -> Result<()> {
-                if got == want {
-                    Ok(())
-                } else {
-                    Err(Error::weights(
-                        &format!("{path}/{what}"),
-                        format!("expected {want} values, got {got}"),
-                    ))
-                }
-            };
-            check("kernel", s.kernel.len(), rows * cols)?;
-            check("kernel_scale", s.kernel_scale.len(), cols)?;
-            check("bias", s.bias.len(), cols)?;
-            if s.kernel.contains(&i8::MIN) {
-                return Err(Error::weights(
-                    &format!("{path}/kernel"),
-                    "holds -128, outside Keras' int8 range -127..=127",
-                ));
-            }
-            if let Some(v) = s
-                .kernel_scale
-                .iter()
-                .find(|v| !(MIN_SCALE..=MAX_SCALE).contains(*v))
-            {
-                return Err(Error::weights(
-                    &format!("{path}/kernel_scale"),
-                    format!(
-                        "must be within 1e-6 to 1e10 (Keras' scales are 127 / (max |W| + 1e-7), \
-                         at most 1.27e9; 1e-6 stands for weights of about 1e8), got {v:e}"
-                    ),
-                ));
-            }
+            layers.dense(d).check(d, &dims)?;
         }
         for n in NormRole::ALL {
             let w = layers.norm(n);
@@ -162,8 +192,30 @@ impl Int8Weights {
     /// and so is a missing or mis-shaped one (named). `kernel_scale` may have Keras' shape (the
     /// output axes, with the reduced input axes kept as 1) or just the output axes.
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<Int8Weights> {
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::format("safetensors", e.to_string()))?;
+        Int8Weights::from_store(&TensorStore::from_bytes(bytes)?, prefix)
+    }
+
+    /// Load from a safetensors file (see [`Int8Weights::from_safetensors`]), one tensor at a
+    /// time: the file is never held in memory beside the weights.
+    pub fn from_safetensors_file(path: impl AsRef<Path>, prefix: &str) -> Result<Int8Weights> {
+        Int8Weights::from_store(&TensorStore::open(path.as_ref())?, prefix)
+    }
+
+    pub(crate) fn from_store(store: &TensorStore<'_>, prefix: &str) -> Result<Int8Weights> {
+        let (loaded, dims) = Int8Weights::reader(store, prefix)?;
+        let layers = Sublayers::try_build(
+            |d| Int8Dense::read(&loaded, d, &dims),
+            |n| loaded.norm(n, &dims),
+        )?;
+        Int8Weights::new(dims, layers)
+    }
+
+    /// Keras' int8 variables of a layer in `store` under `prefix` (every name there, none
+    /// unknown), and their sizes: tensors are read when asked for.
+    pub(crate) fn reader<'a>(
+        store: &'a TensorStore<'a>,
+        prefix: &str,
+    ) -> Result<(Loaded<'a>, WeightDims)> {
         let mut names = Vec::new();
         for d in Dense::ALL {
             for t in ["kernel", "kernel_scale", "bias"] {
@@ -174,42 +226,9 @@ impl Int8Weights {
             names.push(format!("{}/gamma", n.path()));
             names.push(format!("{}/beta", n.path()));
         }
-        let loaded = Loaded::read(&st, prefix, &names)?;
+        let loaded = Loaded::read(store, prefix, &names)?;
         let dims = loaded.dims()?;
-        let layers = Sublayers::try_build(
-            |d| -> Result<Int8Dense> {
-                let kshape = dims
-                    .shape(&format!("{}/kernel", d.path()))
-                    .unwrap_or_default();
-                let bshape = dims
-                    .shape(&format!("{}/bias", d.path()))
-                    .unwrap_or_default();
-                let sname = format!("{}/kernel_scale", d.path());
-                let keras = d.scale_shape(&dims);
-                let short = bshape.clone();
-                let kernel_scale = loaded
-                    .f32_shaped(&sname, &keras)
-                    .or_else(|_| loaded.f32_shaped(&sname, &short))?;
-                Ok(Int8Dense {
-                    kernel: loaded.i8_shaped(&format!("{}/kernel", d.path()), &kshape)?,
-                    kernel_scale,
-                    bias: loaded.f32_shaped(&format!("{}/bias", d.path()), &bshape)?,
-                })
-            },
-            |n| {
-                let h = [dims.hidden_dim];
-                Ok(NormWeights {
-                    gamma: loaded.f32_shaped(&format!("{}/gamma", n.path()), &h)?,
-                    beta: loaded.f32_shaped(&format!("{}/beta", n.path()), &h)?,
-                })
-            },
-        )?;
-        Int8Weights::new(dims, layers)
-    }
-
-    /// Load from a safetensors file (see [`Int8Weights::from_safetensors`]).
-    pub fn from_safetensors_file(path: impl AsRef<Path>, prefix: &str) -> Result<Int8Weights> {
-        Int8Weights::from_safetensors(&read_file(path.as_ref())?, prefix)
+        Ok((loaded, dims))
     }
 
     /// Export under Keras' names and shapes (int8 `kernel`, float32 `kernel_scale` with Keras'

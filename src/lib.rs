@@ -49,6 +49,7 @@ mod int8;
 mod mask;
 pub mod reference;
 mod stack;
+mod store;
 mod weights;
 
 #[cfg(feature = "bert")]

@@ -8,7 +8,8 @@
 
 use crate::config::{EncoderConfig, Initializer};
 use crate::error::{Error, Result, dims};
-use safetensors::{Dtype, SafeTensors, View};
+use crate::store::TensorStore;
+use safetensors::{Dtype, View};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -269,6 +270,46 @@ pub struct DenseWeights {
     pub bias: Vec<f32>,
 }
 
+/// Float weights rounded through a narrower storage format (Keras' `bfloat16` or `float16`
+/// variables, or its `mixed_bfloat16` compute), named for the errors.
+#[derive(Clone, Copy)]
+pub(crate) struct Rounding {
+    pub(crate) format: &'static str,
+    pub(crate) round: fn(f32) -> f32,
+}
+
+impl Rounding {
+    pub(crate) const BF16: Rounding = Rounding {
+        format: "bfloat16",
+        round: |v| half::bf16::from_f32(v).to_f32(),
+    };
+    pub(crate) const F16: Rounding = Rounding {
+        format: "float16",
+        round: |v| half::f16::from_f32(v).to_f32(),
+    };
+
+    /// A finite value that the format cannot hold is an error naming the tensor.
+    fn check(self, name: &str, t: &[f32]) -> Result<()> {
+        match t
+            .iter()
+            .find(|v| v.is_finite() && !(self.round)(**v).is_finite())
+        {
+            Some(v) => Err(Error::weights(
+                name,
+                format!("value {v} overflows the {} weight storage", self.format),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Tensor `name`'s values rounded (checked first).
+    pub(crate) fn apply(self, name: &str, mut t: Vec<f32>) -> Result<Vec<f32>> {
+        self.check(name, &t)?;
+        t.iter_mut().for_each(|v| *v = (self.round)(*v));
+        Ok(t)
+    }
+}
+
 /// A LayerNorm's weights, `[H]` each.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NormWeights {
@@ -483,16 +524,11 @@ impl EncoderWeights {
     /// Replace every value by its nearest value in a narrower storage format (applied when the
     /// configuration's dtype stores bf16 or f16 weights). A finite value that the format cannot
     /// hold (70000 in float16) is an error naming the tensor, never a silent infinity.
-    pub(crate) fn round_through(self, format: &str, f: impl Fn(f32) -> f32) -> Result<Self> {
+    pub(crate) fn round_through(self, r: Rounding) -> Result<Self> {
         for (name, t) in self.tensors() {
-            if let Some(v) = t.iter().find(|v| v.is_finite() && !f(**v).is_finite()) {
-                return Err(Error::weights(
-                    &name,
-                    format!("value {v} overflows the {format} weight storage"),
-                ));
-            }
+            r.check(&name, t)?;
         }
-        Ok(self.map_values(|_, t| t.iter_mut().for_each(|v| *v = f(*v))))
+        Ok(self.map_values(|_, t| t.iter_mut().for_each(|v| *v = (r.round)(*v))))
     }
 
     /// Fresh weights from the configuration's initializers (as Keras builds the layer),
@@ -554,31 +590,39 @@ impl EncoderWeights {
     /// use `prefix = "weights/"`); tensors outside the prefix are ignored, and an unknown tensor
     /// inside it is an error. f32, f64, f16 and bf16 tensors are accepted.
     pub fn from_safetensors(bytes: &[u8], prefix: &str) -> Result<EncoderWeights> {
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::format("safetensors", e.to_string()))?;
-        let names: Vec<String> = WEIGHT_NAMES.iter().map(|n| n.to_string()).collect();
-        let loaded = Loaded::read(&st, prefix, &names)?;
-        let dims = loaded.dims()?;
+        EncoderWeights::from_store(&TensorStore::from_bytes(bytes)?, prefix)
+    }
+
+    /// Load from a safetensors file (see [`EncoderWeights::from_safetensors`]), one tensor at a
+    /// time: the file is never held in memory beside the weights.
+    pub fn from_safetensors_file(path: impl AsRef<Path>, prefix: &str) -> Result<EncoderWeights> {
+        EncoderWeights::from_store(&TensorStore::open(path.as_ref())?, prefix)
+    }
+
+    pub(crate) fn from_store(store: &TensorStore<'_>, prefix: &str) -> Result<EncoderWeights> {
+        let (loaded, dims) = EncoderWeights::reader(store, prefix)?;
         let layers = Sublayers::try_build(
             |d| -> Result<DenseWeights> {
                 Ok(DenseWeights {
-                    kernel: loaded.f32(&format!("{}/kernel", d.path()), d.kernel_syms(), &dims)?,
-                    bias: loaded.f32(&format!("{}/bias", d.path()), d.bias_syms(), &dims)?,
+                    kernel: loaded.kernel(d, &dims)?,
+                    bias: loaded.bias(d, &dims)?,
                 })
             },
-            |n| {
-                Ok(NormWeights {
-                    gamma: loaded.f32(&format!("{}/gamma", n.path()), &[Sym::H], &dims)?,
-                    beta: loaded.f32(&format!("{}/beta", n.path()), &[Sym::H], &dims)?,
-                })
-            },
+            |n| loaded.norm(n, &dims),
         )?;
         EncoderWeights::new(dims, layers)
     }
 
-    /// Load from a safetensors file (see [`EncoderWeights::from_safetensors`]).
-    pub fn from_safetensors_file(path: impl AsRef<Path>, prefix: &str) -> Result<EncoderWeights> {
-        EncoderWeights::from_safetensors(&read_file(path.as_ref())?, prefix)
+    /// The float weights of a layer in `store` under `prefix` (every name there, none unknown),
+    /// and their sizes: tensors are read when asked for.
+    pub(crate) fn reader<'a>(
+        store: &'a TensorStore<'a>,
+        prefix: &str,
+    ) -> Result<(Loaded<'a>, WeightDims)> {
+        let names: Vec<String> = WEIGHT_NAMES.iter().map(|n| n.to_string()).collect();
+        let loaded = Loaded::read(store, prefix, &names)?;
+        let dims = loaded.dims()?;
+        Ok((loaded, dims))
     }
 
     /// Export as a safetensors buffer (float32) with the Keras names under `prefix`.
@@ -605,10 +649,6 @@ impl EncoderWeights {
     }
 }
 
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::format(&path.display().to_string(), e.to_string()))
-}
-
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes)
         .map_err(|e| Error::format(&path.display().to_string(), e.to_string()))
@@ -617,47 +657,47 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// A safetensors file's tensors under a prefix, checked against the expected names.
 pub(crate) struct Loaded<'a> {
     prefix: String,
-    tensors: BTreeMap<String, safetensors::tensor::TensorView<'a>>,
+    store: &'a TensorStore<'a>,
 }
 
 impl<'a> Loaded<'a> {
     /// Every expected name must be there; a tensor under the prefix that is not expected is an
     /// error.
     pub(crate) fn read(
-        st: &'a SafeTensors<'a>,
+        store: &'a TensorStore<'a>,
         prefix: &str,
         expected: &[String],
     ) -> Result<Loaded<'a>> {
-        for name in st.names() {
+        for name in store.names() {
             if let Some(rest) = name.strip_prefix(prefix)
                 && !expected.iter().any(|e| e == rest)
             {
                 return Err(Error::weights(
-                    name,
+                    &name,
                     format!(
                         "unexpected tensor (not one of the encoder's weights under prefix `{prefix}`)"
                     ),
                 ));
             }
         }
-        let mut tensors = BTreeMap::new();
         for name in expected {
             let full = format!("{prefix}{name}");
-            let t = st
-                .tensor(&full)
-                .map_err(|_| Error::weights(&full, "missing"))?;
-            tensors.insert(name.clone(), t);
+            if store.info(&full).is_none() {
+                return Err(Error::weights(&full, "missing"));
+            }
         }
         Ok(Loaded {
             prefix: prefix.to_string(),
-            tensors,
+            store,
         })
     }
 
-    fn get(&self, name: &str) -> Result<&safetensors::tensor::TensorView<'a>> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| Error::weights(&format!("{}{name}", self.prefix), "missing"))
+    fn full(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.store.info(&self.full(name)).map(|t| &t.shape[..])
     }
 
     /// The sizes, read off every float tensor that carries each (the most common value wins, so a
@@ -667,12 +707,12 @@ impl<'a> Loaded<'a> {
             let mut vals = Vec::new();
             for p in Part::ALL {
                 for (name, syms) in p.tensors() {
-                    if let Some(t) = self.tensors.get(&name)
-                        && t.shape().len() == syms.len()
+                    if let Some(shape) = self.shape(&name)
+                        && shape.len() == syms.len()
                     {
                         for (ax, &s) in syms.iter().enumerate() {
                             if s == sym {
-                                vals.push(t.shape()[ax]);
+                                vals.push(shape[ax]);
                             }
                         }
                     }
@@ -698,14 +738,35 @@ impl<'a> Loaded<'a> {
     }
 
     fn check_shape(&self, name: &str, want: &[usize]) -> Result<()> {
-        let t = self.get(name)?;
-        if t.shape() != want {
+        let full = self.full(name);
+        let got = self
+            .shape(name)
+            .ok_or_else(|| Error::weights(&full, "missing"))?;
+        if got != want {
             return Err(Error::weights(
-                &format!("{}{name}", self.prefix),
-                format!("expected shape {}, got {}", dims(want), dims(t.shape())),
+                &full,
+                format!("expected shape {}, got {}", dims(want), dims(got)),
             ));
         }
         Ok(())
+    }
+
+    /// A projection's float kernel.
+    pub(crate) fn kernel(&self, d: Dense, dims: &WeightDims) -> Result<Vec<f32>> {
+        self.f32(&format!("{}/kernel", d.path()), d.kernel_syms(), dims)
+    }
+
+    /// A projection's bias.
+    pub(crate) fn bias(&self, d: Dense, dims: &WeightDims) -> Result<Vec<f32>> {
+        self.f32(&format!("{}/bias", d.path()), d.bias_syms(), dims)
+    }
+
+    /// A LayerNorm's weights.
+    pub(crate) fn norm(&self, n: NormRole, dims: &WeightDims) -> Result<NormWeights> {
+        Ok(NormWeights {
+            gamma: self.f32(&format!("{}/gamma", n.path()), &[Sym::H], dims)?,
+            beta: self.f32(&format!("{}/beta", n.path()), &[Sym::H], dims)?,
+        })
     }
 
     /// A float tensor of the given symbolic shape, as f32.
@@ -716,21 +777,15 @@ impl<'a> Loaded<'a> {
     /// A float tensor of the given shape, as f32.
     pub(crate) fn f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         self.check_shape(name, shape)?;
-        let t = self.get(name)?;
-        tensor_to_f32(&format!("{}{name}", self.prefix), t.dtype(), t.data())
+        let full = self.full(name);
+        self.store.f32(&full, &full)
     }
 
     /// An int8 tensor of the given shape.
     pub(crate) fn i8_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<i8>> {
         self.check_shape(name, shape)?;
-        let t = self.get(name)?;
-        if t.dtype() != Dtype::I8 {
-            return Err(Error::weights(
-                &format!("{}{name}", self.prefix),
-                format!("dtype {:?}, expected I8", t.dtype()),
-            ));
-        }
-        Ok(t.data().iter().map(|&b| b as i8).collect())
+        let full = self.full(name);
+        self.store.i8(&full, &full)
     }
 }
 
@@ -770,30 +825,6 @@ impl View for TensorOut<'_> {
 
 pub(crate) fn serialize(views: BTreeMap<String, TensorOut<'_>>) -> Result<Vec<u8>> {
     safetensors::serialize(views, None).map_err(|e| Error::format("safetensors", e.to_string()))
-}
-
-fn tensor_to_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
-    let conv = |w: usize, f: &dyn Fn(&[u8]) -> f32| -> Result<Vec<f32>> {
-        if !data.len().is_multiple_of(w) {
-            return Err(Error::weights(
-                name,
-                "data length is not a multiple of the dtype size",
-            ));
-        }
-        Ok(data.chunks_exact(w).map(f).collect())
-    };
-    match dtype {
-        Dtype::F32 => conv(4, &|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        Dtype::F64 => conv(8, &|b| {
-            f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-        }),
-        Dtype::F16 => conv(2, &|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        Dtype::BF16 => conv(2, &|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        other => Err(Error::weights(
-            name,
-            format!("dtype {other:?} is not a float type (expected F32, F64, F16 or BF16)"),
-        )),
-    }
 }
 
 /// Draw `n` values from an initializer with the given fans, reproducibly from (seed, stream).

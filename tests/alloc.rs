@@ -114,6 +114,7 @@ fn count(f: impl FnOnce()) -> usize {
 fn main() {
     no_allocation_per_call_after_warm_up();
     an_encoder_holds_its_weights_once();
+    loading_a_file_peaks_near_the_packed_size();
     println!("test result: ok. allocations: none per warm call; weights held once");
 }
 
@@ -281,4 +282,80 @@ fn an_encoder_holds_its_weights_once() {
             "{isa}: frees {freed} B, reports {held} B"
         );
     }
+}
+
+fn loading_a_file_peaks_near_the_packed_size() {
+    // A BERT-base layer saved as float32 (28.3 MB) and as Keras' int8 variables. Loaded with
+    // `from_safetensors_file`, each projection is read as it is packed: the heap peaks at the
+    // packed layer and one projection's float copy (the fused query/key/value's parts and their
+    // concatenation), not at the file's bytes, its float weights and their packed copy together
+    // (the buffer path below: 2.3x the packed float32 layer).
+    let cfg = EncoderConfig::new(3072, 12).with_activation(Activation::Gelu);
+    let w = EncoderWeights::init(&cfg, 768, 1).unwrap();
+    let dir = std::env::temp_dir();
+    let float = dir.join(format!("te-alloc-{}-f32.safetensors", std::process::id()));
+    let int8 = dir.join(format!("te-alloc-{}-int8.safetensors", std::process::id()));
+    w.save_safetensors(&float, "").unwrap();
+    Int8Weights::quantize(&w)
+        .save_safetensors(&int8, "")
+        .unwrap();
+    drop(w);
+    let peak_of = |f: &dyn Fn() -> TransformerEncoder| {
+        let before = LIVE.load(Ordering::SeqCst);
+        PEAK.store(before, Ordering::SeqCst);
+        let enc = f();
+        let peak = PEAK.load(Ordering::SeqCst) - before;
+        (peak, enc)
+    };
+    // (label, file, config, bound on the peak over the packed bytes)
+    let cases = [
+        ("float32", &float, cfg.clone(), 1.25),
+        (
+            "bf16",
+            &float,
+            cfg.clone().with_dtype("mixed_bfloat16"),
+            1.75,
+        ),
+        ("int8", &int8, cfg.clone(), 1.25),
+    ];
+    for (label, path, c, bound) in cases {
+        let (peak, enc) =
+            peak_of(&|| TransformerEncoder::from_safetensors_file(c.clone(), path, "").unwrap());
+        let packed = enc.held_bytes();
+        // The same layer as the one built from the whole buffer, and its peak for comparison.
+        let (whole, enc2) = peak_of(&|| {
+            let bytes = std::fs::read(path).unwrap();
+            if label == "int8" {
+                TransformerEncoder::new_int8(
+                    c.clone(),
+                    Int8Weights::from_safetensors(&bytes, "").unwrap(),
+                )
+                .unwrap()
+            } else {
+                TransformerEncoder::new(
+                    c.clone(),
+                    EncoderWeights::from_safetensors(&bytes, "").unwrap(),
+                )
+                .unwrap()
+            }
+        });
+        assert_eq!(
+            enc.weights(),
+            enc2.weights(),
+            "{label}: the same layer either way"
+        );
+        assert_eq!(enc.precision(), enc2.precision(), "{label}");
+        println!(
+            "{label}: file load peaks {:.1} MB, buffer load {:.1} MB, for {:.1} MB held",
+            peak as f64 / 1e6,
+            whole as f64 / 1e6,
+            packed as f64 / 1e6
+        );
+        assert!(
+            peak as f64 <= bound * packed as f64,
+            "{label}: loading from the file peaks at {peak} B for {packed} B held (bound {bound}x)"
+        );
+    }
+    std::fs::remove_file(&float).ok();
+    std::fs::remove_file(&int8).ok();
 }

@@ -766,3 +766,79 @@ fn weights_written_by_the_export_script_load_and_match_keras() {
         .unwrap();
     close(&out, &y, 1e-5);
 }
+
+#[test]
+fn a_layer_loads_from_a_file_as_from_its_weights() {
+    let case = GoldenCase::load(data("heads_not_dividing_hidden.safetensors")).unwrap();
+    let w = case.weights.clone();
+    let dir = std::env::temp_dir().join(format!("te-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (float, int8) = (dir.join("f.safetensors"), dir.join("q.safetensors"));
+    w.save_safetensors(&float, "layer0/").unwrap();
+    Int8Weights::quantize(&w)
+        .save_safetensors(&int8, "layer0/")
+        .unwrap();
+    let x = TensorView::new(&case.inputs, &case.shape);
+    let o = case.options(MaskedRowPolicy::Keras);
+    // Every float policy (its rounding, its compute precision) and Keras' int8 variables: the
+    // layer read projection by projection equals the one built from the weights in memory.
+    for dtype in ["float32", "mixed_bfloat16", "bfloat16", "float16"] {
+        let cfg = case.config.clone().with_dtype(dtype);
+        let from_file = TransformerEncoder::from_safetensors_file(cfg.clone(), &float, "layer0/");
+        let from_file = from_file.unwrap();
+        let direct = TransformerEncoder::new(cfg, w.clone()).unwrap();
+        assert_eq!(from_file.precision(), direct.precision(), "{dtype}");
+        assert_eq!(
+            from_file.forward(x, &o).unwrap(),
+            direct.forward(x, &o).unwrap(),
+            "{dtype}"
+        );
+    }
+    let from_file =
+        TransformerEncoder::from_safetensors_file(case.config.clone(), &int8, "layer0/").unwrap();
+    let direct =
+        TransformerEncoder::new_int8(case.config.clone(), Int8Weights::quantize(&w)).unwrap();
+    assert_eq!(from_file.precision(), Precision::Int8);
+    assert_eq!(
+        from_file.forward(x, &o).unwrap(),
+        direct.forward(x, &o).unwrap()
+    );
+    // Errors name what is wrong: the file, a tensor outside the prefix's names, a value the
+    // storage cannot hold, an int8 scale out of Keras' range.
+    let missing = dir.join("none.safetensors");
+    let e =
+        TransformerEncoder::from_safetensors_file(case.config.clone(), &missing, "").unwrap_err();
+    assert!(e.to_string().contains("none.safetensors"), "{e}");
+    let e = TransformerEncoder::from_safetensors_file(case.config.clone(), &float, "").unwrap_err();
+    assert!(e.to_string().contains("layer0/"), "{e}");
+    let big = w.clone().map_values(|name, t| {
+        if name == "feedforward_output_dense/kernel" {
+            t[3] = 1e6;
+        }
+    });
+    big.save_safetensors(&float, "").unwrap();
+    let cfg16 = case.config.clone().with_dtype("float16");
+    let e = TransformerEncoder::from_safetensors_file(cfg16.clone(), &float, "").unwrap_err();
+    let e2 = TransformerEncoder::new(cfg16, big).unwrap_err();
+    assert_eq!(e.to_string(), e2.to_string());
+    assert!(
+        e.to_string().contains("feedforward_output_dense/kernel"),
+        "{e}"
+    );
+    // A weight of 1e9 gives its column the scale 127 / 1e9, below Keras' range.
+    let wide = w.clone().map_values(|name, t| {
+        if name == "self_attention_layer/query/kernel" {
+            t[0] = 1e9;
+        }
+    });
+    Int8Weights::quantize(&wide)
+        .save_safetensors(&int8, "")
+        .unwrap();
+    let e = TransformerEncoder::from_safetensors_file(case.config.clone(), &int8, "").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("self_attention_layer/query/kernel_scale"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

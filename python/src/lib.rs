@@ -75,8 +75,7 @@ impl PySentenceEncoder {
         let (t, n) = parse_threads(threads)?;
         let inner = py
             .detach(|| -> transformer_encoder::Result<SentenceEncoder> {
-                SentenceEncoder::from_dir(&path)?
-                    .with_precision(p)?
+                SentenceEncoder::from_dir_with_precision(&path, p)?
                     .with_threads(t)
                     .with_max_batch_tokens(max_batch_tokens)
             })
@@ -167,29 +166,60 @@ struct PyTransformerEncoder {
     config_json: String,
 }
 
-/// The encoder of `config_json` over the tensors of a safetensors file's bytes (Keras' int8
-/// variables if it holds `kernel_scale` tensors, else float ones), at `precision`, on `threads`.
+/// Where a layer's variables come from: a safetensors buffer (Keras' int8 variables if
+/// `int8`: it holds `kernel_scale` tensors; else float ones), or a file, read one projection at
+/// a time as it is packed (the crate tells the formats apart by the same names).
+enum Source<'a> {
+    Bytes(&'a [u8], bool),
+    File(&'a std::path::Path),
+}
+
+/// The encoder of `config_json` over the tensors of `src`, at `precision`, on `threads`.
 fn build(
     config_json: &str,
-    bytes: &[u8],
+    src: Source<'_>,
     precision: Option<Precision>,
     threads: Threads,
 ) -> transformer_encoder::Result<TransformerEncoder> {
     let config = EncoderConfig::from_keras_json_str(config_json)?;
-    // (A file that does not parse is reported by the weights' own loader below.)
-    let names = safetensors::SafeTensors::deserialize(bytes)
-        .map(|st| st.names().into_iter().any(|n| n.ends_with("kernel_scale")))
-        .unwrap_or(false);
-    let enc = if names {
-        TransformerEncoder::new_int8(config, Int8Weights::from_safetensors(bytes, "")?)?
-    } else {
-        TransformerEncoder::new(config, EncoderWeights::from_safetensors(bytes, "")?)?
+    let enc = match src {
+        Source::File(p) => TransformerEncoder::from_safetensors_file(config, p, "")?,
+        Source::Bytes(b, true) => {
+            TransformerEncoder::new_int8(config, Int8Weights::from_safetensors(b, "")?)?
+        }
+        Source::Bytes(b, false) => {
+            TransformerEncoder::new(config, EncoderWeights::from_safetensors(b, "")?)?
+        }
     };
     let enc = match precision {
         Some(p) if p != enc.precision() => enc.with_precision(p)?,
         _ => enc,
     };
     Ok(enc.with_threads(threads))
+}
+
+/// The header of the safetensors file at `path` (read alone, not the tensors).
+fn read_header(path: &std::path::Path) -> Result<safetensors::tensor::Metadata, String> {
+    use std::io::Read;
+    let file = path.display();
+    let mut f = std::fs::File::open(path).map_err(|e| format!("path: {file}: {e}"))?;
+    let not = |e: String| format!("path: {file}: not a safetensors file ({e})");
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|e| not(e.to_string()))?;
+    let n = u64::from_le_bytes(n);
+    // safetensors' own limit on a header (100 MB).
+    if n > 100_000_000 {
+        return Err(not(format!("a header of {n} bytes")));
+    }
+    let mut header = Vec::new();
+    f.take(n)
+        .read_to_end(&mut header)
+        .map_err(|e| not(e.to_string()))?;
+    if header.len() as u64 != n {
+        return Err(not(format!("a header of {n} bytes in a shorter file")));
+    }
+    // safetensors' `Metadata` checks the tensors' offsets as it parses.
+    serde_json::from_slice(&header).map_err(|e| not(e.to_string()))
 }
 
 /// A mask array of one of the dtypes the crate takes, borrowed from numpy.
@@ -261,9 +291,7 @@ impl PyTransformerEncoder {
         let (t, _) = parse_threads(threads)?;
         py.detach(|| -> Result<PyTransformerEncoder, String> {
             let file = path.display();
-            let bytes = std::fs::read(&path).map_err(|e| format!("path: {file}: {e}"))?;
-            let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-                .map_err(|e| format!("path: {file}: not a safetensors file ({e})"))?;
+            let meta = read_header(&path)?;
             let config_json = meta
                 .metadata()
                 .as_ref()
@@ -275,7 +303,8 @@ impl PyTransformerEncoder {
                          JSON): write it with keras_to_safetensors.py"
                     )
                 })?;
-            let inner = build(&config_json, &bytes, p, t).map_err(|e| e.to_string())?;
+            let inner =
+                build(&config_json, Source::File(&path), p, t).map_err(|e| e.to_string())?;
             Ok(PyTransformerEncoder { inner, config_json })
         })
         .map_err(PyValueError::new_err)
@@ -333,7 +362,9 @@ impl PyTransformerEncoder {
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             let bytes = safetensors::serialize(views, None).map_err(|e| format!("tensors: {e}"))?;
-            let inner = build(&config_json, &bytes, p, t).map_err(|e| e.to_string())?;
+            let int8 = owned.iter().any(|(n, ..)| n.ends_with("kernel_scale"));
+            let inner = build(&config_json, Source::Bytes(&bytes, int8), p, t)
+                .map_err(|e| e.to_string())?;
             Ok(PyTransformerEncoder { inner, config_json })
         })
         .map_err(PyValueError::new_err)

@@ -4,7 +4,9 @@ use crate::config::{EncoderConfig, WeightPrecision};
 use crate::error::{Error, Result};
 use crate::int8::{Int8Dense, Int8Weights};
 use crate::mask::{Dims, Mask, merge, merge_ragged};
-use crate::weights::{Dense, DenseWeights, EncoderWeights, NormWeights, Sublayers, WeightDims};
+use crate::weights::{
+    Dense, DenseWeights, EncoderWeights, NormWeights, Rounding, Sublayers, WeightDims,
+};
 use std::sync::Arc;
 use transformer_encoder_kernels::team;
 use transformer_encoder_kernels::{
@@ -61,6 +63,32 @@ impl TransformerEncoder {
         isa: Isa,
     ) -> Result<TransformerEncoder> {
         TransformerEncoder::from_float(config, weights, Kernels::for_isa(isa)?)
+    }
+
+    /// The layer of `config` over the weights in a safetensors file under `prefix` (the names of
+    /// [`EncoderWeights::from_safetensors`], or Keras' int8 variables of
+    /// [`Int8Weights::from_safetensors`] when the file has `kernel_scale` tensors), on the default
+    /// tier. Each projection is read as it is packed and freed before the next is read, so
+    /// loading peaks near the packed size, not at the file's float weights beside their packed
+    /// copy (`EncoderWeights::from_safetensors_file` then [`new`](TransformerEncoder::new)).
+    ///
+    /// ```
+    /// use transformer_encoder::{EncoderConfig, EncoderWeights, TransformerEncoder};
+    /// let cfg = EncoderConfig::new(128, 4);
+    /// let path = std::env::temp_dir().join(format!("te-doc-{}.safetensors", std::process::id()));
+    /// EncoderWeights::init(&cfg, 64, 7)?.save_safetensors(&path, "")?;
+    /// let enc = TransformerEncoder::from_safetensors_file(cfg, &path, "")?;
+    /// assert_eq!(enc.hidden_dim(), 64);
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok::<(), transformer_encoder::Error>(())
+    /// ```
+    pub fn from_safetensors_file(
+        config: EncoderConfig,
+        path: impl AsRef<std::path::Path>,
+        prefix: &str,
+    ) -> Result<TransformerEncoder> {
+        let store = crate::store::TensorStore::open(path.as_ref())?;
+        TransformerEncoder::from_store(config, &store, prefix, Kernels::best()?)
     }
 
     /// Build in Keras' int8 mode from its quantized variables (as loaded by
@@ -137,23 +165,46 @@ impl TransformerEncoder {
         match (self.precision(), precision) {
             (a, b) if a == b => Ok(self),
             (Precision::F32, Precision::Int8) => self.quantize(),
-            (Precision::F32, Precision::Bf16) => {
-                let w = self
-                    .weights()
-                    .round_through("bfloat16", |v| half::bf16::from_f32(v).to_f32())?;
-                let dims = w.dims();
-                let l = w.into_sublayers().map(Bf16Dense);
-                Ok(
-                    TransformerEncoder::build(self.config.clone(), dims, l, self.kernels)?
-                        .with_threads(self.threads.clone()),
-                )
-            }
+            (Precision::F32, Precision::Bf16) => Ok(TransformerEncoder::from_float_in(
+                self.config.clone(),
+                self.weights(),
+                self.kernels,
+                Precision::Bf16,
+            )?
+            .with_threads(self.threads.clone())),
             (from, to) => Err(Error::config(
                 "precision",
                 format!(
                     "{to} from a {from} layer: its float weights are not kept (build it from them)"
                 ),
             )),
+        }
+    }
+
+    /// A layer in `precision` straight from its float weights, as [`with_precision`] makes it
+    /// from a float32 layer, without building that layer first (loaders use it so that a model
+    /// loaded in int8 or bf16 never holds its float32 layers).
+    ///
+    /// [`with_precision`]: TransformerEncoder::with_precision
+    pub(crate) fn from_float_in(
+        config: EncoderConfig,
+        weights: EncoderWeights,
+        kernels: &'static Kernels,
+        precision: Precision,
+    ) -> Result<TransformerEncoder> {
+        match precision {
+            Precision::F32 => TransformerEncoder::from_float(config, weights, kernels),
+            Precision::Int8 => {
+                let w = Int8Weights::quantize(&weights);
+                drop(weights);
+                let dims = w.dims();
+                TransformerEncoder::build(config, dims, w.into_sublayers(), kernels)
+            }
+            Precision::Bf16 => {
+                let w = weights.round_through(Rounding::BF16)?;
+                let dims = w.dims();
+                TransformerEncoder::build(config, dims, w.into_sublayers().map(Bf16Dense), kernels)
+            }
         }
     }
 

@@ -2,6 +2,9 @@
 //! or int8 sources.
 
 use super::*;
+use crate::store::TensorStore;
+use crate::weights::NormRole;
+use std::rc::Rc;
 
 /// A projection ready to run: its kernel packed once for the encoder's tier (float32 or int8
 /// panels), and its bias.
@@ -98,6 +101,51 @@ impl ProjectionWeights for Bf16Dense {
     }
 }
 
+/// How `config` rounds float weights: through its storage dtype (Keras' `bfloat16` or
+/// `float16` variables), or through bf16 for a bfloat16 compute policy; `None` keeps them.
+fn float_rounding(config: &EncoderConfig) -> Result<Option<Rounding>> {
+    let bf16 = config.compute_precision()? == Precision::Bf16;
+    Ok(match config.weight_precision()? {
+        WeightPrecision::F32 if !bf16 => None,
+        WeightPrecision::F32 | WeightPrecision::Bf16 => Some(Rounding::BF16),
+        WeightPrecision::F16 => Some(Rounding::F16),
+    })
+}
+
+/// A projection read when it is packed (from a file: one tensor in memory at a time), its bias
+/// read at once. Fused projections read their parts together, when the fused matrix is packed.
+pub(super) struct Deferred<'a, P> {
+    bias: Vec<f32>,
+    read: Rc<dyn Fn() -> Result<P> + 'a>,
+}
+
+impl<'a, P> Deferred<'a, P> {
+    fn new(bias: Vec<f32>, read: impl Fn() -> Result<P> + 'a) -> Self {
+        Deferred {
+            bias,
+            read: Rc::new(read),
+        }
+    }
+}
+
+impl<'a, P: ProjectionWeights + 'a> ProjectionWeights for Deferred<'a, P> {
+    fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+    fn side_by_side(parts: &[&Self], rows: usize) -> Self {
+        let reads: Vec<_> = parts.iter().map(|p| Rc::clone(&p.read)).collect();
+        let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
+        Deferred::new(bias, move || {
+            let ps = reads.iter().map(|r| r()).collect::<Result<Vec<P>>>()?;
+            let refs: Vec<&P> = ps.iter().collect();
+            Ok(P::side_by_side(&refs, rows))
+        })
+    }
+    fn pack(&self, k: &Kernels, rows: usize, cols: usize) -> Result<PackedMatrix> {
+        (self.read)()?.pack(k, rows, cols)
+    }
+}
+
 /// Keras' `self_attention_layer` (query, key and value fused into one product) and
 /// `self_attention_layer_norm`.
 #[derive(Clone, Debug)]
@@ -126,15 +174,9 @@ impl TransformerEncoder {
         weights: EncoderWeights,
         kernels: &'static Kernels,
     ) -> Result<TransformerEncoder> {
-        let bf16 = config.compute_precision()? == Precision::Bf16;
-        let weights = match config.weight_precision()? {
-            WeightPrecision::F32 if !bf16 => weights,
-            WeightPrecision::F32 | WeightPrecision::Bf16 => {
-                weights.round_through("bfloat16", |v| half::bf16::from_f32(v).to_f32())?
-            }
-            WeightPrecision::F16 => {
-                weights.round_through("float16", |v| half::f16::from_f32(v).to_f32())?
-            }
+        let weights = match float_rounding(&config)? {
+            Some(r) => weights.round_through(r)?,
+            None => weights,
         };
         let dims = weights.dims();
         if config.compute_precision()? == Precision::Bf16 {
@@ -144,6 +186,68 @@ impl TransformerEncoder {
             return TransformerEncoder::build(config, dims, l, kernels);
         }
         TransformerEncoder::build(config, dims, weights.into_sublayers(), kernels)
+    }
+
+    /// The layer of `config` over the weights in `store` under `prefix` (Keras' int8 variables
+    /// if there are `kernel_scale` tensors, else float ones, rounded as
+    /// [`from_float`](TransformerEncoder::from_float) rounds them), each projection read as it is
+    /// packed and freed before the next is read.
+    pub(super) fn from_store(
+        config: EncoderConfig,
+        store: &TensorStore<'_>,
+        prefix: &str,
+        kernels: &'static Kernels,
+    ) -> Result<TransformerEncoder> {
+        let int8 = store
+            .names()
+            .iter()
+            .any(|n| n.starts_with(prefix) && n.ends_with("/kernel_scale"));
+        if int8 {
+            let (loaded, dims) = Int8Weights::reader(store, prefix)?;
+            let loaded = &loaded;
+            let l = Sublayers::try_build(
+                |d| -> Result<Deferred<'_, Int8Dense>> {
+                    let bias = loaded.bias(d, &dims)?;
+                    Ok(Deferred::new(bias, move || {
+                        Int8Dense::read(loaded, d, &dims)
+                    }))
+                },
+                |n| loaded.norm(n, &dims),
+            )?;
+            return TransformerEncoder::build(config, dims, l, kernels);
+        }
+        let (loaded, dims) = EncoderWeights::reader(store, prefix)?;
+        let loaded = &loaded;
+        let round = float_rounding(&config)?;
+        let fix = move |name: String, t: Vec<f32>| match round {
+            Some(r) => r.apply(&name, t),
+            None => Ok(t),
+        };
+        let norm = |n: NormRole| -> Result<NormWeights> {
+            let w = loaded.norm(n, &dims)?;
+            Ok(NormWeights {
+                gamma: fix(format!("{}/gamma", n.path()), w.gamma)?,
+                beta: fix(format!("{}/beta", n.path()), w.beta)?,
+            })
+        };
+        let bias = |d: Dense| fix(format!("{}/bias", d.path()), loaded.bias(d, &dims)?);
+        let kernel = move |d: Dense| -> Result<DenseWeights> {
+            let k = fix(format!("{}/kernel", d.path()), loaded.kernel(d, &dims)?)?;
+            // (The bias travels in the deferred projection, read once.)
+            Ok(DenseWeights {
+                kernel: k,
+                bias: Vec::new(),
+            })
+        };
+        if config.compute_precision()? == Precision::Bf16 {
+            let l = Sublayers::try_build(
+                |d| Ok(Deferred::new(bias(d)?, move || kernel(d).map(Bf16Dense))),
+                norm,
+            )?;
+            return TransformerEncoder::build(config, dims, l, kernels);
+        }
+        let l = Sublayers::try_build(|d| Ok(Deferred::new(bias(d)?, move || kernel(d))), norm)?;
+        TransformerEncoder::build(config, dims, l, kernels)
     }
 
     /// Pack the sublayers (of either format) for `kernels`' tier: query, key and value fused
@@ -193,15 +297,17 @@ impl TransformerEncoder {
             feedforward_intermediate_dense,
             feedforward_output_dense,
         } = l;
+        // The smallest last: a deferred projection (read from a file as it is packed) holds
+        // its float copy beside everything packed before it.
         let intermediate = at(feedforward_intermediate_dense, Dense::Intermediate)?;
         let output = at(feedforward_output_dense, Dense::Output)?;
-        let attention_output = at(attention_output, Dense::AttentionOutput)?;
         let (h, w) = dims.matrix(Dense::Query);
         let qkv = D::side_by_side(&[&query, &key, &value], h);
         drop((query, key, value));
+        let qkv = proj(qkv, h, 3 * w, "self_attention_layer/query, key and value")?;
         let attention = SelfAttention {
-            qkv: proj(qkv, h, 3 * w, "self_attention_layer/query, key and value")?,
-            output: attention_output,
+            qkv,
+            output: at(attention_output, Dense::AttentionOutput)?,
             norm: self_attention_layer_norm,
         };
         let feed_forward = FeedForward {
