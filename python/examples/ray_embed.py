@@ -97,6 +97,9 @@ def main(argv=None) -> int:
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the output in input order
     ctx.enable_progress_bars = False
+    # Start every worker (its model loaded) before the first batch: otherwise the first worker
+    # embeds alone while the others load, and that start-up lands inside embed_s.
+    ctx.wait_for_min_actors_s = 600
     ds = read(a.input).map_batches(
         Embedder,
         fn_constructor_kwargs={"model": os.path.abspath(a.model), "precision": a.precision, "threads": a.threads_per_worker},
