@@ -94,6 +94,21 @@ fn run_gemm(
     Ok(())
 }
 
+/// Both block orders of the float32 product (`ops/gemm.rs`): a row block whose A fits in
+/// L2 runs panel by panel, a longer one inner block by inner block (k = 700 on 200 rows: 548 KiB
+/// of A in its first block of 192 rows, 22 KiB in the second), over several inner blocks, with
+/// every epilogue.
+#[test]
+fn gemm_block_orders() {
+    for (act, resid) in [
+        (None, true),
+        (Some(Activation::Gelu), true),
+        (Some(Activation::Relu), false),
+    ] {
+        run_gemm(200, 700, 40, true, resid, act, 7).unwrap();
+    }
+}
+
 proptest! {
     #![proptest_config(config(48))]
 
