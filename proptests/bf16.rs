@@ -2,7 +2,7 @@
 //! rounded to bf16 bit for bit as `half` rounds them (to nearest, ties to even), and the product
 //! of the rounded operands against float64 within the float32 summation bound.
 
-use crate::common::{config, tiers, values};
+use crate::common::{check_close, config, tiers, values};
 use proptest::prelude::*;
 use transformer_encoder_kernels::quant::Precision;
 use transformer_encoder_kernels::reference as r;
@@ -231,5 +231,86 @@ fn misuse_is_an_error() {
         k.gemm_prepared(&[], &q, 2, &p, &e, &mut out, None, Par::Seq)
             .unwrap();
         assert_eq!(out, [4.0; 6]);
+    }
+}
+
+/// Sequence lengths on both sides of the bf16 tiles' threshold (64 keys), with the tails of
+/// their 32-row blocks.
+fn seq_len() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        1usize..40,
+        prop::sample::select(vec![63usize, 64, 65, 95, 96, 97, 128, 130]),
+        60usize..140,
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// A bf16 layer's attention (its context armed for a bf16 product): from the table's
+    /// threshold on, its products take the bf16-rounded queries, keys and values and the
+    /// bf16-rounded probabilities; below it, or without bf16 tiles, float32. Each case against
+    /// the float64 reference of the operands it uses, every tier, 1 and 2 threads bit-identical.
+    #[test]
+    fn bf16_attention_rounds_its_operands(batch in 1usize..3, seq in seq_len(), heads in 1usize..3, d in prop::sample::select(vec![1usize, 8, 24, 32, 33, 40, 64, 70]), mask_kind in 0u8..3, uniform in any::<bool>(), drop in any::<bool>(), poison in any::<bool>(), seed in any::<u64>()) {
+        let w = heads * d;
+        let m = batch * seq;
+        let mut qkv = values(m * 3 * w, seed, -2.0, 2.0);
+        let keys: Vec<u8> = values(m, seed ^ 5, 0.0, 1.0).iter().map(|v| (*v > 0.3) as u8).collect();
+        let full: Vec<u8> = values(m * seq, seed ^ 6, 0.0, 1.0).iter().map(|v| (*v > 0.4) as u8).collect();
+        let mask = match mask_kind {
+            0 => KeepMask::All,
+            1 => KeepMask::Keys(&keys),
+            _ => KeepMask::Full(&full),
+        };
+        // Poison masked keys' K and V with NaN / Inf: nothing may leak.
+        if poison && mask_kind == 1 {
+            for t in 0..m {
+                if keys[t] == 0 {
+                    for c in w..3 * w {
+                        qkv[t * 3 * w + c] = if c % 2 == 0 { f32::NAN } else { f32::INFINITY };
+                    }
+                }
+            }
+        }
+        let policy = if uniform { MaskedRows::Uniform } else { MaskedRows::Zeros };
+        let dropout = (drop && !uniform).then_some((0.25f32, seed));
+        let shape = AttentionShape { batch, seq, heads, key_dim: d };
+        let split = |round: bool| {
+            let at = |t: usize, c: usize| {
+                let x = qkv[t * 3 * w + c];
+                if round { bf16(x) } else { x as f64 }
+            };
+            let part = |off: usize| -> Vec<f64> { (0..m).flat_map(|t| (0..w).map(move |c| (t, c))).map(|(t, c)| at(t, off + c)).collect() };
+            (part(0), part(w), part(2 * w))
+        };
+        let vmax = qkv.iter().filter(|x| x.is_finite()).fold(1.0f32, |a, b| a.max(b.abs())) as f64;
+        let packed_w = values(w * 2, seed ^ 7, -1.0, 1.0);
+        for isa in tiers() {
+            let k = Kernels::for_isa(isa).unwrap();
+            let tiles = k.bf16_attention_from().is_some_and(|from| seq >= from);
+            let (q, kk, v) = split(tiles);
+            let (want_ctx, want_p) = r::attention(&q, &kk, &v, shape, mask, policy, dropout);
+            // The probabilities: float32 softmax of float32 sums of exact products. The
+            // context: each probability rounded to bf16 (half an ulp of bf16, 2^-9, relative),
+            // after dropout's 4/3 at most, over values of at most vmax.
+            let ctx_tol = if tiles { 1.34 * vmax / 512.0 } else { 0.0 } + 1e-5 * vmax * (seq as f64).sqrt();
+            let bf = k.pack_bf16(&packed_w, w, 2).unwrap();
+            let mut first: Option<Vec<f32>> = None;
+            for par in [Par::Seq, Par::Threads(2)] {
+                let mut q_out = QuantRows::new();
+                q_out.arm_for(&bf);
+                let mut ctx = vec![f32::NAN; m * w];
+                let mut p = vec![f32::NAN; batch * heads * seq * seq];
+                let mut scratch = AttentionScratch::new();
+                k.attention(&qkv, shape, mask, policy, dropout, &mut ctx, Some(&mut p), &mut scratch, Some(&mut q_out), par).unwrap();
+                check_close(&p, &want_p, 1e-5, 1e-4, &format!("bf16 probabilities {isa} tiles={tiles}")).map_err(TestCaseError::fail)?;
+                check_close(&ctx, &want_ctx, ctx_tol, 1e-4, &format!("bf16 context {isa} tiles={tiles}")).map_err(TestCaseError::fail)?;
+                match &first {
+                    None => first = Some(ctx),
+                    Some(f) => prop_assert!(f.iter().zip(&ctx).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: thread split changed the bits"),
+                }
+            }
+        }
     }
 }

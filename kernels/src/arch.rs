@@ -115,6 +115,9 @@ macro_rules! shells {
             pub(crate) const MR: usize = $mr;
             /// Register tile columns.
             pub(crate) const NR: usize = $nv * <$simd as crate::simd::Simd>::LANES;
+            /// Register tile columns, in vectors.
+            #[allow(dead_code)]
+            pub(crate) const NV: usize = $nv;
 
             /// # Safety
             /// The tier's CPU features; `gemm_panels`' contract.
@@ -348,5 +351,16 @@ amx_shells!(
     b_amx,
     crate::ops::amx::Bf16Tiles,
     crate::ops::amx::STEP / 2,
-    "bf16"
+    "bf16",
+    /// # Safety
+    /// The tier's CPU features and the OS' tile grant; `attention_head_tiles`' contract.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn attention(args: &AttnArgs<'_>, seq: usize, head: usize, scratch: &mut [f32]) {
+        use crate::ops::tile_attention::attention_head_tiles;
+        // SAFETY: forwarded contract; features enabled on this function; the float32
+        // fallback is the AVX-512 tier's own register tile.
+        unsafe { attention_head_tiles::<{ avx512::MR }, { avx512::NV }>(args, seq, head, scratch) }
+    },
+    /// The attention of a bf16 layer: its two products on bf16 tiles.
+    pub(crate) const ATTENTION: Option<AttnFn> = Some(attention);
 );

@@ -101,6 +101,42 @@ pub enum Isa {
     Avx512Amx,
 }
 
+/// Where each tier has passed the whole test suite on real hardware: the tier, the CPU, the
+/// first date. A tier enters this record only after such a run (the README's table of tiers says
+/// the same); [`Isa::verified`] reads it, and only verified tiers are chosen automatically.
+pub const VERIFIED_ON: &[(Isa, &str, &str)] = &[
+    (
+        Isa::Avx512Amx,
+        "Intel Xeon with AVX-512, VNNI and AMX",
+        "2026-11-26",
+    ),
+    (
+        Isa::Avx512Vnni,
+        "Intel Xeon with AVX-512, VNNI and AMX",
+        "2026-11-26",
+    ),
+    (Isa::Avx512Vnni, "AMD EPYC Zen 4", "2026-12-03"),
+    (
+        Isa::Avx512,
+        "Intel Xeon with AVX-512, VNNI and AMX",
+        "2026-11-26",
+    ),
+    (Isa::Avx512, "AMD EPYC Zen 4", "2026-12-03"),
+    (
+        Isa::Avx2Vnni,
+        "Intel Xeon with AVX-512, VNNI and AMX",
+        "2026-11-26",
+    ),
+    (Isa::Avx2, "AMD EPYC Zen 3", "2026-11-24"),
+    (
+        Isa::Avx2,
+        "Intel Xeon with AVX-512, VNNI and AMX",
+        "2026-11-26",
+    ),
+    (Isa::Portable, "AMD EPYC Zen 3", "2026-11-24"),
+    (Isa::Portable, "aarch64 under qemu-user", "2026-11-26"),
+];
+
 impl Isa {
     /// All tiers, in order of preference, best last.
     pub const ALL: [Isa; 6] = [
@@ -133,10 +169,16 @@ impl Isa {
         }
     }
 
-    /// Has this tier passed the whole test suite on real hardware? Only such tiers are chosen
-    /// automatically; the others can still be forced. (All six have: the README lists the CPUs.)
+    /// Has this tier passed the whole test suite on real hardware ([`VERIFIED_ON`], the record
+    /// dispatch consults)? Only such tiers are chosen automatically; the others can still be
+    /// forced.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::Isa;
+    /// assert!(Isa::Portable.verified());
+    /// ```
     pub fn verified(self) -> bool {
-        true
+        VERIFIED_ON.iter().any(|&(isa, _, _)| isa == self)
     }
 
     /// The fastest bf16 kernel this tier has passed the whole test suite with on real hardware:
@@ -480,4 +522,19 @@ fn request_tile_data() -> bool {
 #[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
 fn request_tile_data() -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatch_picks_only_recorded_tiers() {
+        // The automatic choice is a tier of the record, whatever this CPU has.
+        assert!(Isa::best_available().verified());
+        for isa in Isa::ALL {
+            let recorded = VERIFIED_ON.iter().filter(|r| r.0 == isa).count();
+            assert_eq!(isa.verified(), recorded > 0, "{isa}");
+        }
+    }
 }

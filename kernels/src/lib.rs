@@ -32,7 +32,7 @@ mod table;
 pub mod team;
 
 pub use activation::{Activation, ErrorBound};
-pub use isa::{Bf16Kernel, Isa, IsaError};
+pub use isa::{Bf16Kernel, Isa, IsaError, VERIFIED_ON};
 pub use quant::{Precision, QuantRows};
 pub use table::{
     AttentionScratch, AttentionShape, Epilogue, Kernels, PackedMatrix, Par, ProductScratch,

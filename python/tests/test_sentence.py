@@ -51,6 +51,19 @@ def test_encode_against_pytorch_float64(precision, model_dir):
         assert cos.min() >= 0.985 and cos.mean() >= 0.99, cos
 
 
+def test_bf16_keeps_float_cosines_on_long_texts(model_dir):
+    # The corpus' long texts (over 64 tokens) run a bf16 layer's attention products on bf16 tiles
+    # where the CPU has them (Kernels::bf16_attention_from); float32's embeddings are within 1e-4
+    # of PyTorch's float64 ones (above), so they stand in for the truth here.
+    texts = corpus()
+    f32 = te.SentenceEncoder(model_dir, precision="fp32", threads=2).encode(texts).astype(np.float64)
+    b16 = te.SentenceEncoder(model_dir, precision="bf16", threads=2).encode(texts).astype(np.float64)
+    cos = (f32 * b16).sum(1) / (np.linalg.norm(f32, axis=1) * np.linalg.norm(b16, axis=1))
+    long = [i for i, t in enumerate(texts) if len(t.split()) > 64]
+    assert len(long) >= 10
+    assert cos.min() >= 0.9995, (cos.min(), int(cos.argmin()))
+
+
 def test_sentence_transformers_signature(model_dir):
     enc = te.SentenceEncoder(model_dir, precision="int8", threads=1)
     one = enc.encode("How do I reset the router?")

@@ -81,15 +81,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
     if s == 0 {
         return;
     }
-    // This sequence's keep flags: key flags over its rows, or its `[s, s]` block.
-    let keys: Option<&[u8]> = match args.mask {
-        KeepMask::Keys(m) => Some(&m[span.start..span.start + s]),
-        _ => None,
-    };
-    let block: Option<&[u8]> = match args.mask {
-        KeepMask::Full(m) => Some(&m[span.square..span.square + s * s]),
-        _ => None,
-    };
+    let (keys, block) = seq_masks(args, span);
     let keep = |i: usize, j: usize| match (keys, block) {
         (Some(k), _) => k[j] != 0,
         (_, Some(f)) => f[i * s + j] != 0,
@@ -184,9 +176,6 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
         for dd in 0..d {
             zero::<S>(kt.as_mut_ptr().add(dd * sp + s), sp - s);
         }
-        // Keras' 1/sqrt(key_dim), computed in double and rounded to f32, folded into the
-        // softmax exponent: p = e^((l - max) s) / sum.
-        let scale = (1.0 / (d as f64).sqrt()) as f32;
         let qbase = base.add(h * d);
         let mut i0 = 0;
         while i0 < s {
@@ -194,29 +183,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
             // Logits: P[rows, S_pad] = Q[i0.., :D] · K^T.
             let a = qbase.add(i0 * ld3);
             columns::<S, MR, NV>(rows, d, a, ld3, kt.as_ptr(), sp, sp, p.as_mut_ptr(), sp, sp);
-            for r in 0..rows {
-                let i = i0 + r;
-                let row = &mut p[r * sp..(r + 1) * sp];
-                let mrow: Option<&[u8]> = keys.or(block.map(|f| &f[i * s..(i + 1) * s]));
-                softmax_row::<S>(row, s, mrow, args.policy, scale);
-                // Row i of this head's [s, s] block: the scores' index and dropout's stream
-                // position (counted within the sequence, as a batch-1 call counts).
-                let prow = (h * s + i) * s;
-                if !args.scores.is_null() {
-                    let at = args.scores.add(n_heads * span.square + prow);
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), at, s);
-                }
-                if let Some((rate, seed)) = args.dropout {
-                    let scale = 1.0 / (1.0 - rate);
-                    for (j, v) in row[..s].iter_mut().enumerate() {
-                        *v = if crate::rng::dropout_keep(seed, 0, (prow + j) as u64, rate) {
-                            *v * scale
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-            }
+            probabilities::<S>(args, span, h, i0, rows, p, sp);
             // Context: ctx[i0.., h*D..] = P · V.
             let cbase = args.ctx.add((span.start + i0) * w + h * d);
             if finite {
@@ -247,13 +214,80 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
+/// Sequence `span`'s keep flags: key flags over its rows, or its `[len, len]` block.
+#[inline(always)]
+pub(crate) fn seq_masks<'a>(
+    args: &AttnArgs<'a>,
+    span: SeqSpan,
+) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+    let s = span.len;
+    let keys = match args.mask {
+        KeepMask::Keys(m) => Some(&m[span.start..span.start + s]),
+        _ => None,
+    };
+    let block = match args.mask {
+        KeepMask::Full(m) => Some(&m[span.square..span.square + s * s]),
+        _ => None,
+    };
+    (keys, block)
+}
+
+/// Rows `i0..i0 + rows` of head `h`'s probabilities from their unscaled logits `q·k` in `p`
+/// (row `r` at `r * sp`, `sp` a multiple of the vector length): masked softmax with Keras'
+/// `1/sqrt(key_dim)` (computed in double and rounded to f32) folded into the exponent, copied
+/// into the scores if asked for, then dropout.
+///
+/// # Safety
+/// As [`attention_head`]'s contract for this sequence and head; `p` holds `rows * sp` values,
+/// `span.len <= sp`. S's features enabled.
+#[inline(always)]
+pub(crate) unsafe fn probabilities<S: Simd>(
+    args: &AttnArgs<'_>,
+    span: SeqSpan,
+    h: usize,
+    i0: usize,
+    rows: usize,
+    p: &mut [f32],
+    sp: usize,
+) {
+    let s = span.len;
+    let (keys, block) = seq_masks(args, span);
+    let scale = (1.0 / (args.key_dim as f64).sqrt()) as f32;
+    // SAFETY: the scores block of this sequence and head is within the buffer (contract).
+    unsafe {
+        for r in 0..rows {
+            let i = i0 + r;
+            let row = &mut p[r * sp..(r + 1) * sp];
+            let mrow: Option<&[u8]> = keys.or(block.map(|f| &f[i * s..(i + 1) * s]));
+            softmax_row::<S>(row, s, mrow, args.policy, scale);
+            // Row i of this head's [s, s] block: the scores' index and dropout's stream
+            // position (counted within the sequence, as a batch-1 call counts).
+            let prow = (h * s + i) * s;
+            if !args.scores.is_null() {
+                let at = args.scores.add(args.heads * span.square + prow);
+                std::ptr::copy_nonoverlapping(row.as_ptr(), at, s);
+            }
+            if let Some((rate, seed)) = args.dropout {
+                let scale = 1.0 / (1.0 - rate);
+                for (j, v) in row[..s].iter_mut().enumerate() {
+                    *v = if crate::rng::dropout_keep(seed, 0, (prow + j) as u64, rate) {
+                        *v * scale
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
 /// `n` zeros at `p` in vector stores (the padding here is a few values: a `memset` call would
 /// cost more than the stores).
 ///
 /// # Safety
 /// `p` valid for `n` values; S's features enabled.
 #[inline(always)]
-unsafe fn zero<S: Simd>(p: *mut f32, n: usize) {
+pub(crate) unsafe fn zero<S: Simd>(p: *mut f32, n: usize) {
     let mut j = 0;
     // SAFETY: full vectors below n, then a partial store of the rest.
     unsafe {

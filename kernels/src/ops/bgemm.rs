@@ -180,6 +180,9 @@ macro_rules! bshells {
 
             /// This tier's bf16 product: the kernel table's row for the format.
             pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product, MR, NR, 2);
+
+            /// The attention of a bf16 layer: the float tier's own (float32 products).
+            pub(crate) const ATTENTION: Option<crate::arch::AttnFn> = None;
         }
     };
 }

@@ -10,3 +10,5 @@ pub(crate) mod norm;
 pub(crate) mod product;
 pub(crate) mod qgemm;
 pub(crate) mod quant;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod tile_attention;

@@ -16,6 +16,24 @@ macro_rules! intr {
     }};
 }
 
+/// `super::bf16_bits` on 16 lanes (the rounding add, then NaN lanes kept NaN): each lane's
+/// bfloat16 in its low 16 bits, the high 16 bits zero.
+///
+/// # Safety
+/// AVX-512F enabled (the `Simd` contract).
+#[inline(always)]
+pub(crate) unsafe fn bf16_lanes(v: __m512) -> __m512i {
+    intr!({
+        let b = _mm512_castps_si512(v);
+        let hi = _mm512_srli_epi32::<16>(b);
+        let odd = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+        let r = _mm512_add_epi32(b, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+        let r = _mm512_srli_epi32::<16>(r);
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)))
+    })
+}
+
 #[inline(always)]
 fn tail_mask(n: usize) -> __mmask16 {
     ((1u32 << n) - 1) as __mmask16
@@ -186,15 +204,8 @@ unsafe impl Simd for Avx512 {
     }
     #[inline(always)]
     unsafe fn store_bf16(p: *mut u16, v: __m512, n: usize) {
-        // `super::bf16_bits` on 16 lanes: the rounding add, then NaN lanes kept NaN.
         intr!({
-            let b = _mm512_castps_si512(v);
-            let hi = _mm512_srli_epi32::<16>(b);
-            let odd = _mm512_and_si512(hi, _mm512_set1_epi32(1));
-            let r = _mm512_add_epi32(b, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
-            let r = _mm512_srli_epi32::<16>(r);
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            let r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+            let r = bf16_lanes(v);
             if n >= 16 {
                 _mm256_storeu_si256(p as *mut __m256i, _mm512_cvtepi32_epi16(r))
             } else {

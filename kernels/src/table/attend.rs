@@ -10,7 +10,10 @@ impl Kernels {
     /// dropout). `dropout` is `(rate, seed)`, drawn by position within each sequence (every
     /// batch item draws the same stream, as a batch-1 call on it would). `scratch` is reused
     /// between calls. If `quant` is armed for an int8 product, the context rows are quantized
-    /// into it as soon as every head has written them.
+    /// into it as soon as every head has written them. If it is armed for a bf16 product (a
+    /// layer in Keras' `mixed_bfloat16`), the attention's own products take bf16 operands too
+    /// (float32 sums; softmax in float32) on a tier with bf16 tiles, and the context rows are
+    /// rounded into it.
     ///
     /// A uniform batch is the ragged case of equal lengths: this is
     /// [`attention_ragged`](Kernels::attention_ragged) with `B` lengths of `S`.
@@ -240,7 +243,11 @@ impl Kernels {
         } else {
             par.parts().min(units)
         };
-        let len = scratch_len(totals.longest, key_dim, self.f32.mr, self.f32.nr);
+        // A context that feeds a bf16 product is a bf16 layer's (Keras' `mixed_bfloat16`): its
+        // attention products take bf16 operands too, on the tier's bf16 tiles if it has them.
+        let tiles = self.attn_bf16.filter(|_| q_out.is_some_and(|q| q.bf16));
+        let len = scratch_len(totals.longest, key_dim, self.f32.mr, self.f32.nr)
+            .max(tiles.map_or(0, |_| tile_scratch_len(totals.longest, key_dim)));
         if slots.len() < parts {
             slots.resize_with(parts, Vec::new);
         }
@@ -260,7 +267,7 @@ impl Kernels {
             ctx: ctx.as_mut_ptr(),
             scores: scores.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
         };
-        let (f, quant) = (self.attn, self.quant);
+        let (f, quant) = (tiles.unwrap_or(self.attn), self.quant);
         // Many sequences: a thread claims a whole sequence (every head), so its context rows
         // are complete in that thread's cache and are quantized there for the output projection.
         // Few (a long passage alone): (sequence, head) units, so every thread has work, and the
@@ -313,6 +320,17 @@ impl Kernels {
         if let Some(qo) = q_out.filter(|_| !whole) {
             self.quantize_out(ctx, w, qo, par);
         }
+    }
+}
+
+/// Scratch floats of the attention on bf16 tiles (none where there are no tiles).
+fn tile_scratch_len(longest: usize, key_dim: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    return crate::ops::tile_attention::scratch_len(longest, key_dim);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (longest, key_dim);
+        0
     }
 }
 

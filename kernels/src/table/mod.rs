@@ -75,6 +75,8 @@ pub struct Kernels {
     isa: Isa,
     norm: NormFn,
     attn: AttnFn,
+    /// The attention of a bf16 layer, where it differs from `attn` (its products on bf16 tiles).
+    attn_bf16: Option<AttnFn>,
     act: ActFn,
     act_rows: RowActFn,
     quant: QuantFn,
@@ -97,6 +99,7 @@ macro_rules! table {
             isa: $isa,
             norm: t::layer_norm,
             attn: t::attention,
+            attn_bf16: b::ATTENTION,
             act: t::activation,
             act_rows: t::activation_rows,
             quant: t::quantize,
@@ -287,6 +290,23 @@ impl Kernels {
     /// ```
     pub fn bf16_kernel(&self) -> Bf16Kernel {
         self.bkind
+    }
+
+    /// From how many tokens a sequence's attention in a bf16 layer (a context armed for a bf16
+    /// product, see [`attention`](Kernels::attention)) runs its two products on bf16 operands,
+    /// on tiles; `None` where this table keeps them in float32 (no bf16 tiles). Shorter
+    /// sequences keep float32 products, which are faster there.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels};
+    /// assert_eq!(Kernels::for_isa(Isa::Portable)?.bf16_attention_from(), None);
+    /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
+    /// ```
+    pub fn bf16_attention_from(&self) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        return self.attn_bf16.map(|_| crate::ops::tile_attention::MIN_KEYS);
+        #[cfg(not(target_arch = "x86_64"))]
+        None
     }
 }
 
