@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example concurrency -- --callers 2 --threads 1 --hidden 384 \
-//!     --heads 12 --inter 1536 --seq 16 --batch 1 --layers 6 [--precision fp32|bf16|int8] [--seconds S]
+//!     --heads 12 --inter 1536 --seq 16 --batch 1 --layers 6 [--precision fp32|bf16|int8] [--attention keras|bf16] [--seconds S]
 //! ```
 //!
 //! Prints one line: `callers=N threads=T precision=P calls_per_s=<aggregate> p50_ms=<m>
@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use transformer_encoder::{StackWorkspace, TensorView};
 
-const USAGE: &str = "concurrency --callers N [--threads T] [--seconds S] [--hidden H --heads N --inter F --seq S --batch B --layers L --activation gelu|relu --norm post|pre --isa TIER --precision fp32|bf16|int8] [--masked]";
+const USAGE: &str = "concurrency --callers N [--threads T] [--seconds S] [--hidden H --heads N --inter F --seq S --batch B --layers L --activation gelu|relu --norm post|pre --isa TIER --precision fp32|bf16|int8 --attention keras|bf16] [--masked]";
 
 fn main() -> ExitCode {
     common::run(concurrency)

@@ -5,7 +5,7 @@
 //! cargo run --release --example latency -- --hidden 768 --heads 12 --inter 3072 --seq 128 \
 //!     --batch 1 --threads 2 [--activation gelu|relu] [--norm post|pre] [--layers N] \
 //!     [--seconds S] [--isa avx512vnni|avx512|avx2vnni|avx2|portable] [--masked]
-//!     [--precision fp32|bf16|int8] [--idle-ms N] [--gap-ms N]
+//!     [--precision fp32|bf16|int8] [--attention keras|bf16] [--idle-ms N] [--gap-ms N]
 //! ```
 //!
 //! `encoder isa=<tier> precision=<p> threads=<n> ... median_ms=<m> min_ms=<m> gflops=<g>`; gflops
@@ -20,7 +20,7 @@ mod common;
 use std::process::ExitCode;
 use transformer_encoder::{StackWorkspace, TensorView};
 
-const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked] [--precision fp32|bf16|int8] [--idle-ms N] [--gap-ms N]";
+const USAGE: &str = "latency --hidden H --heads N --inter F --seq S --batch B --threads T [--activation gelu|relu] [--norm post|pre] [--layers L] [--seconds S] [--isa TIER] [--masked] [--precision fp32|bf16|int8] [--attention keras|bf16] [--idle-ms N] [--gap-ms N]";
 
 fn main() -> ExitCode {
     common::run(latency)
@@ -95,9 +95,14 @@ fn latency() -> Result<ExitCode, common::Failure> {
     } else {
         String::new()
     };
+    let attention = if s.bf16_attention() {
+        " attention=bf16"
+    } else {
+        ""
+    };
     let flops = s.flops(batch, seq) * m.layers as f64;
     println!(
-        "encoder isa={} precision={} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1} sync_ms={sync_ms:.4}{idle}{bf16}",
+        "encoder isa={} precision={} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1} sync_ms={sync_ms:.4}{idle}{bf16}{attention}",
         m.isa,
         m.precision,
         if m.pre { "pre" } else { "post" },

@@ -98,6 +98,19 @@ impl EncoderStack {
         })
     }
 
+    /// Every layer with its attention's products on bf16 tiles
+    /// ([`TransformerEncoder::with_bf16_attention`], which has an example; an error where the
+    /// CPU has no bf16 tiles).
+    pub fn with_bf16_attention(self) -> Result<EncoderStack> {
+        Ok(EncoderStack {
+            layers: self
+                .layers
+                .into_iter()
+                .map(TransformerEncoder::with_bf16_attention)
+                .collect::<Result<_>>()?,
+        })
+    }
+
     /// The layers.
     pub fn layers(&self) -> &[TransformerEncoder] {
         &self.layers

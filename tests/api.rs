@@ -842,3 +842,67 @@ fn a_layer_loads_from_a_file_as_from_its_weights() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bf16_attention_is_an_option_of_every_layer() {
+    // Float32 and int8 layers with the attention's products in bf16 (an option beyond Keras):
+    // from 64 tokens on, near the layer without it (bf16 operands, 2^-9 relative each); shorter
+    // sequences bit for bit as without it; a ragged batch bit for bit as each sequence alone.
+    let (h, heads, f) = (64, 4, 128);
+    for precision in [Precision::F32, Precision::Int8] {
+        let base = enc(h, heads, f).with_precision(precision).unwrap();
+        assert!(!base.bf16_attention());
+        let with = match base.clone().with_bf16_attention() {
+            Ok(e) => e,
+            Err(e) => {
+                // No bf16 tiles on this tier: refused by name.
+                config_err(e, "bf16_attention");
+                continue;
+            }
+        };
+        assert!(with.bf16_attention() && with.precision() == precision);
+        let o = CallOptions::new();
+        let lengths = [96usize, 40, 70];
+        let total: usize = lengths.iter().sum();
+        let x = values(total * h, 11, -2.0, 2.0);
+        let mut start = 0;
+        let mut alone = Vec::new();
+        for &len in &lengths {
+            let xs = &x[start * h..(start + len) * h];
+            let view = TensorView::new(xs, &[1, len, h]);
+            let (a, b) = (
+                with.forward(view, &o).unwrap(),
+                base.forward(view, &o).unwrap(),
+            );
+            let d = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            if len >= 64 {
+                assert!(
+                    d > 0.0,
+                    "{precision}: the option changed nothing at {len} tokens"
+                );
+                assert!(d < 0.05, "{precision}: {d} at {len} tokens");
+            } else {
+                assert_eq!(a, b, "{precision}: {len} tokens");
+            }
+            alone.extend(a);
+            start += len;
+        }
+        let ragged = with
+            .forward_ragged(RaggedView::new(&x, &lengths), &o)
+            .unwrap();
+        assert_eq!(
+            ragged, alone,
+            "{precision}: ragged against each sequence alone"
+        );
+        // The stack sets every layer.
+        let stack = EncoderStack::new(vec![base.clone(), base])
+            .unwrap()
+            .with_bf16_attention()
+            .unwrap();
+        assert!(stack.layers().iter().all(|l| l.bf16_attention()));
+    }
+}

@@ -8,7 +8,7 @@ use transformer_encoder::{
 };
 
 /// The model flags (values), shared by both examples.
-pub const FLAGS: [&str; 10] = [
+pub const FLAGS: [&str; 11] = [
     "hidden",
     "heads",
     "inter",
@@ -19,6 +19,7 @@ pub const FLAGS: [&str; 10] = [
     "norm",
     "isa",
     "precision",
+    "attention",
 ];
 
 /// A stack built from the model flags, its input and padding mask (`--masked`).
@@ -35,8 +36,9 @@ pub struct Model {
 }
 
 impl Model {
-    /// `--hidden --heads --inter --seq --batch --layers --activation --norm --isa --precision`
-    /// (defaults: one BERT-base layer at sequence 128), on `threads`.
+    /// `--hidden --heads --inter --seq --batch --layers --activation --norm --isa --precision
+    /// --attention` (defaults: one BERT-base layer at sequence 128, the attention's products as
+    /// Keras computes them), on `threads`.
     pub fn from_args(a: &Args, threads: Threads) -> Result<Model, Failure> {
         let (hidden, heads, inter) = (
             a.num("hidden", 768)?,
@@ -65,6 +67,12 @@ impl Model {
                 })
                 .collect::<Result<Vec<_>, transformer_encoder::Error>>()?,
         )?;
+        // `--attention bf16`: the attention's products on bf16 tiles in every layer (an error
+        // where the CPU has none).
+        let stack = match a.choice("attention", &["keras", "bf16"], "keras")? {
+            "bf16" => stack.with_bf16_attention()?,
+            _ => stack,
+        };
         let x: Vec<f32> = (0..batch * seq * hidden)
             .map(|i| transformer_encoder_kernels::rng::normal(7, 0, i as u64) as f32)
             .collect();

@@ -208,6 +208,49 @@ impl TransformerEncoder {
         }
     }
 
+    /// This layer with the attention's two products (`Q·Kᵀ` and `P·V`) on bf16 operands, summed
+    /// in float32 on AMX-BF16 tiles, for sequences of 64 tokens or more (masking, softmax and
+    /// dropout stay float32): what a bf16 layer always does, offered to float32 and int8 layers
+    /// as an option beyond Keras' semantics (Keras keeps their attention float32), faster on long
+    /// sequences. An error on a CPU (or a forced tier) without bf16 tiles.
+    ///
+    /// ```
+    /// use transformer_encoder::{EncoderConfig, Precision, TransformerEncoder};
+    /// let enc = TransformerEncoder::init(EncoderConfig::new(64, 8), 64, 1)?.with_precision(Precision::Int8)?;
+    /// assert!(!enc.bf16_attention());
+    /// match enc.with_bf16_attention() {
+    ///     Ok(e) => assert!(e.bf16_attention()),
+    ///     Err(e) => assert!(e.to_string().contains("bf16_attention")),
+    /// }
+    /// # Ok::<(), transformer_encoder::Error>(())
+    /// ```
+    pub fn with_bf16_attention(mut self) -> Result<TransformerEncoder> {
+        match self.kernels.with_bf16_attention() {
+            Some(k) => {
+                self.kernels = k;
+                Ok(self)
+            }
+            None => Err(Error::config(
+                "bf16_attention",
+                format!(
+                    "a CPU with AMX-BF16 tiles for the attention's bf16 products (the {} tier here \
+                     runs bf16 products {})",
+                    self.kernels.isa(),
+                    self.kernels.bf16_kernel().name()
+                ),
+            )),
+        }
+    }
+
+    /// Whether every sequence of 64 tokens or more runs the attention's products on bf16 tiles
+    /// in this layer whatever its precision ([`with_bf16_attention`]); a bf16 layer does so on
+    /// a CPU with bf16 tiles either way.
+    ///
+    /// [`with_bf16_attention`]: TransformerEncoder::with_bf16_attention
+    pub fn bf16_attention(&self) -> bool {
+        self.kernels.bf16_attention_for_all()
+    }
+
     /// Choose where the kernels run their threads (default [`Threads::Current`]).
     pub fn with_threads(mut self, threads: Threads) -> Self {
         self.threads = threads;

@@ -244,8 +244,11 @@ impl Kernels {
             par.parts().min(units)
         };
         // A context that feeds a bf16 product is a bf16 layer's (Keras' `mixed_bfloat16`): its
-        // attention products take bf16 operands too, on the tier's bf16 tiles if it has them.
-        let tiles = self.attn_bf16.filter(|_| q_out.is_some_and(|q| q.bf16));
+        // attention products take bf16 operands too, on the tier's bf16 tiles if it has them
+        // (every layer's, on a table from `with_bf16_attention`).
+        let tiles = self
+            .attn_bf16
+            .filter(|_| self.attn_bf16_all || q_out.is_some_and(|q| q.bf16));
         let len = scratch_len(totals.longest, key_dim, self.f32.mr, self.f32.nr)
             .max(tiles.map_or(0, |_| tile_scratch_len(totals.longest, key_dim)));
         if slots.len() < parts {

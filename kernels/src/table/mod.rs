@@ -77,6 +77,12 @@ pub struct Kernels {
     attn: AttnFn,
     /// The attention of a bf16 layer, where it differs from `attn` (its products on bf16 tiles).
     attn_bf16: Option<AttnFn>,
+    /// `attn_bf16` for every layer, float32 and int8 too (the table
+    /// [`with_bf16_attention`](Kernels::with_bf16_attention) gives).
+    attn_bf16_all: bool,
+    /// This table with `attn_bf16_all` (None: no `attn_bf16`); a function, so that the two
+    /// tables' `Debug` does not go round in a circle.
+    bf16_attention: Option<fn() -> &'static Kernels>,
     act: ActFn,
     act_rows: RowActFn,
     quant: QuantFn,
@@ -100,6 +106,8 @@ macro_rules! table {
             norm: t::layer_norm,
             attn: t::attention,
             attn_bf16: b::ATTENTION,
+            attn_bf16_all: false,
+            bf16_attention: None,
             act: t::activation,
             act_rows: t::activation_rows,
             quant: t::quantize,
@@ -172,13 +180,22 @@ static AVX512_AMX: Kernels = table!(
     Bf16Kernel::Widen
 );
 #[cfg(target_arch = "x86_64")]
-static AVX512_AMX_TILES: Kernels = table!(
-    Isa::Avx512Amx,
-    crate::arch::avx512,
-    crate::arch::q_amx,
-    crate::arch::b_amx,
-    Bf16Kernel::Tiles
-);
+static AVX512_AMX_TILES: Kernels = Kernels {
+    bf16_attention: Some(|| &AVX512_AMX_TILES_BF16_ATTENTION),
+    ..table!(
+        Isa::Avx512Amx,
+        crate::arch::avx512,
+        crate::arch::q_amx,
+        crate::arch::b_amx,
+        Bf16Kernel::Tiles
+    )
+};
+/// The same with every layer's attention products on bf16 tiles.
+#[cfg(target_arch = "x86_64")]
+static AVX512_AMX_TILES_BF16_ATTENTION: Kernels = Kernels {
+    attn_bf16_all: true,
+    ..AVX512_AMX_TILES
+};
 #[cfg(target_arch = "x86_64")]
 static AVX512_AMX_BF16: Kernels = table!(
     Isa::Avx512Amx,
@@ -303,6 +320,34 @@ impl Kernels {
     /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
     /// ```
     pub fn bf16_attention_from(&self) -> Option<usize> {
+        self.attention_tiles_from()
+    }
+
+    /// This table with the attention's two products on bf16 operands (on tiles, float32 sums,
+    /// softmax in float32) in every layer from [`bf16_attention_from`] tokens on: float32 and
+    /// int8 layers too, where Keras keeps them in float32 (an option beyond Keras' semantics,
+    /// faster on long sequences). `None` where there are no bf16 tiles.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels};
+    /// let k = Kernels::for_isa(Isa::Portable)?;
+    /// assert!(k.with_bf16_attention().is_none());
+    /// assert!(!k.bf16_attention_for_all());
+    /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
+    /// ```
+    ///
+    /// [`bf16_attention_from`]: Kernels::bf16_attention_from
+    pub fn with_bf16_attention(&self) -> Option<&'static Kernels> {
+        self.bf16_attention.map(|f| f())
+    }
+
+    /// Whether this table runs every layer's attention products in bf16 (a table from
+    /// [`with_bf16_attention`](Kernels::with_bf16_attention)); otherwise only bf16 layers do.
+    pub fn bf16_attention_for_all(&self) -> bool {
+        self.attn_bf16_all
+    }
+
+    fn attention_tiles_from(&self) -> Option<usize> {
         #[cfg(target_arch = "x86_64")]
         return self.attn_bf16.map(|_| crate::ops::tile_attention::MIN_KEYS);
         #[cfg(not(target_arch = "x86_64"))]
