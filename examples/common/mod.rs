@@ -16,14 +16,41 @@ pub type Failure = Box<dyn std::error::Error>;
 
 /// Run an example's body: errors are printed with their message (which, for a bad
 /// `TRANSFORMER_ENCODER_ISA`, names the variable and the tiers this CPU has) and give exit 2.
+/// A reader that stops early (`| head`) closes standard output, on which `println!` panics:
+/// that ends the example quietly with exit 141, as a closed pipe ends other command-line tools.
 pub fn run(body: impl FnOnce() -> Result<ExitCode, Failure>) -> ExitCode {
-    match body() {
-        Ok(code) => code,
-        Err(e) => {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !panic_message(info.payload()).is_some_and(broken_pipe) {
+            report(info)
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+        Err(p) => {
+            if panic_message(&*p).is_some_and(broken_pipe) {
+                ExitCode::from(141)
+            } else {
+                std::panic::resume_unwind(p)
+            }
+        }
     }
+}
+
+/// A panic's message, if it is text.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> Option<&str> {
+    p.downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+}
+
+/// The panic of a print to a closed pipe.
+fn broken_pipe(msg: &str) -> bool {
+    msg.starts_with("failed printing to std") && msg.contains("Broken pipe")
 }
 
 /// Parsed command-line arguments: `--flag value` options, `--switch`es and positional values.
