@@ -63,21 +63,27 @@ struct PySentenceEncoder {
 #[pymethods]
 impl PySentenceEncoder {
     #[new]
-    #[pyo3(signature = (path, precision = "fp32", threads = None, max_batch_tokens = 512))]
+    #[pyo3(signature = (path, precision = "fp32", threads = None, max_batch_tokens = 512, bf16_attention = false))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         precision: &str,
         threads: Option<usize>,
         max_batch_tokens: usize,
+        bf16_attention: bool,
     ) -> PyResult<Self> {
         let p = parse_precision(precision)?;
         let (t, n) = parse_threads(threads)?;
         let inner = py
             .detach(|| -> transformer_encoder::Result<SentenceEncoder> {
-                SentenceEncoder::from_dir_with_precision(&path, p)?
+                let e = SentenceEncoder::from_dir_with_precision(&path, p)?
                     .with_threads(t)
-                    .with_max_batch_tokens(max_batch_tokens)
+                    .with_max_batch_tokens(max_batch_tokens)?;
+                if bf16_attention {
+                    e.with_bf16_attention()
+                } else {
+                    Ok(e)
+                }
             })
             .map_err(value_error)?;
         let dim = inner.model().config().hidden_size;
@@ -145,6 +151,17 @@ impl PySentenceEncoder {
     #[getter]
     fn max_seq_length(&self) -> usize {
         self.inner.max_seq_length()
+    }
+
+    /// Whether the attention's products run on bf16 tiles from 64 tokens in every layer.
+    #[getter]
+    fn bf16_attention(&self) -> bool {
+        self.inner
+            .model()
+            .stack()
+            .layers()
+            .first()
+            .is_some_and(|l| l.bf16_attention())
     }
 
     /// Whether the model L2-normalises its embeddings itself (a `Normalize` module).

@@ -11,7 +11,12 @@ import numpy.typing as npt
 
 class SentenceEncoder:
     def __init__(
-        self, path: str, precision: str = "fp32", threads: Optional[int] = None, max_batch_tokens: int = 512
+        self,
+        path: str,
+        precision: str = "fp32",
+        threads: Optional[int] = None,
+        max_batch_tokens: int = 512,
+        bf16_attention: bool = False,
     ) -> None: ...
     def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """The embeddings `[len(texts), dim]`, computed without the GIL."""
@@ -27,6 +32,8 @@ class SentenceEncoder:
     def max_seq_length(self) -> int: ...
     @property
     def normalizes(self) -> bool: ...
+    @property
+    def bf16_attention(self) -> bool: ...
 
 class TransformerEncoder:
     @staticmethod
