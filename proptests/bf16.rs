@@ -263,11 +263,12 @@ proptest! {
             1 => KeepMask::Keys(&keys),
             _ => KeepMask::Full(&full),
         };
-        // Poison masked keys' K and V with NaN / Inf: nothing may leak.
+        // Poison masked keys' V with NaN / Inf: nothing may leak. (Keys that are not finite in
+        // bf16 send their head to the float32 kernel: `nonfinite_bf16_operands_run_float32`.)
         if poison && mask_kind == 1 {
             for t in 0..m {
                 if keys[t] == 0 {
-                    for c in w..3 * w {
+                    for c in 2 * w..3 * w {
                         qkv[t * 3 * w + c] = if c % 2 == 0 { f32::NAN } else { f32::INFINITY };
                     }
                 }
@@ -311,6 +312,76 @@ proptest! {
                     Some(f) => prop_assert!(f.iter().zip(&ctx).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: thread split changed the bits"),
                 }
             }
+        }
+    }
+}
+
+/// A head whose queries or keys are not finite once rounded to bf16 (a finite float32 past the
+/// largest bf16, about 3.3961e38, rounds to infinity), or whose kept values are not, runs the
+/// float32 kernel: bit for bit the attention of a float32 layer, where bf16 tiles would make
+/// 0 x inf = NaN from a zero operand.
+#[test]
+fn nonfinite_bf16_operands_run_float32() {
+    let (seq, heads, d) = (80, 2, 40);
+    let w = heads * d;
+    let shape = AttentionShape {
+        batch: 1,
+        seq,
+        heads,
+        key_dim: d,
+    };
+    for (what, col, row) in [("query", 3, 5), ("key", w + 3, 7), ("value", 2 * w + 3, 9)] {
+        let mut qkv = values(seq * 3 * w, 9, -1.0, 1.0);
+        qkv[row * 3 * w + col] = 3.4e38;
+        // A zero partner for the huge value: the other operand's matching entries.
+        for t in 0..seq {
+            if col < w {
+                qkv[t * 3 * w + w + col] = 0.0;
+            } else if col < 2 * w {
+                qkv[t * 3 * w + col - w] = 0.0;
+            }
+        }
+        for isa in tiers() {
+            let k = Kernels::for_isa(isa).unwrap();
+            let bf = k.pack_bf16(&vec![0.5; w * 2], w, 2).unwrap();
+            let mut runs = Vec::new();
+            for armed in [false, true] {
+                let mut q_out = QuantRows::new();
+                q_out.arm_for(&bf);
+                let mut ctx = vec![0.0f32; seq * w];
+                let mut scratch = AttentionScratch::new();
+                let q = armed.then_some(&mut q_out);
+                k.attention(
+                    &qkv,
+                    shape,
+                    KeepMask::All,
+                    MaskedRows::Zeros,
+                    None,
+                    &mut ctx,
+                    None,
+                    &mut scratch,
+                    q,
+                    Par::Seq,
+                )
+                .unwrap();
+                runs.push(ctx);
+            }
+            // Head 0 holds the huge value (its columns 0..d); head 1 may use the tiles.
+            let head0 = |r: &Vec<f32>| -> Vec<u32> {
+                (0..seq)
+                    .flat_map(|t| {
+                        r[t * w..t * w + d]
+                            .iter()
+                            .map(|x| x.to_bits())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            };
+            let same = head0(&runs[0]) == head0(&runs[1]);
+            assert!(
+                same,
+                "{isa}: a huge {what} in a bf16 layer's attention: head 0 differs from float32"
+            );
         }
     }
 }

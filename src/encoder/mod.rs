@@ -233,8 +233,9 @@ impl TransformerEncoder {
             None => Err(Error::config(
                 "bf16_attention",
                 format!(
-                    "a CPU with AMX-BF16 tiles for the attention's bf16 products (the {} tier here \
-                     runs bf16 products {})",
+                    "bf16 tiles for the attention's bf16 products (the {} tier here runs bf16 \
+                     products {}: tiles need AMX-BF16, and TRANSFORMER_ENCODER_BF16 unset or \
+                     `tiles`)",
                     self.kernels.isa(),
                     self.kernels.bf16_kernel().name()
                 ),

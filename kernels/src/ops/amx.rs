@@ -203,7 +203,8 @@ impl TileFormat for Bf16Tiles {
 ///   of 4 bytes or pairs of bf16 values, a multiple of 16); `c`: `m` rows of `n` values (f32,
 ///   or i32 with int8's `raw`) at stride `ldc`; the epilogue operands as for the format's vector
 ///   kernels (int8's comp unused: no offset).
-/// * No other thread writes the columns of panels `p0..p1` of these rows.
+/// * No other thread writes columns `32 * p0 .. min(32 * p1, n)` of these rows (the only ones
+///   written).
 #[inline(always)]
 pub(crate) unsafe fn gemm_tiles<F: TileFormat, S: Simd>(
     a: *const u8,
@@ -251,7 +252,9 @@ pub(crate) unsafe fn gemm_tiles<F: TileFormat, S: Simd>(
                 for i in 0..rows {
                     let row = c.add((r0 + i) * ldc + col0) as *const i8;
                     _mm_prefetch::<_MM_HINT_ET0>(row);
-                    _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(64));
+                    if cols > 16 {
+                        _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(64));
+                    }
                 }
                 asm!(
                     "tilezero tmm0",

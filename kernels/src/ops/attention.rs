@@ -253,7 +253,9 @@ pub(crate) unsafe fn probabilities<S: Simd>(
     let s = span.len;
     let (keys, block) = seq_masks(args, span);
     let scale = (1.0 / (args.key_dim as f64).sqrt()) as f32;
-    // SAFETY: the scores block of this sequence and head is within the buffer (contract).
+    // SAFETY: the scores block of this sequence and head is within the buffer (contract);
+    // `softmax_row` gets rows of `sp` values, a multiple of the vector length (contract), with
+    // S's features enabled by the caller.
     unsafe {
         for r in 0..rows {
             let i = i0 + r;

@@ -49,24 +49,64 @@ pub(crate) fn scratch_len(s: usize, d: usize) -> usize {
     halves.div_ceil(2) + BLOCK * sp
 }
 
+/// The `n <= 16` floats at `x` (zero past `n`) rounded to bf16 (each lane's low half), and
+/// `poison` grown by the rounded values' `y - y`: NaN once one of them is NaN or infinite, which
+/// includes a finite float32 beyond the largest bf16 (about 3.3961e38), rounded to infinity.
+///
+/// # Safety
+/// `x` valid for `n` values; AVX-512F/BW enabled.
+#[inline(always)]
+unsafe fn rounded(x: *const f32, n: usize, poison: &mut __m512) -> __m512i {
+    // SAFETY: the load reads lanes below n only; features by the caller.
+    unsafe {
+        let r = bf16_lanes(S::load_partial(x, n));
+        let y = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(r));
+        *poison = S::add(*poison, S::sub(y, y));
+        r
+    }
+}
+
 /// `d <= 32` floats at `x` (zero past `d`) rounded to bf16, as 16 pairs of neighbours (pair
-/// `i`: value `2i` in the low half, `2i + 1` in the high half).
+/// `i`: value `2i` in the low half, `2i + 1` in the high half); `poison` as in [`rounded`].
 ///
 /// # Safety
 /// `x` valid for `d` values; AVX-512F/BW enabled.
 #[inline(always)]
-unsafe fn pairs32(x: *const f32, d: usize) -> __m512i {
+unsafe fn pairs32(x: *const f32, d: usize, poison: &mut __m512) -> __m512i {
     // SAFETY: the loads read lanes below d only; features by the caller.
     unsafe {
-        let lo = S::load_partial(x, d.min(16));
+        let lo = rounded(x, d.min(16), poison);
         let hi = if d > 16 {
-            S::load_partial(x.add(16), d - 16)
+            rounded(x.add(16), d - 16, poison)
         } else {
-            S::splat(0.0)
+            _mm512_setzero_si512()
         };
-        let lo = _mm512_cvtepi32_epi16(bf16_lanes(lo));
-        let hi = _mm512_cvtepi32_epi16(bf16_lanes(hi));
+        let lo = _mm512_cvtepi32_epi16(lo);
+        let hi = _mm512_cvtepi32_epi16(hi);
         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+}
+
+/// A row of `d` floats at `x` rounded to bf16 into `dp` values at `out` (zero past `d`);
+/// `poison` as in [`rounded`].
+///
+/// # Safety
+/// `x` valid for `d` values, `out` for `dp >= d`; AVX-512F/BW enabled.
+#[inline(always)]
+unsafe fn round_row(x: *const f32, d: usize, out: *mut u16, dp: usize, poison: &mut __m512) {
+    // SAFETY: every access is below d (floats) or dp (values).
+    unsafe {
+        let mut k = 0;
+        while k < d {
+            let n = (d - k).min(16);
+            let r = rounded(x.add(k), n, poison);
+            let lanes = if n == 16 { u16::MAX } else { (1u16 << n) - 1 };
+            _mm512_mask_cvtepi32_storeu_epi16(out.add(k) as *mut i16, lanes, r);
+            k += n;
+        }
+        for p in d..dp {
+            *out.add(p) = 0;
+        }
     }
 }
 
@@ -85,7 +125,7 @@ unsafe fn fetch(row: *const f32, d: usize) {
 }
 
 /// Values `c..c + n` (`n <= 16`) of the row at `row` (null: a zero row) as bf16 lanes (low
-/// halves), each `x - x` added to `poison` (NaN exactly for NaN and the infinities).
+/// halves); `poison` as in [`rounded`].
 ///
 /// # Safety
 /// `row` null or valid for `c + n` values; AVX-512F enabled.
@@ -96,9 +136,7 @@ unsafe fn value_lanes(row: *const f32, c: usize, n: usize, poison: &mut __m512) 
         if row.is_null() || n == 0 {
             return _mm512_setzero_si512();
         }
-        let v = S::load_partial(row.add(c), n);
-        *poison = S::add(*poison, S::sub(v, v));
-        bf16_lanes(v)
+        rounded(row.add(c), n, poison)
     }
 }
 
@@ -156,10 +194,21 @@ pub(crate) unsafe fn attention_head_tiles<const MR: usize, const NV: usize>(
     // SAFETY: every row read is one of the sequence's (contract) and every write stays within
     // the buffers carved above: the packed keys and values hold (sp / 32) and (dp / 32) panels
     // of dp / 2 and sp / 2 pairs of 32 columns (sp * dp values each), the query and probability
-    // blocks 32 rows of dp and sp values.
+    // blocks 32 rows of dp and sp values. `gemm_tiles`' contract: the CPU has the tiles and
+    // their grant, and AVX-512 is enabled (this function's contract); the A blocks have 32
+    // readable rows of 2 * dp and 2 * sp bytes (multiples of 64) and the packed panels dp / 2
+    // and sp / 2 pairs (multiples of 16); the logits are this thread's scratch, and the context
+    // columns h * D.. of these rows are this (sequence, head)'s alone (the caller's contract),
+    // the only ones the product writes (n = D). `probabilities` gets rows * sp logits, sp a
+    // multiple of 16; the float32 fallback gets the whole scratch, which covers its length too.
     unsafe {
         // Keys as the weights of Q · Kᵀ (inner: the head's dimensions, columns: the keys):
         // a key's 16 pairs of a tile step go down one column of the tile, 64 bytes apart.
+        // Every key, and every kept value, is checked as it is rounded (`rounded`): one that is
+        // NaN or infinite in bf16 (a finite float32 past the largest bf16 included) sends the
+        // head to the float32 kernel, where 0 times it cannot make a NaN the float32 kernel
+        // would not make.
+        let mut poison = S::splat(0.0);
         let kq = kpack as *mut i32;
         let down = _mm512_mullo_epi32(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -174,7 +223,7 @@ pub(crate) unsafe fn attention_head_tiles<const MR: usize, const NV: usize>(
             for t in 0..dp / BLOCK {
                 let k0 = t * BLOCK;
                 let v = if k0 < d {
-                    pairs32(row.add(k0), (d - k0).min(BLOCK))
+                    pairs32(row.add(k0), (d - k0).min(BLOCK), &mut poison)
                 } else {
                     _mm512_setzero_si512()
                 };
@@ -182,9 +231,7 @@ pub(crate) unsafe fn attention_head_tiles<const MR: usize, const NV: usize>(
             }
         }
         // Values as the weights of P · V (inner: the keys, in pairs; columns: the dimensions):
-        // two keys' 16 values of a column block interleave into 16 contiguous pairs. Checked on
-        // the way: x - x is NaN exactly for NaN and the infinities.
-        let mut poison = S::splat(0.0);
+        // two keys' 16 values of a column block interleave into 16 contiguous pairs.
         for r in 0..sp / 2 {
             let (j0, j1) = (2 * r, 2 * r + 1);
             for j in [j0, j1] {
@@ -214,8 +261,8 @@ pub(crate) unsafe fn attention_head_tiles<const MR: usize, const NV: usize>(
             }
         }
         if S::reduce_sum(poison) != 0.0 {
-            // A kept value is NaN or infinite: the float32 kernel (the scratch covers its
-            // length too) skips masked keys one by one.
+            // The float32 kernel (the scratch covers its length too) skips masked keys one by
+            // one.
             attention_head::<S, MR, NV>(args, b, h, scratch);
             return;
         }
@@ -235,8 +282,21 @@ pub(crate) unsafe fn attention_head_tiles<const MR: usize, const NV: usize>(
             let rows = BLOCK.min(s - i0);
             // Logits[rows, s] = Q[i0.., :D] · Kᵀ; the block's other rows of Q are read by the
             // tiles and their sums dropped.
+            let mut qpoison = S::splat(0.0);
             for r in 0..rows {
-                bf16_row::<S>(base.add((i0 + r) * ld3), d, qa.add(r * dp), dp);
+                round_row(
+                    base.add((i0 + r) * ld3),
+                    d,
+                    qa.add(r * dp),
+                    dp,
+                    &mut qpoison,
+                );
+            }
+            if S::reduce_sum(qpoison) != 0.0 {
+                // A query past bf16's range (or NaN, infinite): the whole head again in float32,
+                // which overwrites every row this head wrote.
+                attention_head::<S, MR, NV>(args, b, h, scratch);
+                return;
             }
             let args_qk = none(2 * dp, rows, dp / 2, s, sp);
             let la = logits.as_mut_ptr();
