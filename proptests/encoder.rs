@@ -1,6 +1,6 @@
 //! The whole encoder, fast against reference.
 
-use crate::common::{check_close, config, tiers, values};
+use crate::common::{check_close, check_close_rows, config, tiers, values};
 use proptest::prelude::*;
 use transformer_encoder::*;
 
@@ -84,9 +84,11 @@ proptest! {
             let e = TransformerEncoder::with_isa(cfg.clone(), w.clone(), isa).unwrap();
             prop_assert_eq!(e.isa(), isa);
             let y = e.forward(xv, &opts).unwrap();
-            check_close(&y, &r.output, 1e-5 * scale, 1e-4, &format!("{isa} output")).map_err(TestCaseError::fail)?;
+            // Tokens whose activation input sits on a jump (hard_shrink's ±0.5, within the
+            // oracle's margin) may take either side in float32: skipped.
+            check_close_rows(&y, &r.output, c.hidden, &r.near_jump, 1e-5 * scale, 1e-4, &format!("{isa} output")).map_err(TestCaseError::fail)?;
             let (y2, s) = e.forward_with_scores(xv, &opts).unwrap();
-            check_close(&y2, &rs.output, 1e-5 * scale, 1e-4, &format!("{isa} scores-call output")).map_err(TestCaseError::fail)?;
+            check_close_rows(&y2, &rs.output, c.hidden, &rs.near_jump, 1e-5 * scale, 1e-4, &format!("{isa} scores-call output")).map_err(TestCaseError::fail)?;
             check_close(&s, &rs.scores, 1e-6, 1e-4, &format!("{isa} scores")).map_err(TestCaseError::fail)?;
         }
     }

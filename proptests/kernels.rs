@@ -61,6 +61,13 @@ fn run_gemm(
     } else {
         r::matmul(&f64s(&a), &f64s(&w), m, k, n)
     };
+    // Products whose activation input lies within the product's tolerance of a jump
+    // (hard_shrink's ±0.5) may take either side in float32: those elements are not compared.
+    let atol = 1e-5 * (k.max(1) as f64).sqrt();
+    let on_jump: Vec<bool> = want
+        .iter()
+        .map(|&v| a_act.is_some_and(|act| act.near_jump(v, atol + 1e-4 * v.abs())))
+        .collect();
     if let Some(act) = a_act {
         r::activation(act, &mut want, n);
     }
@@ -80,7 +87,9 @@ fn run_gemm(
         for par in [Par::Seq, Par::Threads(3)] {
             let mut out = vec![f32::NAN; m * n];
             kern.gemm(&a, m, &packed, &ep, &mut out, par).unwrap();
-            let atol = 1e-5 * (k.max(1) as f64).sqrt();
+            let keep = |i: &usize| !on_jump[*i];
+            let out: Vec<f32> = (0..m * n).filter(keep).map(|i| out[i]).collect();
+            let want: Vec<f64> = (0..m * n).filter(keep).map(|i| want[i]).collect();
             check_close(
                 &out,
                 &want,

@@ -292,6 +292,36 @@ impl Activation {
             })
     }
 
+    /// The inputs where this activation jumps (`hard_shrink` at ±0.5; none for the others).
+    /// A float32 computation whose exact input lies within its rounding error of a jump may land
+    /// on either side, so a float32 result differs there from a float64 oracle by the jump (0.5)
+    /// however exact the kernels are: comparisons must allow both sides near these points
+    /// ([`Activation::near_jump`]).
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::activation::Activation;
+    /// assert_eq!(Activation::HardShrink.jumps(), &[-0.5, 0.5]);
+    /// assert!(Activation::Relu.jumps().is_empty());
+    /// ```
+    pub fn jumps(self) -> &'static [f64] {
+        match self {
+            Activation::HardShrink => &[-0.5, 0.5],
+            _ => &[],
+        }
+    }
+
+    /// True when `x` lies within `margin` of one of [`Activation::jumps`].
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::activation::Activation;
+    /// assert!(Activation::HardShrink.near_jump(0.50001, 1e-4));
+    /// assert!(!Activation::HardShrink.near_jump(0.6, 1e-4));
+    /// assert!(!Activation::Gelu.near_jump(0.5, 1e-4));
+    /// ```
+    pub fn near_jump(self, x: f64, margin: f64) -> bool {
+        self.jumps().iter().any(|j| (x - j).abs() <= margin)
+    }
+
     /// True for the activations that act on a whole row of the intermediate axis.
     pub fn is_rowwise(self) -> bool {
         matches!(

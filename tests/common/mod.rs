@@ -88,3 +88,34 @@ pub fn check_close(
     }
     Ok(())
 }
+
+/// [`check_close`] over the rows of `row` values whose `skip` flag is false (the tokens a float64
+/// oracle flags as on a jump of the activation, `reference::ReferenceOutput::near_jump`).
+pub fn check_close_rows(
+    fast: &[f32],
+    reference: &[f64],
+    row: usize,
+    skip: &[bool],
+    atol: f64,
+    rtol: f64,
+    what: &str,
+) -> Result<(), String> {
+    if fast.len() != reference.len() || fast.len() != skip.len() * row {
+        return Err(format!(
+            "{what}: lengths {} and {} for {} rows of {row}",
+            fast.len(),
+            reference.len(),
+            skip.len()
+        ));
+    }
+    for (t, (f, r)) in fast
+        .chunks(row.max(1))
+        .zip(reference.chunks(row.max(1)))
+        .enumerate()
+    {
+        if !skip[t] {
+            check_close(f, r, atol, rtol, &format!("{what}, token {t}"))?;
+        }
+    }
+    Ok(())
+}
