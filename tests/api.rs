@@ -846,7 +846,7 @@ fn a_layer_loads_from_a_file_as_from_its_weights() {
 #[test]
 fn bf16_attention_is_an_option_of_every_layer() {
     // Float32 and int8 layers with the attention's products in bf16 (an option beyond Keras):
-    // from 64 tokens on, near the layer without it (bf16 operands, 2^-9 relative each); shorter
+    // from 64 tokens on, near the layer without it (bf16 operands, 2^-8 relative each); shorter
     // sequences bit for bit as without it; a ragged batch bit for bit as each sequence alone.
     let (h, heads, f) = (64, 4, 128);
     for precision in [Precision::F32, Precision::Int8] {
