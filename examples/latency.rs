@@ -95,6 +95,13 @@ fn latency() -> Result<ExitCode, common::Failure> {
     } else {
         String::new()
     };
+    // The float32 products' cache blocks on this CPU (`TRANSFORMER_ENCODER_FP32_BLOCKS` forces them).
+    let blocks = if m.precision == transformer_encoder::Precision::F32 {
+        let k = transformer_encoder_kernels::Kernels::for_isa(m.isa)?;
+        format!(" fp32_blocks={}", k.fp32_blocks())
+    } else {
+        String::new()
+    };
     let attention = if s.bf16_attention() {
         " attention=bf16"
     } else {
@@ -102,7 +109,7 @@ fn latency() -> Result<ExitCode, common::Failure> {
     };
     let flops = s.flops(batch, seq) * m.layers as f64;
     println!(
-        "encoder isa={} precision={} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1} sync_ms={sync_ms:.4}{idle}{bf16}{attention}",
+        "encoder isa={} precision={} threads={threads} norm={} activation={} batch={batch} seq={seq} hidden={hidden} heads={heads} inter={inter} layers={} runs={runs} median_ms={:.4} min_ms={:.4} gflops={:.1} sync_ms={sync_ms:.4}{idle}{bf16}{blocks}{attention}",
         m.isa,
         m.precision,
         if m.pre { "pre" } else { "post" },

@@ -265,9 +265,31 @@ proptest! {
     }
 }
 
+/// The float32 cache blocks this run uses: those `TRANSFORMER_ENCODER_FP32_BLOCKS` forces (CI
+/// runs the product tests again under forced extremes: a forced choice that silently did not
+/// apply fails here), else this CPU's, within their bounds.
+#[test]
+fn fp32_blocks_are_the_forced_ones() {
+    let forced = std::env::var(blocks::FP32_BLOCKS_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    for isa in tiers() {
+        let b = Kernels::for_isa(isa).unwrap().fp32_blocks();
+        match &forced {
+            Some(v) => assert_eq!(b, v.parse::<Blocks>().unwrap(), "{isa}"),
+            None => assert!(
+                (64..=512).contains(&b.kc) && (96..=768).contains(&b.mc),
+                "{isa}: {b}"
+            ),
+        }
+        eprintln!("note: {isa} float32 blocks {b}");
+    }
+}
+
 #[test]
 fn gemm_past_the_cache_blocks() {
-    // m > MC (192), k > KC (256) and not a multiple, n with a tail on every tier's panel width.
+    // m > mc (192 here), k > kc (256) and not a multiple, n with a tail on every tier's panel
+    // width (CI runs these again with the blocks forced small and large).
     run_gemm(203, 777, 131, true, true, Some(Activation::Gelu), 1).unwrap();
     // k = 0: act(bias) + residual, for an element-wise and a row-wise activation.
     run_gemm(5, 0, 19, true, true, Some(Activation::Silu), 4).unwrap();

@@ -386,6 +386,8 @@ pub enum IsaError {
         /// The variable's value.
         value: String,
     },
+    /// `TRANSFORMER_ENCODER_FP32_BLOCKS` holds a value that is not `KCxMC`.
+    Blocks(crate::blocks::BlocksError),
     /// `TRANSFORMER_ENCODER_ISA` holds `value`, which cannot be used (`cause` says why).
     Env {
         /// The variable's value.
@@ -414,6 +416,7 @@ impl fmt::Display for IsaError {
                 tiers_here()
             ),
             IsaError::Env { value, cause } => write!(f, "{ISA_ENV}={value}: {cause}"),
+            IsaError::Blocks(e) => write!(f, "{e}"),
             IsaError::Bf16Env { value } => {
                 let has = |k: Bf16Kernel| if k.is_available() { "has" } else { "lacks" };
                 write!(

@@ -19,6 +19,7 @@
 )]
 
 pub mod activation;
+pub mod blocks;
 pub mod isa;
 pub mod quant;
 pub mod reference;
@@ -32,6 +33,7 @@ mod table;
 pub mod team;
 
 pub use activation::{Activation, ErrorBound};
+pub use blocks::Blocks;
 pub use isa::{Bf16Kernel, Isa, IsaError, VERIFIED_ON};
 pub use quant::{Precision, QuantRows};
 pub use table::{

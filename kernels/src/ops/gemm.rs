@@ -4,8 +4,9 @@
 //! columns (the tier's register-tile width): panel `p` holds `B[0..k, p*NR..(p+1)*NR]` row by row,
 //! zero-padded past `n`. `A` is read in place (row stride `lda`; packing it as well measured no
 //! faster here). A register tile of `MR x NR`
-//! outputs accumulates over blocks of `KC` inner indices; the first block adds the bias, the last
-//! one applies the activation and the residual. Every output element is computed by the same
+//! outputs accumulates over blocks of `kc` inner indices; the first block adds the bias, the last
+//! one applies the activation and the residual. The cache blocks (`kc`, `mc` rows of A, and how
+//! much of A stays in L2: [`Blocks`](crate::Blocks)) follow the CPU's cache sizes. Every output element is computed by the same
 //! sequence of operations whatever the thread split, so results are bit-identical for any
 //! thread count.
 
@@ -13,17 +14,6 @@ use super::act::apply_tile;
 use super::product::{ProductArgs, by_rows};
 use crate::activation::Activation;
 use crate::simd::Simd;
-
-/// Inner-dimension block: a `KC x NR` panel slice stays in L1 while the row tiles stream by.
-pub(crate) const KC: usize = 256;
-/// Row block: an `MC x KC` block of `A` stays in L2 across the panels of a task.
-pub(crate) const MC: usize = 192;
-/// Up to this many bytes of A (a row block's whole inner dimension), each panel runs all its
-/// inner blocks in turn, its output tile in cache between them; beyond, the inner blocks go
-/// outermost so that one block of A stays in L2 across the panels. Measured on the Xeon (pairs
-/// of runs alternated in one process, `avx512`, one thread): BERT-base QKV (k = 768, 384 KiB
-/// of A) 4 % faster panel by panel, the FFN output (k = 3,072, 1.5 MiB of A) 2.4 % slower.
-const A_RESIDENT: usize = 512 << 10;
 
 /// Raw epilogue operands (validated by the safe wrapper).
 #[derive(Clone, Copy, Debug)]
@@ -238,25 +228,34 @@ pub(crate) unsafe fn gemm_panels<S: Simd, const MR: usize, const NV: usize>(
         steps: k,
         p0,
         p1,
+        blocks,
         ..
     } = *args;
     let (a, lda) = (a as *const f32, args.lda / 4);
     let packed = packed as *const f32;
+    // Row blocks of even size in whole register tiles, at most `mc` rows: 512 rows in blocks
+    // of 192 would leave a last block of 128 (measured on the Xeon, BERT-base seq 512 on 2
+    // threads, calls alternated in one process: 0.3-0.8 % faster for 192, 240 and 384).
+    let kc = blocks.kc.max(1);
+    let mcb = m.div_ceil(m.div_ceil(blocks.mc.max(1)).max(1)).div_ceil(MR) * MR;
     let mut ic = 0;
     while ic < m {
-        let mc = MC.min(m - ic);
-        if mc * k * 4 <= A_RESIDENT {
+        let mc = mcb.min(m - ic);
+        // Measured on the Xeon (pairs of runs alternated in one process, `avx512`, one thread,
+        // 512 KiB): BERT-base QKV (k = 768, 384 KiB of A) 4 % faster panel by panel, the FFN
+        // output (k = 3,072, 1.5 MiB of A) 2.4 % slower.
+        if mc * k * 4 <= blocks.a_resident {
             // The rows' whole A stays in L2: each panel runs every inner block at once, its
             // output tile kept in cache from one block to the next.
             for p in p0..p1 {
-                for pc in (0..k).step_by(KC) {
+                for pc in (0..k).step_by(kc) {
                     // SAFETY: the contract above, forwarded.
                     unsafe { panel_block::<S, MR, NV>(a, lda, packed, c, args, ic, mc, p, pc) };
                 }
             }
         } else {
             // A block of A per inner block, in L2 while every panel passes.
-            for pc in (0..k).step_by(KC) {
+            for pc in (0..k).step_by(kc) {
                 for p in p0..p1 {
                     // SAFETY: the contract above, forwarded.
                     unsafe { panel_block::<S, MR, NV>(a, lda, packed, c, args, ic, mc, p, pc) };
@@ -267,7 +266,7 @@ pub(crate) unsafe fn gemm_panels<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Panel `p`'s inner block `pc..pc + KC` over rows `ic..ic + mc` of [`gemm_panels`]: every
+/// Panel `p`'s inner block `pc..pc + kc` over rows `ic..ic + mc` of [`gemm_panels`]: every
 /// register tile of those rows, the B slice (`kc x NR`, in L1) reused by each.
 ///
 /// # Safety
@@ -290,10 +289,11 @@ unsafe fn panel_block<S: Simd, const MR: usize, const NV: usize>(
         n,
         ldc,
         ref epi,
+        blocks,
         ..
     } = *args;
     let nr = NV * S::LANES;
-    let kc = KC.min(k - pc);
+    let kc = blocks.kc.max(1).min(k - pc);
     let (first, last) = (pc == 0, pc + kc == k);
     let col0 = p * nr;
     let cols = nr.min(n - col0);

@@ -54,6 +54,8 @@ pub(crate) struct ProductArgs {
     pub epi: Epi,
     /// int8 only.
     pub deq: Dequant,
+    /// float32 only: the cache blocks (chosen per CPU at the table).
+    pub blocks: crate::blocks::Blocks,
 }
 
 impl ProductArgs {

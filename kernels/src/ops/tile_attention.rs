@@ -276,6 +276,7 @@ pub(crate) unsafe fn attention_head_tiles<const MR: usize, const NV: usize>(
             p1: n.div_ceil(BLOCK),
             epi: Epi::NONE,
             deq: Dequant::NONE,
+            blocks: crate::Blocks::DEFAULT,
         };
         let mut i0 = 0;
         while i0 < s {

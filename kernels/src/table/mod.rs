@@ -1,5 +1,6 @@
 //! The kernel table: the one dispatch point. One table per instruction-set tier, chosen once.
 
+use crate::Blocks;
 use crate::activation::Activation;
 use crate::aligned::Aligned;
 use crate::arch::{ActFn, AttnFn, NormFn, QuantFn, QuantOut, RowActFn};
@@ -241,6 +242,7 @@ impl Kernels {
         static BEST: OnceLock<Result<&'static Kernels, IsaError>> = OnceLock::new();
         BEST.get_or_init(|| {
             bf16_choice()?;
+            Blocks::for_this_cpu(1).map_err(IsaError::Blocks)?;
             Isa::detect().map(Kernels::table)
         })
         .clone()
@@ -250,6 +252,7 @@ impl Kernels {
     /// `TRANSFORMER_ENCODER_BF16` holds a value that cannot be used).
     pub fn for_isa(isa: Isa) -> Result<&'static Kernels, IsaError> {
         bf16_choice()?;
+        Blocks::for_this_cpu(1).map_err(IsaError::Blocks)?;
         isa.require().map(Kernels::table)
     }
 
@@ -345,6 +348,21 @@ impl Kernels {
     /// [`with_bf16_attention`](Kernels::with_bf16_attention)); otherwise only bf16 layers do.
     pub fn bf16_attention_for_all(&self) -> bool {
         self.attn_bf16_all
+    }
+
+    /// The cache blocks of this table's float32 products: from this CPU's cache sizes and the
+    /// tier's panel width, or as `TRANSFORMER_ENCODER_FP32_BLOCKS` forces them (`KCxMC`; a bad
+    /// value makes [`Kernels::best`] and [`Kernels::for_isa`] fail, naming it).
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels};
+    /// let b = Kernels::for_isa(Isa::Portable)?.fp32_blocks();
+    /// assert!(b.kc >= 1 && b.mc >= 1);
+    /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
+    /// ```
+    pub fn fp32_blocks(&self) -> Blocks {
+        // Checked by `best` and `for_isa`, the only ways to a table.
+        Blocks::for_this_cpu(self.f32.nr).unwrap_or(Blocks::DEFAULT)
     }
 
     fn attention_tiles_from(&self) -> Option<usize> {

@@ -54,7 +54,7 @@ impl Kernels {
                 finish_parts: 1,
             };
         }
-        if tall || (threads > 1 && m >= 2 * crate::ops::gemm::MC && m > n) {
+        if tall || (threads > 1 && m >= TALL_SPLIT_ROWS && m > n) {
             // A block of A in a quarter of L2 and its output in half of it, whole tiles of
             // rows, and at least two blocks per thread.
             let fit = (L2_BYTES / 4 / row_bytes.max(1)).min(L2_BYTES / 2 / (4 * n).max(1));
@@ -263,6 +263,9 @@ pub(super) const TALL_ROWS_INT8: usize = 256;
 
 /// The L2 size the row blocks are sized for (per core; 1-2 MiB on the CPUs of the field).
 pub(super) const L2_BYTES: usize = 1 << 20;
+/// From this many rows on several threads, a product whose A is taller than its weights are
+/// wide runs by row blocks.
+const TALL_SPLIT_ROWS: usize = 384;
 
 /// Up to this many rows (a short query, a short ragged chunk) a product on several threads
 /// runs as one block of rows per thread.

@@ -398,6 +398,7 @@ impl Kernels {
             p1: 0,
             epi,
             deq: Dequant::NONE,
+            blocks: self.fp32_blocks(),
         };
         let (kernel, a, packed, tall_rows) = match &b.data {
             Panels::F32(data) => {

@@ -1,0 +1,242 @@
+//! The float32 product's cache blocks, chosen from the CPU's own cache sizes.
+//!
+//! The float32 register tile streams a `KC x NR` slice of a weight panel from L1 while the row
+//! tiles pass, and keeps an `MC x KC` block of `A` in L2 while the panels pass (see
+//! `ops/gemm.rs`). Both sizes follow from the data cache sizes the CPU reports (`cpuid` leaf 4 on
+//! Intel, `0x8000_0006`/`0x8000_0005` on AMD): Intel's server cores have 48 KiB of L1d and 2 MiB
+//! of L2, AMD's Zen 3 32 KiB and 512 KiB, Zen 4 32 KiB and 1 MiB. `TRANSFORMER_ENCODER_FP32_BLOCKS`
+//! forces a choice by name (`KCxMC`, e.g. `256x192`), for tests and benchmarks as
+//! `TRANSFORMER_ENCODER_ISA` forces a tier.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+/// The environment variable that forces the float32 cache blocks (`KCxMC`, e.g. `256x192`).
+pub const FP32_BLOCKS_ENV: &str = "TRANSFORMER_ENCODER_FP32_BLOCKS";
+
+/// The cache blocks of the float32 product: `kc` inner steps per block (a `kc x NR` slice of a
+/// weight panel in L1), `mc` rows per block of `A` (an `mc x kc` block in L2), and up to
+/// `a_resident` bytes of a row block's whole `A`, each panel runs all its inner blocks in turn
+/// (the block in L2), beyond that the inner blocks go outermost. Every choice gives the same
+/// results up to float32 rounding (the inner blocks' sums are added in `C`): the property tests
+/// run the extremes.
+///
+/// ```
+/// use transformer_encoder_kernels::Blocks;
+/// let b: Blocks = "128x96".parse().unwrap();
+/// assert_eq!((b.kc, b.mc), (128, 96));
+/// assert_eq!(b.to_string(), "128x96");
+/// // From the cache sizes: a 48 KiB L1d and a 2 MiB L2, panels of 32 columns.
+/// let x = Blocks::for_caches(48 << 10, 2 << 20, 32);
+/// assert_eq!((x.kc, x.mc), (256, 192));
+/// assert!("0x5".parse::<Blocks>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocks {
+    /// Inner steps per block.
+    pub kc: usize,
+    /// Rows of `A` per block.
+    pub mc: usize,
+    /// Bytes of a row block's `A` up to which each panel runs all its inner blocks at once.
+    pub a_resident: usize,
+}
+
+/// The largest `kc` or `mc` a name may ask for.
+const MAX_BLOCK: usize = 1 << 16;
+
+impl Blocks {
+    /// The sizes before they followed the CPU (measured on the Xeon with 48 KiB of L1d and 2 MiB
+    /// of L2): also what a CPU that reports no cache sizes gets.
+    pub const DEFAULT: Blocks = Blocks {
+        kc: 256,
+        mc: 192,
+        a_resident: 512 << 10,
+    };
+
+    /// The blocks for an L1 data cache of `l1d` bytes and an L2 of `l2` bytes (per core), over
+    /// weight panels of `nr` columns: the panel slice (`kc x nr`) takes two thirds of L1 (`kc` a
+    /// multiple of 16, 64 to 512); a row block of `A` (`mc x kc`) a tenth of L2 (`mc` a multiple
+    /// of 24, whole register tiles of 4, 6, 8 or 12 rows, 96 to 768: each weight slice is
+    /// fetched once per row block, so fewer rows would stream the weights too often), the rest
+    /// of L2 holding the weight panels streaming by and the output; a row block's whole `A` stays in L2 (each
+    /// panel running its inner blocks at once) up to a quarter of L2.
+    ///
+    /// The shares are the Xeon's measured optimum (48 KiB, 2 MiB: 256 x 192, 1-2 % faster at
+    /// BERT-base seq 512 than 384 or 672 rows, or 192 inner steps, calls alternated in one
+    /// process); CPUs with other caches get the same shares of theirs.
+    pub fn for_caches(l1d: usize, l2: usize, nr: usize) -> Blocks {
+        let kc = (l1d * 2 / 3 / (4 * nr.max(1)) / 16 * 16).clamp(64, 512);
+        let mc = (l2 / 10 / (4 * kc) / 24 * 24).clamp(96, 768);
+        Blocks {
+            kc,
+            mc,
+            a_resident: (l2 / 4).max(64 << 10),
+        }
+    }
+
+    /// The blocks for this CPU over panels of `nr` columns: forced by
+    /// `TRANSFORMER_ENCODER_FP32_BLOCKS` where it is set (an error names a bad value), else from
+    /// [`cache_sizes`], else [`Blocks::DEFAULT`].
+    pub fn for_this_cpu(nr: usize) -> Result<Blocks, BlocksError> {
+        if let Some(b) = forced()? {
+            return Ok(b);
+        }
+        Ok(match cache_sizes() {
+            Some((l1d, l2)) => Blocks::for_caches(l1d, l2, nr),
+            None => Blocks::DEFAULT,
+        })
+    }
+}
+
+impl fmt::Display for Blocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.kc, self.mc)
+    }
+}
+
+/// A cache-block name that is not `KCxMC` with both from 1 to 65,536.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlocksError {
+    /// The rejected name.
+    pub value: String,
+}
+
+impl fmt::Display for BlocksError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{FP32_BLOCKS_ENV}={}: expected KCxMC, two whole numbers from 1 to {MAX_BLOCK} \
+             (inner steps and rows per block, e.g. 256x192)",
+            self.value
+        )
+    }
+}
+
+impl std::error::Error for BlocksError {}
+
+impl std::str::FromStr for Blocks {
+    type Err = BlocksError;
+
+    fn from_str(s: &str) -> Result<Blocks, BlocksError> {
+        let err = || BlocksError {
+            value: s.to_string(),
+        };
+        let (kc, mc) = s.trim().split_once(['x', 'X']).ok_or_else(err)?;
+        let num = |v: &str| match v.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_BLOCK).contains(&n) => Ok(n),
+            _ => Err(err()),
+        };
+        Ok(Blocks {
+            kc: num(kc)?,
+            mc: num(mc)?,
+            ..Blocks::DEFAULT
+        })
+    }
+}
+
+/// `TRANSFORMER_ENCODER_FP32_BLOCKS`' choice, read once (None: unset or empty).
+fn forced() -> Result<Option<Blocks>, BlocksError> {
+    static CHOICE: OnceLock<Result<Option<Blocks>, BlocksError>> = OnceLock::new();
+    CHOICE
+        .get_or_init(|| match std::env::var(FP32_BLOCKS_ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(v)) => Err(BlocksError {
+                value: v.to_string_lossy().into_owned(),
+            }),
+            Ok(v) if v.trim().is_empty() => Ok(None),
+            Ok(v) => v.parse().map(Some),
+        })
+        .clone()
+}
+
+/// The per-core L1 data cache and L2 sizes in bytes, as `cpuid` reports them (None where it
+/// does not: another architecture, or a hypervisor hiding the leaves).
+///
+/// ```
+/// if let Some((l1d, l2)) = transformer_encoder_kernels::blocks::cache_sizes() {
+///     assert!(l1d >= 1024 && l2 >= l1d);
+/// }
+/// ```
+pub fn cache_sizes() -> Option<(usize, usize)> {
+    static SIZES: OnceLock<Option<(usize, usize)>> = OnceLock::new();
+    *SIZES.get_or_init(read_cache_sizes)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn read_cache_sizes() -> Option<(usize, usize)> {
+    use std::arch::x86_64::__cpuid_count;
+    let max_leaf = __cpuid_count(0, 0).eax;
+    let (mut l1d, mut l2) = (0, 0);
+    // Leaf 4 (Intel's deterministic cache parameters): one subleaf per cache, type 0 ends.
+    if max_leaf >= 4 {
+        for sub in 0..16 {
+            let r = __cpuid_count(4, sub);
+            let kind = r.eax & 0x1f;
+            if kind == 0 {
+                break;
+            }
+            let level = (r.eax >> 5) & 0x7;
+            let ways = ((r.ebx >> 22) & 0x3ff) as usize + 1;
+            let parts = ((r.ebx >> 12) & 0x3ff) as usize + 1;
+            let line = (r.ebx & 0xfff) as usize + 1;
+            let sets = r.ecx as usize + 1;
+            let size = ways * parts * line * sets;
+            // Type 1 is data, 3 unified.
+            match (level, kind) {
+                (1, 1) => l1d = size,
+                (2, 1) | (2, 3) => l2 = size,
+                _ => {}
+            }
+        }
+    }
+    // AMD: L1d in KiB in 0x8000_0005 ECX[31:24], L2 in KiB in 0x8000_0006 ECX[31:16].
+    if l1d == 0 || l2 == 0 {
+        let max_ext = __cpuid_count(0x8000_0000, 0).eax;
+        if max_ext >= 0x8000_0006 {
+            l1d = ((__cpuid_count(0x8000_0005, 0).ecx >> 24) as usize) << 10;
+            l2 = ((__cpuid_count(0x8000_0006, 0).ecx >> 16) as usize) << 10;
+        }
+    }
+    (l1d >= 1024 && l2 >= l1d).then_some((l1d, l2))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn read_cache_sizes() -> Option<(usize, usize)> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_follow_the_caches() {
+        // Intel server cores (48 KiB, 2 MiB), Zen 3 (32 KiB, 512 KiB), Zen 4 (32 KiB, 1 MiB).
+        let b = |l1: usize, l2: usize, nr: usize| {
+            let x = Blocks::for_caches(l1 << 10, l2 << 10, nr);
+            (x.kc, x.mc, x.a_resident >> 10)
+        };
+        assert_eq!(b(48, 2048, 32), (256, 192, 512));
+        assert_eq!(b(32, 512, 32), (160, 96, 128));
+        assert_eq!(b(32, 1024, 32), (160, 144, 256));
+        assert_eq!(b(32, 512, 16), (336, 96, 128));
+        // Tiny or absurd caches stay within the bounds.
+        assert_eq!(b(1, 1, 32), (64, 96, 64));
+        assert_eq!(b(1 << 20, 1 << 30, 4), (512, 768, 1 << 28));
+    }
+
+    #[test]
+    fn names_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            " 16X8 ".parse::<Blocks>().map(|b| (b.kc, b.mc)),
+            Ok((16, 8))
+        );
+        for bad in [
+            "", "256", "x", "0x8", "8x0", "8x-1", "99999x8", "ax8", "8x8x8",
+        ] {
+            let e = bad.parse::<Blocks>().unwrap_err();
+            assert_eq!(e.value, bad);
+            assert!(e.to_string().contains(FP32_BLOCKS_ENV), "{e}");
+        }
+    }
+}
