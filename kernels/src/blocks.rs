@@ -162,7 +162,7 @@ pub fn cache_sizes() -> Option<(usize, usize)> {
     *SIZES.get_or_init(read_cache_sizes)
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 fn read_cache_sizes() -> Option<(usize, usize)> {
     use std::arch::x86_64::__cpuid_count;
     let max_leaf = __cpuid_count(0, 0).eax;
@@ -200,7 +200,8 @@ fn read_cache_sizes() -> Option<(usize, usize)> {
     (l1d >= 1024 && l2 >= l1d).then_some((l1d, l2))
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+/// Elsewhere (and under Miri, which cannot run `cpuid`): unknown.
+#[cfg(any(not(target_arch = "x86_64"), miri))]
 fn read_cache_sizes() -> Option<(usize, usize)> {
     None
 }
