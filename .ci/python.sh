@@ -7,15 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-target/pyenv}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  pip=("$venv/bin/pip" install --quiet --disable-pip-version-check)
-  "${pip[@]}" numpy pytest "jax[cpu]" keras "ray[data]" pyarrow
-  # keras-hub without its tokenizers' TensorFlow (tensorflow-text pulls 2 GB of TensorFlow): the
-  # layers need keras and these alone.
-  "${pip[@]}" absl-py packaging regex rich tokenizers sentencepiece kagglehub
-  "${pip[@]}" --no-deps keras-hub
-fi
+.ci/pyenv.sh "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps ./python
 # The Rust example the tests compare with, and the model they embed with.
 cargo build --release --quiet --example embed
