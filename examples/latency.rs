@@ -95,10 +95,12 @@ fn latency() -> Result<ExitCode, common::Failure> {
     } else {
         String::new()
     };
-    // The float32 products' cache blocks on this CPU (`TRANSFORMER_ENCODER_FP32_BLOCKS` forces them).
+    // The float32 products' cache blocks and register tile on this CPU
+    // (`TRANSFORMER_ENCODER_FP32_BLOCKS` and `TRANSFORMER_ENCODER_FP32_TILE` force them).
     let blocks = if m.precision == transformer_encoder::Precision::F32 {
         let k = transformer_encoder_kernels::Kernels::for_isa(m.isa)?;
-        format!(" fp32_blocks={}", k.fp32_blocks())
+        let (r, c) = k.tile(transformer_encoder_kernels::Precision::F32);
+        format!(" fp32_blocks={} fp32_tile={r}x{c}", k.fp32_blocks())
     } else {
         String::new()
     };

@@ -286,6 +286,41 @@ fn fp32_blocks_are_the_forced_ones() {
     }
 }
 
+/// The float32 register tile each tier's products use: the one `TRANSFORMER_ENCODER_FP32_TILE`
+/// forces on every tier that has it (CI runs the product tests under each tile: a forced tile
+/// that silently did not apply fails here), else the tier's first, or on Intel's CPUs the taller
+/// AVX-512 one.
+#[test]
+fn fp32_tile_is_the_forced_one() {
+    let forced = std::env::var(blocks::FP32_TILE_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    for isa in tiers() {
+        let k = Kernels::for_isa(isa).unwrap();
+        let (tiles, tile) = (k.fp32_tiles(), k.tile(Precision::F32));
+        assert!(tiles.contains(&tile), "{isa}: {tile:?} not in {tiles:?}");
+        match forced.as_deref().and_then(|v| v.split_once('x')) {
+            Some((r, c)) => {
+                let want = (r.parse().unwrap(), c.parse().unwrap());
+                if tiles.contains(&want) {
+                    assert_eq!(tile, want, "{isa}: the forced tile did not apply");
+                }
+            }
+            None if tile != tiles[0] => {
+                assert!(
+                    matches!(isa, Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx512Amx),
+                    "{isa}"
+                )
+            }
+            None => {}
+        }
+        eprintln!(
+            "note: {isa} float32 tile {}x{} of {tiles:?}",
+            tile.0, tile.1
+        );
+    }
+}
+
 #[test]
 fn gemm_past_the_cache_blocks() {
     // m > mc (192 here), k > kc (256) and not a multiple, n with a tail on every tier's panel

@@ -107,7 +107,7 @@ pub(crate) type ActFn = unsafe fn(*mut f32, usize, Activation);
 pub(crate) type RowActFn = unsafe fn(*mut f32, usize, usize, Activation, *const f32);
 
 macro_rules! shells {
-    ($module:ident, $simd:ty, $mr:literal, $nv:literal $(, #[$attr:meta])*) => {
+    ($module:ident, $simd:ty, $mr:literal, $nv:literal, [$($tall:literal),*] $(, #[$attr:meta])*) => {
         pub(crate) mod $module {
             use super::*;
 
@@ -119,16 +119,31 @@ macro_rules! shells {
             #[allow(dead_code)]
             pub(crate) const NV: usize = $nv;
 
+            /// The float32 product with a register tile of `R` rows.
+            ///
             /// # Safety
             /// The tier's CPU features; `gemm_panels`' contract.
             $(#[$attr])*
-            unsafe fn product(a: *const u8, packed: *const u8, c: *mut f32, args: &ProductArgs) {
+            unsafe fn product<const R: usize>(
+                a: *const u8,
+                packed: *const u8,
+                c: *mut f32,
+                args: &ProductArgs,
+            ) {
                 // SAFETY: forwarded contract; features enabled on this function.
-                unsafe { gemm_panels::<$simd, $mr, $nv>(a, packed, c, args) }
+                unsafe { gemm_panels::<$simd, R, $nv>(a, packed, c, args) }
             }
 
-            /// This tier's float32 product: the kernel table's row for the format.
-            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product, MR, NR, 1);
+            /// This tier's float32 product with its first register tile (`MR` rows; the
+            /// attention's tile too): the kernel table's row for the format.
+            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product::<$mr>, MR, NR, 1);
+
+            /// Every register tile of this tier's float32 product, `KERNEL` first; the others
+            /// taller (the same panels: `NR` columns).
+            pub(crate) const TILES: &[ProductKernel] = &[
+                KERNEL,
+                $(ProductKernel::vector(product::<$tall>, $tall, NR, 1)),*
+            ];
 
             /// # Safety
             /// The tier's CPU features; `layer_norm_row`'s contract for each of `rows` rows.
@@ -232,15 +247,18 @@ macro_rules! shells {
     };
 }
 
-shells!(portable, crate::simd::portable::Portable, 4, 1);
+// Each tier's float32 register tiles: `MR` rows of `NV` vectors, and taller ones that the table
+// may choose per CPU (`Kernels::fp32_tile`): AVX-512 has 32 registers, room for 12 x 2 accumulators.
+shells!(portable, crate::simd::portable::Portable, 4, 1, [8]);
 #[cfg(target_arch = "x86_64")]
-shells!(avx2, crate::simd::avx2::Avx2, 6, 2, #[target_feature(enable = "avx2,fma")]);
+shells!(avx2, crate::simd::avx2::Avx2, 6, 2, [], #[target_feature(enable = "avx2,fma")]);
 #[cfg(target_arch = "x86_64")]
 shells!(
     avx512,
     crate::simd::avx512::Avx512,
     8,
     2,
+    [12],
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 );
 

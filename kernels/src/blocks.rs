@@ -7,12 +7,20 @@
 //! of L2, AMD's Zen 3 32 KiB and 512 KiB, Zen 4 32 KiB and 1 MiB. `TRANSFORMER_ENCODER_FP32_BLOCKS`
 //! forces a choice by name (`KCxMC`, e.g. `256x192`), for tests and benchmarks as
 //! `TRANSFORMER_ENCODER_ISA` forces a tier.
+//!
+//! The register tile is chosen here too: each tier has one or more (`arch.rs`), the first by
+//! default, the taller AVX-512 one on Intel's CPUs; `TRANSFORMER_ENCODER_FP32_TILE` forces one by
+//! name (`8x32`) on the tiers that have it.
 
 use std::fmt;
 use std::sync::OnceLock;
 
 /// The environment variable that forces the float32 cache blocks (`KCxMC`, e.g. `256x192`).
 pub const FP32_BLOCKS_ENV: &str = "TRANSFORMER_ENCODER_FP32_BLOCKS";
+
+/// The environment variable that forces the float32 register tile (`ROWSxCOLUMNS`, e.g. `8x32`)
+/// on the tiers that have it.
+pub const FP32_TILE_ENV: &str = "TRANSFORMER_ENCODER_FP32_TILE";
 
 /// The cache blocks of the float32 product: `kc` inner steps per block (a `kc x NR` slice of a
 /// weight panel in L1), `mc` rows per block of `A` (an `mc x kc` block in L2), and up to
@@ -94,15 +102,27 @@ impl fmt::Display for Blocks {
     }
 }
 
-/// A cache-block name that is not `KCxMC` with both from 1 to 65,536.
+/// A float32 blocking name that cannot be used: cache blocks that are not `KCxMC` with both
+/// from 1 to 65,536, or a register tile that is not `ROWSxCOLUMNS` or that no tier of this CPU
+/// has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlocksError {
+    /// The environment variable that held it.
+    pub variable: &'static str,
     /// The rejected name.
     pub value: String,
 }
 
 impl fmt::Display for BlocksError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.variable == FP32_TILE_ENV {
+            return write!(
+                f,
+                "{FP32_TILE_ENV}={}: expected ROWSxCOLUMNS, a float32 register tile of a tier \
+                 this CPU has (portable 4x8 or 8x8, avx2 6x16, avx512 8x32 or 12x32)",
+                self.value
+            );
+        }
         write!(
             f,
             "{FP32_BLOCKS_ENV}={}: expected KCxMC, two whole numbers from 1 to {MAX_BLOCK} \
@@ -119,6 +139,7 @@ impl std::str::FromStr for Blocks {
 
     fn from_str(s: &str) -> Result<Blocks, BlocksError> {
         let err = || BlocksError {
+            variable: FP32_BLOCKS_ENV,
             value: s.to_string(),
         };
         let (kc, mc) = s.trim().split_once(['x', 'X']).ok_or_else(err)?;
@@ -134,6 +155,47 @@ impl std::str::FromStr for Blocks {
     }
 }
 
+/// A float32 register tile, `rows x cols` (`cols` the panel width of the tier).
+pub type Tile = (usize, usize);
+
+/// `TRANSFORMER_ENCODER_FP32_TILE`'s choice, read once (None: unset or empty); a value that is
+/// not `ROWSxCOLUMNS` is an error naming the variable.
+pub(crate) fn forced_tile() -> Result<Option<Tile>, BlocksError> {
+    static CHOICE: OnceLock<Result<Option<Tile>, BlocksError>> = OnceLock::new();
+    CHOICE
+        .get_or_init(|| {
+            let v = match std::env::var(FP32_TILE_ENV) {
+                Err(std::env::VarError::NotPresent) => return Ok(None),
+                Err(std::env::VarError::NotUnicode(v)) => v.to_string_lossy().into_owned(),
+                Ok(v) if v.trim().is_empty() => return Ok(None),
+                Ok(v) => v,
+            };
+            let err = || BlocksError {
+                variable: FP32_TILE_ENV,
+                value: v.clone(),
+            };
+            let (r, c) = v.trim().split_once(['x', 'X']).ok_or_else(err)?;
+            match (r.trim().parse::<usize>(), c.trim().parse::<usize>()) {
+                (Ok(r), Ok(c)) if r >= 1 && c >= 1 => Ok(Some((r, c))),
+                _ => Err(err()),
+            }
+        })
+        .clone()
+}
+
+/// Whether the CPU is Intel's (`cpuid` leaf 0): its AVX-512 cores run two 512-bit FMAs a cycle,
+/// and the tier's taller float32 tile measured faster there (the 6-layer MiniLM query 4.5 %,
+/// BERT-base layers within 1 %; calls alternated in one process).
+pub(crate) fn intel() -> bool {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        let r = std::arch::x86_64::__cpuid_count(0, 0);
+        (r.ebx, r.edx, r.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
+    }
+    #[cfg(any(not(target_arch = "x86_64"), miri))]
+    false
+}
+
 /// `TRANSFORMER_ENCODER_FP32_BLOCKS`' choice, read once (None: unset or empty).
 fn forced() -> Result<Option<Blocks>, BlocksError> {
     static CHOICE: OnceLock<Result<Option<Blocks>, BlocksError>> = OnceLock::new();
@@ -141,6 +203,7 @@ fn forced() -> Result<Option<Blocks>, BlocksError> {
         .get_or_init(|| match std::env::var(FP32_BLOCKS_ENV) {
             Err(std::env::VarError::NotPresent) => Ok(None),
             Err(std::env::VarError::NotUnicode(v)) => Err(BlocksError {
+                variable: FP32_BLOCKS_ENV,
                 value: v.to_string_lossy().into_owned(),
             }),
             Ok(v) if v.trim().is_empty() => Ok(None),

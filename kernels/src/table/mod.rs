@@ -4,6 +4,7 @@ use crate::Blocks;
 use crate::activation::Activation;
 use crate::aligned::Aligned;
 use crate::arch::{ActFn, AttnFn, NormFn, QuantFn, QuantOut, RowActFn};
+use crate::blocks::Tile;
 use crate::isa::{Bf16Kernel, Isa, IsaError};
 use crate::ops::attention::{AttnArgs, SeqSpan, scratch_len};
 use crate::ops::gemm::Epi;
@@ -87,8 +88,10 @@ pub struct Kernels {
     act: ActFn,
     act_rows: RowActFn,
     quant: QuantFn,
-    /// The products, one per weight format (see `ops::product`).
+    /// The products, one per weight format (see `ops::product`); `f32` is the tier's first
+    /// float32 tile (the attention's), the product runs the one `fp32_tile` picks of `f32_tiles`.
     f32: ProductKernel,
+    f32_tiles: &'static [ProductKernel],
     int8: ProductKernel,
     bf16: ProductKernel,
     /// int8: whether activations carry `+128`.
@@ -113,6 +116,7 @@ macro_rules! table {
             act_rows: t::activation_rows,
             quant: t::quantize,
             f32: t::KERNEL,
+            f32_tiles: t::TILES,
             int8: q::KERNEL,
             bf16: b::KERNEL,
             qoffset: q::OFFSET,
@@ -242,7 +246,7 @@ impl Kernels {
         static BEST: OnceLock<Result<&'static Kernels, IsaError>> = OnceLock::new();
         BEST.get_or_init(|| {
             bf16_choice()?;
-            Blocks::for_this_cpu(1).map_err(IsaError::Blocks)?;
+            fp32_choices()?;
             Isa::detect().map(Kernels::table)
         })
         .clone()
@@ -252,7 +256,7 @@ impl Kernels {
     /// `TRANSFORMER_ENCODER_BF16` holds a value that cannot be used).
     pub fn for_isa(isa: Isa) -> Result<&'static Kernels, IsaError> {
         bf16_choice()?;
-        Blocks::for_this_cpu(1).map_err(IsaError::Blocks)?;
+        fp32_choices()?;
         isa.require().map(Kernels::table)
     }
 
@@ -295,7 +299,7 @@ impl Kernels {
     /// The product over weights packed in `format` (the one place a format picks its kernel).
     pub(super) fn product(&self, format: Precision) -> &ProductKernel {
         match format {
-            Precision::F32 => &self.f32,
+            Precision::F32 => self.f32_product(),
             Precision::Int8 => &self.int8,
             Precision::Bf16 => &self.bf16,
         }
@@ -365,12 +369,59 @@ impl Kernels {
         Blocks::for_this_cpu(self.f32.nr).unwrap_or(Blocks::DEFAULT)
     }
 
+    /// The float32 product's register tile: forced by `TRANSFORMER_ENCODER_FP32_TILE` on a tier
+    /// that has it (a name no tier here has makes [`Kernels::best`] and [`Kernels::for_isa`]
+    /// fail, naming it), else the taller AVX-512 tile on Intel's CPUs, else the tier's first.
+    fn f32_product(&self) -> &ProductKernel {
+        let find = |t: Tile| self.f32_tiles.iter().find(|k| (k.mr, k.nr) == t);
+        if let Ok(Some(t)) = crate::blocks::forced_tile()
+            && let Some(k) = find(t)
+        {
+            return k;
+        }
+        let avx512 = matches!(self.isa, Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx512Amx);
+        match self.f32_tiles.last() {
+            Some(k) if avx512 && crate::blocks::intel() => k,
+            _ => &self.f32,
+        }
+    }
+
+    /// The float32 register tiles this table has (`rows x columns`), the first its default.
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels};
+    /// let k = Kernels::for_isa(Isa::Portable)?;
+    /// assert_eq!(k.fp32_tiles()[0], k.tile(transformer_encoder_kernels::Precision::F32));
+    /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
+    /// ```
+    pub fn fp32_tiles(&self) -> Vec<Tile> {
+        self.f32_tiles.iter().map(|k| (k.mr, k.nr)).collect()
+    }
+
     fn attention_tiles_from(&self) -> Option<usize> {
         #[cfg(target_arch = "x86_64")]
         return self.attn_bf16.map(|_| crate::ops::tile_attention::MIN_KEYS);
         #[cfg(not(target_arch = "x86_64"))]
         None
     }
+}
+
+/// The float32 choices the environment forces, checked: cache blocks that parse, a register tile
+/// that some tier of this CPU has.
+fn fp32_choices() -> Result<(), IsaError> {
+    Blocks::for_this_cpu(1).map_err(IsaError::Blocks)?;
+    if let Some(t) = crate::blocks::forced_tile().map_err(IsaError::Blocks)? {
+        let here = Isa::available()
+            .into_iter()
+            .any(|i| Kernels::table(i).fp32_tiles().contains(&t));
+        if !here {
+            return Err(IsaError::Blocks(crate::blocks::BlocksError {
+                variable: crate::blocks::FP32_TILE_ENV,
+                value: format!("{}x{}", t.0, t.1),
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// `TRANSFORMER_ENCODER_BF16`'s choice, read once.

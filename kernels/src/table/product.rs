@@ -404,7 +404,7 @@ impl Kernels {
             Panels::F32(data) => {
                 args.lda = 4 * b.k;
                 let (a, packed) = (a.as_ptr().cast(), data.as_ptr().cast());
-                (&self.f32, a, packed, TALL_ROWS_F32)
+                (self.f32_product(), a, packed, TALL_ROWS_F32)
             }
             Panels::Int8 {
                 panels,
