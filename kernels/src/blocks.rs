@@ -138,20 +138,45 @@ impl std::str::FromStr for Blocks {
     type Err = BlocksError;
 
     fn from_str(s: &str) -> Result<Blocks, BlocksError> {
-        let err = || BlocksError {
+        let (kc, mc) = pair(s).ok_or_else(|| BlocksError {
             variable: FP32_BLOCKS_ENV,
             value: s.to_string(),
-        };
-        let (kc, mc) = s.trim().split_once(['x', 'X']).ok_or_else(err)?;
-        let num = |v: &str| match v.trim().parse::<usize>() {
-            Ok(n) if (1..=MAX_BLOCK).contains(&n) => Ok(n),
-            _ => Err(err()),
-        };
+        })?;
         Ok(Blocks {
-            kc: num(kc)?,
-            mc: num(mc)?,
+            kc,
+            mc,
             ..Blocks::DEFAULT
         })
+    }
+}
+
+/// `AxB` (or `AXB`): two whole numbers from 1 to [`MAX_BLOCK`].
+fn pair(s: &str) -> Option<(usize, usize)> {
+    let (a, b) = s.trim().split_once(['x', 'X'])?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_BLOCK).contains(n))
+    };
+    Some((num(a)?, num(b)?))
+}
+
+/// The environment variable `name` as a [`pair`] (None: unset or empty); any other value is an
+/// error naming the variable.
+fn env_pair(name: &'static str) -> Result<Option<(usize, usize)>, BlocksError> {
+    let v = match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => v.to_string_lossy().into_owned(),
+        Ok(v) if v.trim().is_empty() => return Ok(None),
+        Ok(v) => v,
+    };
+    match pair(&v) {
+        Some(p) => Ok(Some(p)),
+        None => Err(BlocksError {
+            variable: name,
+            value: v,
+        }),
     }
 }
 
@@ -162,52 +187,37 @@ pub type Tile = (usize, usize);
 /// not `ROWSxCOLUMNS` is an error naming the variable.
 pub(crate) fn forced_tile() -> Result<Option<Tile>, BlocksError> {
     static CHOICE: OnceLock<Result<Option<Tile>, BlocksError>> = OnceLock::new();
-    CHOICE
-        .get_or_init(|| {
-            let v = match std::env::var(FP32_TILE_ENV) {
-                Err(std::env::VarError::NotPresent) => return Ok(None),
-                Err(std::env::VarError::NotUnicode(v)) => v.to_string_lossy().into_owned(),
-                Ok(v) if v.trim().is_empty() => return Ok(None),
-                Ok(v) => v,
-            };
-            let err = || BlocksError {
-                variable: FP32_TILE_ENV,
-                value: v.clone(),
-            };
-            let (r, c) = v.trim().split_once(['x', 'X']).ok_or_else(err)?;
-            match (r.trim().parse::<usize>(), c.trim().parse::<usize>()) {
-                (Ok(r), Ok(c)) if r >= 1 && c >= 1 => Ok(Some((r, c))),
-                _ => Err(err()),
-            }
-        })
-        .clone()
+    CHOICE.get_or_init(|| env_pair(FP32_TILE_ENV)).clone()
 }
 
 /// Whether the CPU is Intel's (`cpuid` leaf 0): its AVX-512 cores run two 512-bit FMAs a cycle,
 /// and the tier's taller float32 tile measured faster there (the 6-layer MiniLM query 4.5 %,
 /// BERT-base layers within 1 %; calls alternated in one process).
 pub(crate) fn intel() -> bool {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    {
-        let r = std::arch::x86_64::__cpuid_count(0, 0);
-        (r.ebx, r.edx, r.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
-    }
-    #[cfg(any(not(target_arch = "x86_64"), miri))]
-    false
+    // Read once: `cpuid` serialises the core, and leaves a virtual machine for the hypervisor.
+    static INTEL: OnceLock<bool> = OnceLock::new();
+    *INTEL.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        {
+            let r = std::arch::x86_64::__cpuid_count(0, 0);
+            (r.ebx, r.edx, r.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
+        }
+        #[cfg(any(not(target_arch = "x86_64"), miri))]
+        false
+    })
 }
 
 /// `TRANSFORMER_ENCODER_FP32_BLOCKS`' choice, read once (None: unset or empty).
 fn forced() -> Result<Option<Blocks>, BlocksError> {
     static CHOICE: OnceLock<Result<Option<Blocks>, BlocksError>> = OnceLock::new();
     CHOICE
-        .get_or_init(|| match std::env::var(FP32_BLOCKS_ENV) {
-            Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(v)) => Err(BlocksError {
-                variable: FP32_BLOCKS_ENV,
-                value: v.to_string_lossy().into_owned(),
-            }),
-            Ok(v) if v.trim().is_empty() => Ok(None),
-            Ok(v) => v.parse().map(Some),
+        .get_or_init(|| {
+            let p = env_pair(FP32_BLOCKS_ENV)?;
+            Ok(p.map(|(kc, mc)| Blocks {
+                kc,
+                mc,
+                ..Blocks::DEFAULT
+            }))
         })
         .clone()
 }
