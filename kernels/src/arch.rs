@@ -32,8 +32,9 @@ pub(crate) type NormFn = unsafe fn(
 /// rounding to bf16, as `quant` says).
 pub(crate) type QuantFn = unsafe fn(*const f32, usize, usize, &QuantOut);
 
-/// Where rows are quantized to: `bytes` (row `i` at `i * stride`, `stride` bytes per row),
-/// `scale` (Keras' `s` per row) and `inv_scale` (`1 / s`), offset to the first row of the call;
+/// Where rows are quantized to: `bytes` (the buffer: the call's row `i` is row `row0 + i`,
+/// `stride` bytes per row, laid out as `ops::quant::row_offset` says), `scale` (Keras' `s` per
+/// row) and `inv_scale` (`1 / s`), offset to the first row of the call;
 /// `bytes` null: none. With `bf16`, the rows are rounded to bfloat16 instead (`stride / 2`
 /// values per row; no scales).
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +47,10 @@ pub(crate) struct QuantOut {
     pub offset: bool,
     /// Round to bfloat16 instead of quantizing.
     pub bf16: bool,
+    /// The rows in tile order (`ops::quant::row_offset`).
+    pub tiled: bool,
+    /// The call's first row in the buffer (`bytes` is the buffer's start).
+    pub row0: usize,
 }
 
 impl QuantOut {
@@ -56,6 +61,8 @@ impl QuantOut {
         inv_scale: std::ptr::null_mut(),
         offset: false,
         bf16: false,
+        tiled: false,
+        row0: 0,
     };
 
     /// Record row `i`'s scale `s` (and `1 / s`).
@@ -82,7 +89,7 @@ impl QuantOut {
         // SAFETY: the caller keeps the offset inside the buffers.
         unsafe {
             QuantOut {
-                bytes: self.bytes.add(rows * self.stride),
+                row0: self.row0 + rows,
                 scale: if self.bf16 {
                     self.scale
                 } else {
@@ -338,11 +345,11 @@ macro_rules! amx_shells {
             #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
             unsafe fn product(a: *const u8, packed: *const u8, c: *mut f32, args: &ProductArgs) {
                 // SAFETY: forwarded contract; features enabled on this function.
-                unsafe { gemm_tiles::<$format, crate::simd::avx512::Avx512>(a, packed, c, args) }
+                unsafe { gemm_tiles::<$format, crate::simd::avx512::Avx512, true>(a, packed, c, args) }
             }
 
             #[doc = concat!("The AMX ", $what, " product: the kernel table's row for the format ")]
-            /// (rows padded to 64 bytes, their count to whole blocks).
+            /// (rows padded to 64 bytes, their count to whole blocks, in tile order).
             pub(crate) const KERNEL: ProductKernel = ProductKernel {
                 run: product,
                 mr: MR,
@@ -350,6 +357,7 @@ macro_rules! amx_shells {
                 layout: crate::ops::product::PanelLayout::Tiles,
                 k_align: $k_align,
                 rows_align: crate::ops::amx::BLOCK,
+                a_tiled: true,
             };
         }
     };

@@ -111,6 +111,15 @@ pub fn quantize_value(v: f32, s: f32) -> i8 {
     }
 }
 
+/// How a product reads its prepared rows (see [`QuantRows::shape`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowShape {
+    pub(crate) value_bytes: usize,
+    pub(crate) row_align: usize,
+    pub(crate) rows_align: usize,
+    pub(crate) tiled: bool,
+}
+
 /// Rows of activations prepared for a product of int8 or bf16 weights: for int8, Keras'
 /// per-row scales and the rows as bytes in the layout of one tier's int8 kernels; for bf16, the
 /// rows rounded to bfloat16 (to nearest, ties to even; padded to whole pairs). A workspace
@@ -127,6 +136,8 @@ pub struct QuantRows {
     pub(crate) rows: usize,
     pub(crate) cols: usize,
     pub(crate) stride: usize,
+    /// The rows in tile order (`ops::quant::row_offset`), as the AMX products read them.
+    pub(crate) tiled: bool,
     pub(crate) isa: Option<Isa>,
     /// The format the rows are prepared for (`None`: none wanted, float32 weights).
     pub(crate) kind: Option<Precision>,
@@ -148,6 +159,7 @@ impl QuantRows {
             rows: 0,
             cols: 0,
             stride: 0,
+            tiled: false,
             isa: None,
             kind: None,
         }
@@ -189,10 +201,9 @@ impl QuantRows {
             return None;
         }
         let offset = self.isa.is_some_and(crate::Kernels::int8_offset);
-        let b = &self.bytes.as_slice()[i * self.stride..][..self.cols];
-        let q = b
-            .iter()
-            .map(|&v| {
+        let q = self
+            .row_bytes(i, self.cols)
+            .map(|v| {
                 if offset {
                     (v as i16 - 128) as i8
                 } else {
@@ -209,7 +220,7 @@ impl QuantRows {
         if i >= self.rows || self.kind != Some(Precision::Bf16) {
             return None;
         }
-        let b = &self.bytes.as_slice()[i * self.stride..][..2 * self.cols];
+        let b: Vec<u8> = self.row_bytes(i, 2 * self.cols).collect();
         Some(
             b.chunks_exact(2)
                 .map(|p| u16::from_ne_bytes([p[0], p[1]]))
@@ -217,13 +228,27 @@ impl QuantRows {
         )
     }
 
+    /// The first `len` bytes of row `i`, in order, wherever the layout keeps them.
+    fn row_bytes(&self, i: usize, len: usize) -> impl Iterator<Item = u8> + '_ {
+        let (start, cs) = crate::ops::quant::row_offset(i, self.stride, self.tiled);
+        let bytes = self.bytes.as_slice();
+        let c = crate::ops::quant::CHUNK;
+        (0..len).map(move |j| bytes[start + j / c * cs + j % c])
+    }
+
     /// Size the buffer for `rows` rows of `cols` values for tier `isa`, whose kernels read rows
     /// of `value_bytes` per value padded to `row_align` values, the row count padded to
-    /// `rows_align` (grows, never shrinks; padding rows are readable memory).
+    /// `rows_align`, in tile order if `tiled` (grows, never shrinks; padding rows are readable
+    /// memory).
     pub(crate) fn shape(
         &mut self,
         isa: Isa,
-        (value_bytes, row_align, rows_align): (usize, usize, usize),
+        RowShape {
+            value_bytes,
+            row_align,
+            rows_align,
+            tiled,
+        }: RowShape,
         rows: usize,
         cols: usize,
     ) -> Option<()> {
@@ -242,6 +267,7 @@ impl QuantRows {
         self.rows = rows;
         self.cols = cols;
         self.stride = stride;
+        self.tiled = tiled;
         Some(())
     }
 

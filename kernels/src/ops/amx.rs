@@ -18,7 +18,8 @@
 //!
 //! Layouts: A rows are the prepared rows (signed bytes, or bf16 values), their stride a multiple
 //! of 64 bytes, the buffer padded to a multiple of 32 rows (padding rows are read, their sums
-//! dropped). B is packed in panels of 32 columns, 2 KiB per step: two 16 x 64-byte tiles
+//! dropped); row after row, or (`TILED`, the products' prepared rows) in tile order: a step's
+//! 32 rows x 64 bytes together, each A tile one contiguous KiB (`ops::quant::row_offset`). B is packed in panels of 32 columns, 2 KiB per step: two 16 x 64-byte tiles
 //! (columns 0..16, then 16..32; `PanelLayout::Tiles`), for int8 and bf16 alike. (For bf16 a C
 //! model of this loop on the Xeon with AMX ran 7 % faster than with the vector kernels' pair
 //! layout, each tile loaded at a 128-byte stride; in the whole layer the two were within the
@@ -199,14 +200,14 @@ impl TileFormat for Bf16Tiles {
 /// * The CPU has AMX-TILE and the format's AMX instructions, and the OS granted the tile state;
 ///   S's features enabled.
 /// * `a`: `ceil(m / 32) * 32` readable rows of `lda` bytes (`lda` a multiple of 64, at least
-///   `4 * steps`); `packed`: `ceil(n / 32)` panels of `steps * 128` bytes (`steps`, the groups
+///   `4 * steps`), row after row, or in tile order with `TILED` (`a` then at a block's start); `packed`: `ceil(n / 32)` panels of `steps * 128` bytes (`steps`, the groups
 ///   of 4 bytes or pairs of bf16 values, a multiple of 16); `c`: `m` rows of `n` values (f32,
 ///   or i32 with int8's `raw`) at stride `ldc`; the epilogue operands as for the format's vector
 ///   kernels (int8's comp unused: no offset).
 /// * No other thread writes columns `32 * p0 .. min(32 * p1, n)` of these rows (the only ones
 ///   written).
 #[inline(always)]
-pub(crate) unsafe fn gemm_tiles<F: TileFormat, S: Simd>(
+pub(crate) unsafe fn gemm_tiles<F: TileFormat, S: Simd, const TILED: bool>(
     a: *const u8,
     packed: *const u8,
     c: *mut f32,
@@ -223,6 +224,13 @@ pub(crate) unsafe fn gemm_tiles<F: TileFormat, S: Simd>(
         ..
     } = *args;
     let epi = &QEpi::of(args);
+    // A step's two A tiles: bytes from one step to the next, from one tile row to the next, and
+    // from the first tile to the second.
+    let (a_step, a_stride, a_second) = if TILED {
+        (BLOCK * STEP, STEP, TILE_ROWS * STEP)
+    } else {
+        (STEP, lda, TILE_ROWS * lda)
+    };
     let steps = kg / 16;
     // Two blocks of sums: the epilogue of one block runs while the tiles compute the next.
     let mut sums = [[0i32; BLOCK * BLOCK]; 2];
@@ -243,7 +251,7 @@ pub(crate) unsafe fn gemm_tiles<F: TileFormat, S: Simd>(
             while r0 < m {
                 let rows = BLOCK.min(m - r0);
                 let a0 = a.add(r0 * lda);
-                let a1 = a0.add(TILE_ROWS * lda);
+                let a1 = a0.add(a_second);
                 let mut b = packed.add(p * kg * 4 * BLOCK);
                 // The block's output rows, fetched for writing while the tiles compute: its
                 // epilogue (one block later) then stores into cache instead of waiting on memory
@@ -273,11 +281,11 @@ pub(crate) unsafe fn gemm_tiles<F: TileFormat, S: Simd>(
                         let sp = sums[prev.buf].as_ptr();
                         block_epilogue::<F, S>(prev, sp, c, ldc, epi, i0, i1);
                     }
-                    let ka = t * STEP;
+                    let ka = t * a_step;
                     if two {
-                        F::step4(a0.add(ka), a1.add(ka), lda, b);
+                        F::step4(a0.add(ka), a1.add(ka), a_stride, b);
                     } else {
-                        F::step2(a0.add(ka), lda, b);
+                        F::step2(a0.add(ka), a_stride, b);
                     }
                     b = b.add(2 * TILE_ROWS * STEP);
                 }

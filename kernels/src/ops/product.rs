@@ -106,6 +106,9 @@ pub(crate) struct ProductKernel {
     pub layout: PanelLayout,
     pub k_align: usize,
     pub rows_align: usize,
+    /// A's prepared rows in tile order (`ops::quant::row_offset`; the AMX products): the rows
+    /// of a part then start at a multiple of `mr`.
+    pub a_tiled: bool,
 }
 
 impl ProductKernel {
@@ -120,6 +123,7 @@ impl ProductKernel {
             layout: PanelLayout::Groups,
             k_align,
             rows_align: 1,
+            a_tiled: false,
         }
     }
 }

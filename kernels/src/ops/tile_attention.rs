@@ -19,7 +19,7 @@ use super::amx::{BLOCK, Bf16Tiles, gemm_tiles};
 use super::attention::{AttnArgs, attention_head, probabilities, seq_masks};
 use super::gemm::Epi;
 use super::product::{Dequant, PanelLayout, ProductArgs};
-use super::quant::bf16_row;
+use super::quant::{CHUNK, bf16_row};
 use crate::simd::Simd;
 use crate::simd::avx512::{Avx512, bf16_lanes};
 use std::arch::x86_64::*;
@@ -301,15 +301,15 @@ pub(crate) unsafe fn attention_head_tiles<const MR: usize, const NV: usize>(
             }
             let args_qk = none(2 * dp, rows, dp / 2, s, sp);
             let la = logits.as_mut_ptr();
-            gemm_tiles::<Bf16Tiles, S>(qa as *const u8, kpack as *const u8, la, &args_qk);
+            gemm_tiles::<Bf16Tiles, S, false>(qa as *const u8, kpack as *const u8, la, &args_qk);
             probabilities::<S>(args, span, h, i0, rows, logits, sp);
             // Context[i0.., h*D..] = P · V, the probabilities rounded to bf16 (zero past s).
             for r in 0..rows {
-                bf16_row::<S>(logits.as_ptr().add(r * sp), s, pa.add(r * sp), sp);
+                bf16_row::<S>(logits.as_ptr().add(r * sp), s, pa.add(r * sp), sp, CHUNK);
             }
             let cbase = args.ctx.add((span.start + i0) * w + h * d);
             let args_pv = none(2 * sp, rows, sp / 2, d, w);
-            gemm_tiles::<Bf16Tiles, S>(pa as *const u8, vpack as *const u8, cbase, &args_pv);
+            gemm_tiles::<Bf16Tiles, S, false>(pa as *const u8, vpack as *const u8, cbase, &args_pv);
             i0 += rows;
         }
     }

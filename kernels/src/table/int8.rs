@@ -151,10 +151,14 @@ impl Kernels {
 
     /// How rows prepared for `format` are laid out: bytes per value, values a row is padded
     /// to, rows the row count is padded to (as the format's product reads them).
-    pub(super) fn row_shape(&self, format: Precision) -> (usize, usize, usize) {
+    pub(super) fn row_shape(&self, format: Precision) -> RowShape {
         let p = self.product(format);
-        let bytes = if format == Precision::Bf16 { 2 } else { 1 };
-        (bytes, p.k_align, p.rows_align)
+        RowShape {
+            value_bytes: if format == Precision::Bf16 { 2 } else { 1 },
+            row_align: p.k_align,
+            rows_align: p.rows_align,
+            tiled: p.a_tiled,
+        }
     }
 
     /// The raw destination of quantized rows (shaped), with this tier's byte layout.
@@ -166,6 +170,8 @@ impl Kernels {
             inv_scale: q.inv_scale.as_mut_ptr(),
             offset: self.qoffset,
             bf16: q.kind == Some(Precision::Bf16),
+            tiled: q.tiled,
+            row0: 0,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::isa::{Bf16Kernel, Isa, IsaError};
 use crate::ops::attention::{AttnArgs, SeqSpan, scratch_len};
 use crate::ops::gemm::Epi;
 use crate::ops::product::{Dequant, PanelLayout, ProductArgs, ProductKernel};
-use crate::quant::{Precision, QuantRows};
+use crate::quant::{Precision, QuantRows, RowShape};
 use crate::{KeepMask, KernelError, MaskedRows, expect_len};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

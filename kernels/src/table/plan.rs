@@ -4,8 +4,9 @@ use super::product::Call;
 use super::*;
 
 impl Kernels {
-    /// How to split a product of `m` rows, `k` inner steps and `n` columns (panels of `nr`)
-    /// between threads (`row_bytes`: the bytes of one row of A, `b_bytes`: the packed weights').
+    /// How to split a product of `m` rows, `k` inner steps and `n` columns (panels of the
+    /// kernel's `nr`) between threads (`row_bytes`: the bytes of one row of A, `b_bytes`: the
+    /// packed weights').
     ///
     /// * By row blocks, when A is tall (many rows: a ragged batch, a large batch) and the weights
     ///   fit in L2 (each block streams them all), or A is taller than B is wide on several
@@ -27,13 +28,13 @@ impl Kernels {
         m: usize,
         k: usize,
         n: usize,
-        mr: usize,
-        nr: usize,
+        kernel: &ProductKernel,
         row_bytes: usize,
         b_bytes: usize,
         tall_rows: usize,
         par: Par,
     ) -> Plan {
+        let (mr, nr) = (kernel.mr, kernel.nr);
         let panels = n.div_ceil(nr);
         let work = m.saturating_mul(k).saturating_mul(n);
         let threads = match par {
@@ -45,7 +46,12 @@ impl Kernels {
         // ms against 67-71 ms for the layer at batch 8, interleaved runs).
         let tall = m >= tall_rows && b_bytes <= 4 * L2_BYTES;
         if threads > 1 && m <= FEW_ROWS && m >= threads * mr / 2 && b_bytes <= L2_BYTES {
-            let mb = m.div_ceil(threads);
+            // Rows in tile order are split at whole blocks of the tile.
+            let mb = if kernel.a_tiled {
+                m.div_ceil(threads).next_multiple_of(mr)
+            } else {
+                m.div_ceil(threads)
+            };
             return Plan {
                 m,
                 panels,

@@ -177,6 +177,11 @@ impl Kernels {
                 }
             }
         }
+        // The rows' layout is the tier's (one table per tier and format in a process, and
+        // `qa.isa` is this tier, checked above).
+        debug_assert!(
+            matches!(b.data, Panels::F32(_)) || qa.tiled == self.product(b.format()).a_tiled
+        );
         expect_len("gemm output", out_len, mn)?;
         if let Some(bias) = epilogue.bias {
             expect_len("gemm bias", bias.len(), n)?;
@@ -445,8 +450,7 @@ impl Kernels {
             args.m,
             args.steps,
             args.n,
-            k.mr,
-            k.nr,
+            k,
             args.lda,
             b.bytes(),
             call.tall_rows,
