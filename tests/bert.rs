@@ -456,7 +456,7 @@ fn ragged_bert_is_bit_identical_to_each_sequence_alone_and_to_padding() {
 /// `max_position_embeddings = positions` and, if given, `sentence_bert_config.json`'s
 /// `max_seq_length`.
 fn sentence_dir(name: &str, positions: usize, max_seq_length: Option<usize>) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("te-probe-{}-{name}", std::process::id()));
+    let dir = probe_dir(name);
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = config("gelu").replace(
         &format!(r#""max_position_embeddings": {P}"#),
@@ -491,6 +491,11 @@ fn sentence_dir(name: &str, positions: usize, max_seq_length: Option<usize>) -> 
         .unwrap();
     }
     dir
+}
+
+/// Where [`sentence_dir`] writes the folder `name` (removed by the test that made it).
+fn probe_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("te-probe-{}-{name}", std::process::id()))
 }
 
 /// A sequence length below the tokenizer's special tokens and one more is refused, naming
@@ -543,4 +548,7 @@ fn too_short_sequence_lengths_are_errors() {
         .encode(&texts)
         .unwrap();
     assert_eq!(long, want);
+    for name in ["ok", "sb0", "sb1", "sb2", "p1", "p2"] {
+        std::fs::remove_dir_all(probe_dir(name)).unwrap();
+    }
 }
