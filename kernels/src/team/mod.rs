@@ -39,7 +39,7 @@ mod sync;
 
 use gate::{Gate, Helper, Seat};
 use std::cell::{Cell, RefCell};
-use sync::Arc;
+use sync::{Arc, AtomicUsize, Ordering};
 
 /// The most threads a team has (the leader and 255 helpers); [`with_team`] clamps larger
 /// requests to it.
@@ -63,25 +63,40 @@ impl Owner {
         }
     }
 
-    /// Spawn helpers until there are `n` (fewer if the system refuses a thread).
+    /// Spawn helpers until there are `n` (fewer if the system refuses a thread), and wait until
+    /// each new one runs: a thread's start (its name, its thread-local state) allocates, and on
+    /// a loaded machine a helper spawned by a call may only start during a later one, which
+    /// would then allocate and wait on the scheduler (seen in CI: one allocation in 200 warm
+    /// calls).
     fn grow(&mut self, n: usize) {
+        if self.helpers.len() >= n {
+            return;
+        }
+        let started = Arc::new(AtomicUsize::new(0));
+        let mut spawned = 0;
         while self.helpers.len() < n {
             let index = self.helpers.len();
             let seat = Arc::new(Seat::default());
-            let (gate, s) = (self.gate.clone(), seat.clone());
-            let spawned = sync::thread::Builder::new()
+            let (gate, s, up) = (self.gate.clone(), seat.clone(), started.clone());
+            let thread = sync::thread::Builder::new()
                 .name(format!("transformer-encoder-helper-{index}"))
                 .spawn(move || {
                     SEAT.with(|seat| seat.set(index + 1));
+                    up.fetch_add(1, Ordering::Release);
+                    drop(up);
                     gate.serve(index, &s)
                 });
-            match spawned {
+            match thread {
                 Ok(handle) => self.helpers.push(Helper {
                     thread: handle.thread().clone(),
                     seat,
                 }),
-                Err(_) => return,
+                Err(_) => break,
             }
+            spawned += 1;
+        }
+        while started.load(Ordering::Acquire) < spawned {
+            sync::thread::yield_now();
         }
     }
 }
