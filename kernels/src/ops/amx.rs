@@ -200,7 +200,8 @@ impl TileFormat for Bf16Tiles {
 /// * The CPU has AMX-TILE and the format's AMX instructions, and the OS granted the tile state;
 ///   S's features enabled.
 /// * `a`: `ceil(m / 32) * 32` readable rows of `lda` bytes (`lda` a multiple of 64, at least
-///   `4 * steps`), row after row, or in tile order with `TILED` (`a` then at a block's start); `packed`: `ceil(n / 32)` panels of `steps * 128` bytes (`steps`, the groups
+///   `4 * steps`), row after row, or in tile order with `TILED` (`a` then at a block's start, or at
+///   its second half for at most 16 rows); `packed`: `ceil(n / 32)` panels of `steps * 128` bytes (`steps`, the groups
 ///   of 4 bytes or pairs of bf16 values, a multiple of 16); `c`: `m` rows of `n` values (f32,
 ///   or i32 with int8's `raw`) at stride `ldc`; the epilogue operands as for the format's vector
 ///   kernels (int8's comp unused: no offset).

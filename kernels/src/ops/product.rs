@@ -107,7 +107,7 @@ pub(crate) struct ProductKernel {
     pub k_align: usize,
     pub rows_align: usize,
     /// A's prepared rows in tile order (`ops::quant::row_offset`; the AMX products): the rows
-    /// of a part then start at a multiple of `mr`.
+    /// of a part then start at a multiple of `mr`, or of `mr / 2` for at most `mr / 2` rows.
     pub a_tiled: bool,
 }
 

@@ -46,11 +46,13 @@ impl Kernels {
         // ms against 67-71 ms for the layer at batch 8, interleaved runs).
         let tall = m >= tall_rows && b_bytes <= 4 * L2_BYTES;
         if threads > 1 && m <= FEW_ROWS && m >= threads * mr / 2 && b_bytes <= L2_BYTES {
-            // Rows in tile order are split at whole blocks of the tile.
-            let mb = if kernel.a_tiled {
-                m.div_ceil(threads).next_multiple_of(mr)
-            } else {
-                m.div_ceil(threads)
+            // Rows in tile order are split at whole blocks of the tile, or at its halves (one
+            // A tile) when each thread's share fits in one.
+            let per = m.div_ceil(threads);
+            let mb = match kernel.a_tiled {
+                true if per <= mr / 2 => mr / 2,
+                true => per.next_multiple_of(mr),
+                false => per,
             };
             return Plan {
                 m,
@@ -102,17 +104,25 @@ impl Kernels {
         plan: Plan,
         finish: Option<&(dyn Fn(usize, usize, usize) + Sync)>,
     ) {
-        let (f, n, lda) = (call.kernel.run, call.args.n, call.args.lda);
+        let (f, n, lda, tiled) = (
+            call.kernel.run,
+            call.args.n,
+            call.args.lda,
+            call.kernel.a_tiled,
+        );
         let ptrs = Shared((call.a, call.packed, call.args, c));
         let run = |part: usize, r0: usize, r1: usize, p0: usize, p1: usize| {
             let (a, packed, args, c) = ptrs.get();
             // SAFETY: the table's tier is available (tables are only handed out for available
             // tiers) and `call.kernel` is one of its products; the operands were checked by the
-            // caller for all m rows; rows r0..r1 and panels p0..p1 are in range, the output
-            // rows at `c.at` have n columns, and parts write disjoint rows or columns.
+            // caller for all m rows; rows r0..r1 and panels p0..p1 are in range (row r0 found
+            // where A's layout keeps it: in tile order the plan starts a part at a block, or
+            // at a half block for at most half a block of rows), the output rows at `c.at`
+            // have n columns, and parts write disjoint rows or columns.
             unsafe {
                 let cp = c.at(part, r0, n);
-                f(a.add(r0 * lda), packed, cp, &args.part(r0, r1, p0, p1))
+                let a0 = a.add(crate::ops::quant::row_offset(r0, lda, tiled).0);
+                f(a0, packed, cp, &args.part(r0, r1, p0, p1))
             };
         };
         self.run_plan(plan, run, finish);
