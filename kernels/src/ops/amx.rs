@@ -33,15 +33,16 @@ use super::act::apply_tile;
 use super::gemm::{load_n, store_n};
 use super::product::ProductArgs;
 use super::qgemm::{QEpi, finish};
+use super::quant::row_offset;
 use crate::activation::Activation;
 use crate::simd::Simd;
 use std::arch::asm;
 use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
 
-/// Rows and columns of a block (two tiles each way).
-pub(crate) const BLOCK: usize = 32;
-/// Inner bytes per step (one tile row).
-pub(crate) const STEP: usize = 64;
+/// Rows and columns of a block (two tiles each way): the rows of a block in tile order.
+pub(crate) const BLOCK: usize = super::quant::TILE_BLOCK_ROWS;
+/// Inner bytes per step (one tile row): a chunk of a row in tile order.
+pub(crate) const STEP: usize = super::quant::CHUNK;
 /// Rows of one tile.
 const TILE_ROWS: usize = 16;
 
@@ -225,13 +226,10 @@ pub(crate) unsafe fn gemm_tiles<F: TileFormat, S: Simd, const TILED: bool>(
         ..
     } = *args;
     let epi = &QEpi::of(args);
-    // A step's two A tiles: bytes from one step to the next, from one tile row to the next, and
-    // from the first tile to the second.
-    let (a_step, a_stride, a_second) = if TILED {
-        (BLOCK * STEP, STEP, TILE_ROWS * STEP)
-    } else {
-        (STEP, lda, TILE_ROWS * lda)
-    };
+    // A step's two A tiles, from A's layout: bytes from the first tile to the second and from
+    // one step (64-byte chunk) to the next, and from one tile row to the next.
+    let (a_second, a_step) = row_offset(TILE_ROWS, lda, TILED);
+    let a_stride = row_offset(1, lda, TILED).0;
     let steps = kg / 16;
     // Two blocks of sums: the epilogue of one block runs while the tiles compute the next.
     let mut sums = [[0i32; BLOCK * BLOCK]; 2];

@@ -72,8 +72,7 @@ impl Owner {
         if self.helpers.len() >= n {
             return;
         }
-        let started = Arc::new(AtomicUsize::new(0));
-        let mut spawned = 0;
+        let (started, before) = (Arc::new(AtomicUsize::new(0)), self.helpers.len());
         while self.helpers.len() < n {
             let index = self.helpers.len();
             let seat = Arc::new(Seat::default());
@@ -93,9 +92,8 @@ impl Owner {
                 }),
                 Err(_) => break,
             }
-            spawned += 1;
         }
-        while started.load(Ordering::Acquire) < spawned {
+        while started.load(Ordering::Acquire) < self.helpers.len() - before {
             sync::thread::yield_now();
         }
     }
