@@ -132,6 +132,66 @@ proptest! {
     }
 }
 
+/// A product whose A is longer than L2 (200 rows of 3,072 inner values: 1.2 MB in bf16, the
+/// tiles then take its rows in chunks of 160 and split the panels one part per thread) against
+/// float64 sums of the rounded operands, and int8 against its Seq run, bit for bit whatever the
+/// thread split.
+#[test]
+fn long_products_run_in_chunks() {
+    let (m, k, n) = (200, 3072, 40);
+    let a = values(m * k, 7, -2.0, 2.0);
+    let w = values(k * n, 8, -0.5, 0.5);
+    let b = values(n, 9, -1.0, 1.0);
+    let u = f64::powi(2.0, -24);
+    let ep = Epilogue {
+        bias: Some(&b),
+        activation: None,
+        residual: None,
+    };
+    for isa in tiers() {
+        let kern = Kernels::for_isa(isa).unwrap();
+        let (wq, ws) = quant::quantize_weights(&w, k, n);
+        for packed in [
+            kern.pack_bf16(&w, k, n).unwrap(),
+            kern.pack_int8(&wq, &ws, k, n).unwrap(),
+        ] {
+            let mut q = QuantRows::new();
+            q.arm_for(&packed);
+            kern.prepare(&a, k, &mut q, Par::Seq).unwrap();
+            let mut first: Option<Vec<f32>> = None;
+            for par in [Par::Seq, Par::Threads(2), Par::Threads(3)] {
+                let mut out = vec![f32::NAN; m * n];
+                kern.gemm_prepared(&a, &q, m, &packed, &ep, &mut out, None, par)
+                    .unwrap();
+                if packed.format() == Precision::Bf16 {
+                    for (e, &g) in out.iter().enumerate() {
+                        let (i, j) = (e / n, e % n);
+                        let (mut s, mut mag) = (b[j] as f64, b[j].abs() as f64);
+                        for p in 0..k {
+                            let t = bf16(a[i * k + p]) * bf16(w[p * n + j]);
+                            s += t;
+                            mag += t.abs();
+                        }
+                        let bound = (k as f64 + 2.0) * u * mag;
+                        assert!(
+                            (g as f64 - s).abs() <= bound,
+                            "{isa}: row {i} col {j}: {g} vs {s} (bound {bound:e})"
+                        );
+                    }
+                }
+                match &first {
+                    None => first = Some(out),
+                    Some(f) => assert!(
+                        f.iter().zip(&out).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{isa} {:?}: {par:?} changed the bits",
+                        packed.format()
+                    ),
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn special_values_round_as_half_does() {
     // Ties both ways, the largest finite values (rounding past them gives infinity), the

@@ -24,6 +24,7 @@ mod rows;
 
 pub use attend::{AttentionScratch, AttentionShape, RaggedShape};
 pub use packed::PackedMatrix;
+pub(crate) use plan::L2_BYTES;
 pub use plan::ProductScratch;
 
 use packed::Panels;
