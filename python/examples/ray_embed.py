@@ -83,10 +83,9 @@ def parse(argv):
 def read(path: str) -> "ray.data.Dataset":
     # Reading takes no CPU of its own: the workers hold every core (workers x threads), and a
     # read task waiting for a free one would never run.
-    free = {"num_cpus": 0}
     if os.path.isdir(path) or path.endswith(".parquet"):
-        return ray.data.read_parquet(path, columns=["text"], ray_remote_args=free)
-    return ray.data.read_text(path, ray_remote_args=free)
+        return ray.data.read_parquet(path, columns=["text"], num_cpus=0)
+    return ray.data.read_text(path, num_cpus=0)
 
 
 def main(argv=None) -> int:
