@@ -68,8 +68,9 @@ impl Kernels {
             // A longer than L2 on tiles (a long passage): one part of panels per thread, its
             // rows in chunks that stay in L2 (`ops::amx`), so each thread reads A from memory
             // once. Measured on the Xeon with AMX, 512 rows, alternated runs: FFN-out (K =
-            // 3,072) bf16 on 2 threads 1,514 -> 1,966 GFLOP/s and 1,388 -> 1,915, int8 on one
-            // thread 1,573 -> 1,980 GOP/s (against 64-row blocks, each streaming all weights).
+            // 3,072) bf16 on 2 threads 1,514 -> 1,966 GFLOP/s and 1,388 -> 1,915 (against three
+            // parts of panels per thread, each reading all of A), int8 on one thread 1,573 ->
+            // 1,980 GOP/s (against 64-row blocks, each streaming all weights).
             return Plan {
                 m,
                 panels,
