@@ -18,145 +18,68 @@
 #include <sys/syscall.h>
 static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
 typedef struct { uint8_t palette_id; uint8_t start_row; uint8_t reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } __attribute__((packed)) tilecfg;
-// M rows, K bf16, N cols. A: M x K bf16 row-major (lda = 2K bytes). B: panels of 32 cols, each steps*2KB.
+// M rows, K bf16, N cols. A: M x K bf16, row-major (lda = 2K bytes) or in tile order (each
+// 32-row block's steps of 32 rows x 64 bytes together). B: panels of 32 cols, each steps*2KB.
 int M=128,K=768,N=2304;
-uint8_t *A,*B; float *C;
+uint8_t *A,*B;
+
+// The variants, in the order they print.
+enum { CURRENT, ALL_L1, APACKED, APK_IL, KCHUNK, KC_APK_IL, NOLOAD, VARIANTS };
+static const char*names[VARIANTS]={"current","allL1","Apacked","Apk-il","kchunk","kc-Apk-il","noload"};
+
+#define ZERO4() do{_tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);}while(0)
+#define STORE4(s) do{_tile_stored(0,(s),128);_tile_stored(1,(s)+16,128);_tile_stored(2,(s)+512,128);_tile_stored(3,(s)+528,128);}while(0)
+#define LOAD4(s) do{_tile_loadd(0,(s),128);_tile_loadd(1,(s)+16,128);_tile_loadd(2,(s)+512,128);_tile_loadd(3,(s)+528,128);}while(0)
+// One step: A tiles at a0, a1 (row stride sa), B tiles at b, b+1024; loads first, or interleaved
+// with the products (il).
+#define STEP(a0,a1,sa,b,il) do{ if(il){ \
+    _tile_loadd(4,(a0),(sa));_tile_loadd(6,(b),64);_tile_dpbf16ps(0,4,6); \
+    _tile_loadd(7,(b)+1024,64);_tile_dpbf16ps(1,4,7); \
+    _tile_loadd(5,(a1),(sa));_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7); \
+  } else { \
+    _tile_loadd(4,(a0),(sa));_tile_loadd(5,(a1),(sa)); \
+    _tile_loadd(6,(b),64);_tile_loadd(7,(b)+1024,64); \
+    _tile_dpbf16ps(0,4,6);_tile_dpbf16ps(1,4,7);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7); \
+  } }while(0)
+
+// Steps t0..t1 of the 32-row block at row r against the panel at bp: row-major A or in tile order
+// (packed), every tile from one L1 spot (fixed), or no loads at all (noload).
 __attribute__((target("amx-tile,amx-bf16")))
-void run(int mode, int kc){
-  int steps=K*2/64, panels=N/32;
+static inline void steps_of(int r, uint8_t*bp, int t0, int t1, int packed, int il, int fixed, int noload){
   long lda=K*2;
+  for(int t=t0;t<t1;t++){
+    uint8_t*b=fixed?B:bp+(long)t*2048;
+    if(noload){_tile_dpbf16ps(0,4,6);_tile_dpbf16ps(1,4,7);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);}
+    else if(fixed) STEP(A,A+1024,64,b,il);
+    else if(packed){uint8_t*aa=A+(long)r*lda+(long)t*2048; STEP(aa,aa+1024,64,b,il);}
+    else {uint8_t*a0=A+(long)r*lda+t*64; STEP(a0,a0+16*lda,lda,b,il);}
+  }
+}
+
+__attribute__((target("amx-tile,amx-bf16")))
+void run(int v, int kc){
+  int steps=K*2/64, panels=N/32;
+  int packed=v==APACKED||v==APK_IL||v==KC_APK_IL, il=v==APK_IL||v==KC_APK_IL;
   float sums[32*32] __attribute__((aligned(64)));
+  static float Cst[8][32*32] __attribute__((aligned(64)));
   for(int p=0;p<panels;p++){
     uint8_t *bp=B+(long)p*steps*2048;
-    if(mode==0){
-      for(int r=0;r<M;r+=32){
-        uint8_t*a0=A+r*lda,*a1=a0+16*lda; uint8_t*b=bp;
-        _tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);
-        for(int t=0;t<steps;t++){
-          _tile_loadd(4,a0+t*64,lda);_tile_loadd(5,a1+t*64,lda);
-          _tile_loadd(6,b,64);_tile_loadd(7,b+1024,64);
-          _tile_dpbf16ps(0,4,6);_tile_dpbf16ps(1,4,7);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);
-          b+=2048;
-        }
-        _tile_stored(0,sums,128);_tile_stored(1,sums+16,128);_tile_stored(2,sums+512,128);_tile_stored(3,sums+528,128);
-      }
-    } else if(mode==1){ // all from fixed L1 spot
-      for(int r=0;r<M;r+=32){
-        _tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);
-        for(int t=0;t<steps;t++){
-          _tile_loadd(4,A,64);_tile_loadd(5,A+1024,64);
-          _tile_loadd(6,B,64);_tile_loadd(7,B+1024,64);
-          _tile_dpbf16ps(0,4,6);_tile_dpbf16ps(1,4,7);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);
-        }
-        _tile_stored(0,sums,128);_tile_stored(1,sums+16,128);_tile_stored(2,sums+512,128);_tile_stored(3,sums+528,128);
-      }
-    } else if(mode==2){ // k-chunks: for chunk, for row block: load C, steps, store C
-      static float Cst[4][32*32] __attribute__((aligned(64)));
+    if(v==KCHUNK||v==KC_APK_IL){ // k-chunks: for chunk, for row block: load C, steps, store C
+      int keep=v==KCHUNK?4:8;
       for(int k0=0;k0<steps;k0+=kc){
         int k1=k0+kc<steps?k0+kc:steps;
         for(int r=0,rb=0;r<M;r+=32,rb++){
-          uint8_t*a0=A+r*lda,*a1=a0+16*lda; uint8_t*b=bp+(long)k0*2048; float*cs=Cst[rb&3];
-          if(k0==0){_tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);}
-          else {_tile_loadd(0,cs,128);_tile_loadd(1,cs+16,128);_tile_loadd(2,cs+512,128);_tile_loadd(3,cs+528,128);}
-          for(int t=k0;t<k1;t++){
-            _tile_loadd(4,a0+t*64,lda);_tile_loadd(5,a1+t*64,lda);
-            _tile_loadd(6,b,64);_tile_loadd(7,b+1024,64);
-            _tile_dpbf16ps(0,4,6);_tile_dpbf16ps(1,4,7);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);
-            b+=2048;
-          }
-          _tile_stored(0,cs,128);_tile_stored(1,cs+16,128);_tile_stored(2,cs+512,128);_tile_stored(3,cs+528,128);
+          float*cs=Cst[rb%keep];
+          if(k0==0) ZERO4(); else LOAD4(cs);
+          steps_of(r,bp,k0,k1,packed,il,0,0);
+          STORE4(cs);
         }
       }
-    } else if(mode==3){ // A from fixed L1, B streaming
+    } else {
       for(int r=0;r<M;r+=32){
-        uint8_t*b=bp;
-        _tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);
-        for(int t=0;t<steps;t++){
-          _tile_loadd(4,A,64);_tile_loadd(5,A+1024,64);
-          _tile_loadd(6,b,64);_tile_loadd(7,b+1024,64);
-          _tile_dpbf16ps(0,4,6);_tile_dpbf16ps(1,4,7);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);
-          b+=2048;
-        }
-        _tile_stored(0,sums,128);_tile_stored(1,sums+16,128);_tile_stored(2,sums+512,128);_tile_stored(3,sums+528,128);
-      }
-    } else if(mode==4){ // B from L1 fixed, A streaming
-      for(int r=0;r<M;r+=32){
-        uint8_t*a0=A+r*lda,*a1=a0+16*lda;
-        _tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);
-        for(int t=0;t<steps;t++){
-          _tile_loadd(4,a0+t*64,lda);_tile_loadd(5,a1+t*64,lda);
-          _tile_loadd(6,B,64);_tile_loadd(7,B+1024,64);
-          _tile_dpbf16ps(0,4,6);_tile_dpbf16ps(1,4,7);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);
-        }
-        _tile_stored(0,sums,128);_tile_stored(1,sums+16,128);_tile_stored(2,sums+512,128);_tile_stored(3,sums+528,128);
-      }
-    } else if(mode==5){ // A packed in tile order per row block: [rb][step][32 rows x 64B] contiguous
-      for(int r=0;r<M;r+=32){
-        uint8_t*a0=A+(long)r*lda; uint8_t*b=bp;
-        _tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);
-        for(int t=0;t<steps;t++){
-          _tile_loadd(4,a0+t*2048,64);_tile_loadd(5,a0+t*2048+1024,64);
-          _tile_loadd(6,b,64);_tile_loadd(7,b+1024,64);
-          _tile_dpbf16ps(0,4,6);_tile_dpbf16ps(1,4,7);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);
-          b+=2048;
-        }
-        _tile_stored(0,sums,128);_tile_stored(1,sums+16,128);_tile_stored(2,sums+512,128);_tile_stored(3,sums+528,128);
-      }
-    }
-    if(mode==6){ for(int r=0;r<M;r+=32){ _tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);
-        for(int t=0;t<steps;t++){ _tile_dpbf16ps(0,4,6);_tile_dpbf16ps(1,4,7);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);}
-        _tile_stored(0,sums,128);_tile_stored(1,sums+16,128);_tile_stored(2,sums+512,128);_tile_stored(3,sums+528,128);}}
-    if(mode==7){ for(int r=0;r<M;r+=32){ 
-        for(int t=0;t<steps;t++){ _tile_dpbf16ps(0,4,6);_tile_dpbf16ps(1,4,7);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);}
-        }}
-    if(mode==8||mode==9){
-      for(int r=0;r<M;r+=32){
-        uint8_t*a0=A+r*lda,*a1=a0+16*lda; uint8_t*b=bp;
-        if(mode==9){a0=A;a1=A+1024;}
-        long sa=mode==9?64:lda;
-        _tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);
-        for(int t=0;t<steps;t++){
-          long ka=mode==9?0:t*64; uint8_t*bb=mode==9?B:b;
-          _tile_loadd(4,a0+ka,sa);_tile_loadd(6,bb,64);_tile_dpbf16ps(0,4,6);
-          _tile_loadd(7,bb+1024,64);_tile_dpbf16ps(1,4,7);
-          _tile_loadd(5,a1+ka,sa);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);
-          b+=2048;
-        }
-        _tile_stored(0,sums,128);_tile_stored(1,sums+16,128);_tile_stored(2,sums+512,128);_tile_stored(3,sums+528,128);
-      }
-    }
-    if(mode==10||mode==11){
-      for(int r=0;r<M;r+=32){
-        uint8_t*a0=A+(long)r*lda; uint8_t*b=bp;
-        _tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);
-        for(int t=0;t<steps;t++){
-          uint8_t*aa=a0+t*2048;
-          if(mode==11 && t+2<steps){ for(int l=0;l<2048;l+=64){_mm_prefetch((char*)aa+4096+l,_MM_HINT_T0);_mm_prefetch((char*)b+4096+l,_MM_HINT_T0);} }
-          _tile_loadd(4,aa,64);_tile_loadd(6,b,64);_tile_dpbf16ps(0,4,6);
-          _tile_loadd(7,b+1024,64);_tile_dpbf16ps(1,4,7);
-          _tile_loadd(5,aa+1024,64);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);
-          b+=2048;
-        }
-        _tile_stored(0,sums,128);_tile_stored(1,sums+16,128);_tile_stored(2,sums+512,128);_tile_stored(3,sums+528,128);
-      }
-    }
-    if(mode==12){ // kchunk, A packed, interleaved
-      static float Cst[8][32*32] __attribute__((aligned(64)));
-      for(int k0=0;k0<steps;k0+=kc){
-        int k1=k0+kc<steps?k0+kc:steps;
-        for(int r=0,rb=0;r<M;r+=32,rb++){
-          uint8_t*a0=A+(long)r*lda; uint8_t*b=bp+(long)k0*2048; float*cs=Cst[rb&7];
-          if(k0==0){_tile_zero(0);_tile_zero(1);_tile_zero(2);_tile_zero(3);}
-          else {_tile_loadd(0,cs,128);_tile_loadd(1,cs+16,128);_tile_loadd(2,cs+512,128);_tile_loadd(3,cs+528,128);}
-          for(int t=k0;t<k1;t++){
-            uint8_t*aa=a0+t*2048;
-            _tile_loadd(4,aa,64);_tile_loadd(6,b,64);_tile_dpbf16ps(0,4,6);
-            _tile_loadd(7,b+1024,64);_tile_dpbf16ps(1,4,7);
-            _tile_loadd(5,aa+1024,64);_tile_dpbf16ps(2,5,6);_tile_dpbf16ps(3,5,7);
-            b+=2048;
-          }
-          _tile_stored(0,cs,128);_tile_stored(1,cs+16,128);_tile_stored(2,cs+512,128);_tile_stored(3,cs+528,128);
-        }
+        ZERO4();
+        steps_of(r,bp,0,steps,packed,il,v==ALL_L1,v==NOLOAD);
+        STORE4(sums);
       }
     }
     if(sums[0]==1234.5f) printf("x");
@@ -173,18 +96,17 @@ int main(int argc,char**argv){
   for(long i=0;i<(long)K*N;i++) ((uint16_t*)B)[i]=0x3f80+(i%5);
   _tile_loadconfig(&cfg);
   double fl=2.0*M*K*N;
-  const char*names[]={"current","allL1","kchunk","A-L1","B-L1","Apacked","noload","noload-nostore","interleave","interleaveL1","Apk-il","Apk-il-pf","kc-Apk-il"};
-  int modes[]={0,1,5,10,2,12,6};
-  double res[16][64]; int R=atoi(getenv("R")?getenv("R"):"10");
+  double res[VARIANTS][64]; int R=atoi(getenv("R")?getenv("R"):"10");
+  if(R<1||R>64){fprintf(stderr,"R must be 1..64, got %d\n",R);return 2;}
   for(int round=0;round<R;round++){
-    for(int mi=0;mi<7;mi++){ int mode=modes[mi];
+    for(int v=0;v<VARIANTS;v++){
       double best=1e9;
-      for(int it=0;it<10;it++){double t=now();run(mode,kc);t=now()-t;if(t<best)best=t;}
-      res[mi][round]=fl/best/1e9;
+      for(int it=0;it<10;it++){double t=now();run(v,kc);t=now()-t;if(t<best)best=t;}
+      res[v][round]=fl/best/1e9;
     }
   }
-  for(int mi=0;mi<7;mi++){ double*v=res[mi]; 
-    for(int a=0;a<R;a++)for(int b=a+1;b<R;b++) if(v[b]<v[a]){double x=v[a];v[a]=v[b];v[b]=x;}
-    printf("%-10s med %5.0f max %5.0f\n",names[modes[mi]],v[R/2],v[R-1]); }
+  for(int v=0;v<VARIANTS;v++){ double*x=res[v];
+    for(int a=0;a<R;a++)for(int b=a+1;b<R;b++) if(x[b]<x[a]){double y=x[a];x[a]=x[b];x[b]=y;}
+    printf("%-10s med %5.0f max %5.0f\n",names[v],x[R/2],x[R-1]); }
   _tile_release();
 }
