@@ -132,6 +132,44 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(32))]
+
+    /// Where the bf16 panels are widened (no bf16 dot product, no tiles), the bf16 product is
+    /// the float32 product over the rounded operands: the same arithmetic in the same order, so
+    /// the same bits (with cache blocks of an even inner size, as the bf16 pairs need).
+    #[test]
+    fn widened_bf16_is_float32_on_rounded_operands(m in size(40), k in size(400).prop_map(|c| c.max(1)), n in size(70), act in prop_oneof![Just(None), Just(Some(Activation::Gelu))], resid in any::<bool>(), seed in any::<u64>()) {
+        let a = values(m * k, seed, -2.0, 2.0);
+        let w = values(k * n, seed ^ 1, -0.5, 0.5);
+        let b = values(n, seed ^ 2, -1.0, 1.0);
+        let res = values(m * n, seed ^ 3, -1.0, 1.0);
+        let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect() };
+        let (ar, wr) = (round(&a), round(&w));
+        let ep = Epilogue { bias: Some(&b[..]), activation: act, residual: resid.then_some(&res[..]) };
+        let (mut ran, mut odd) = (false, false);
+        for isa in tiers() {
+            let kern = Kernels::for_isa(isa).unwrap();
+            odd |= kern.fp32_blocks().kc % 2 == 1;
+            if kern.bf16_kernel() != Bf16Kernel::Widen || kern.fp32_blocks().kc % 2 == 1 {
+                continue;
+            }
+            ran = true;
+            let packed = kern.pack_bf16(&w, k, n).unwrap();
+            let mut q = QuantRows::new();
+            q.arm_for(&packed);
+            kern.prepare(&a, k, &mut q, Par::Seq).unwrap();
+            let mut got = vec![f32::NAN; m * n];
+            kern.gemm_prepared(&a, &q, m, &packed, &ep, &mut got, None, Par::Threads(2)).unwrap();
+            let mut want = vec![f32::NAN; m * n];
+            kern.gemm(&ar, m, &kern.pack(&wr, k, n).unwrap(), &ep, &mut want, Par::Seq).unwrap();
+            let same = got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
+            prop_assert!(same, "{}: m={} k={} n={}: the widened bf16 product differs from float32 on the rounded operands", isa, m, k, n);
+        }
+        prop_assert!(ran || odd, "no tier here widens its bf16 panels");
+    }
+}
+
 /// A product whose A is longer than L2 (200 rows of 3,072 inner values: 1.2 MB in bf16, the
 /// tiles then take its rows in chunks of 160 and split the panels one part per thread) against
 /// float64 sums of the rounded operands, and int8 against its Seq run, bit for bit whatever the

@@ -9,7 +9,7 @@ use crate::ops::act::{apply_slice, row};
 #[cfg(target_arch = "x86_64")]
 use crate::ops::amx::gemm_tiles;
 use crate::ops::attention::{AttnArgs, attention_head};
-use crate::ops::gemm::gemm_panels;
+use crate::ops::gemm::{F32Values, gemm_panels};
 use crate::ops::norm::layer_norm_row;
 use crate::ops::product::{ProductArgs, ProductKernel};
 use crate::ops::qgemm::qgemm_panels;
@@ -36,7 +36,7 @@ pub(crate) type QuantFn = unsafe fn(*const f32, usize, usize, &QuantOut);
 /// `stride` bytes per row, laid out as `ops::quant::row_offset` says), `scale` (Keras' `s` per
 /// row) and `inv_scale` (`1 / s`), offset to the first row of the call;
 /// `bytes` null: none. With `bf16`, the rows are rounded to bfloat16 instead (`stride / 2`
-/// values per row; no scales).
+/// values per row, or `stride / 4` kept as float32 with `wide`; no scales).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct QuantOut {
     pub bytes: *mut u8,
@@ -47,6 +47,8 @@ pub(crate) struct QuantOut {
     pub offset: bool,
     /// Round to bfloat16 instead of quantizing.
     pub bf16: bool,
+    /// With `bf16`: keep each rounded value as a float32.
+    pub wide: bool,
     /// The rows in tile order (`ops::quant::row_offset`).
     pub tiled: bool,
     /// The call's first row in the buffer (`bytes` is the buffer's start).
@@ -61,6 +63,7 @@ impl QuantOut {
         inv_scale: std::ptr::null_mut(),
         offset: false,
         bf16: false,
+        wide: false,
         tiled: false,
         row0: 0,
     };
@@ -138,18 +141,18 @@ macro_rules! shells {
                 args: &ProductArgs,
             ) {
                 // SAFETY: forwarded contract; features enabled on this function.
-                unsafe { gemm_panels::<$simd, R, $nv>(a, packed, c, args) }
+                unsafe { gemm_panels::<$simd, F32Values, R, $nv>(a, packed, c, args) }
             }
 
             /// This tier's float32 product with its first register tile (`MR` rows; the
             /// attention's tile too): the kernel table's row for the format.
-            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product::<$mr>, MR, NR, 1);
+            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product::<$mr>, MR, NR, 1, 4);
 
             /// Every register tile of this tier's float32 product, `KERNEL` first; the others
             /// taller (the same panels: `NR` columns).
             pub(crate) const TILES: &[ProductKernel] = &[
                 KERNEL,
-                $(ProductKernel::vector(product::<$tall>, $tall, NR, 1)),*
+                $(ProductKernel::vector(product::<$tall>, $tall, NR, 1, 4)),*
             ];
 
             /// # Safety
@@ -293,7 +296,7 @@ macro_rules! qshells {
             }
 
             /// This tier's int8 product: the kernel table's row for the format (groups of 4).
-            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product, MR, NR, 4);
+            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product, MR, NR, 4, 1);
         }
     };
 }
@@ -330,7 +333,7 @@ qshells!(
 /// bf16 (`tdpbf16ps`), one shell each over the shared tile driver.
 #[cfg(target_arch = "x86_64")]
 macro_rules! amx_shells {
-    ($module:ident, $format:ty, $k_align:expr, $what:literal $(, $extra:item)*) => {
+    ($module:ident, $format:ty, $k_align:expr, $a_bytes:expr, $what:literal $(, $extra:item)*) => {
         pub(crate) mod $module {
             use super::*;
             $($extra)*
@@ -357,6 +360,7 @@ macro_rules! amx_shells {
                 layout: crate::ops::product::PanelLayout::Tiles,
                 k_align: $k_align,
                 rows_align: crate::ops::amx::BLOCK,
+                a_bytes: $a_bytes,
                 a_tiled: true,
             };
         }
@@ -368,6 +372,7 @@ amx_shells!(
     q_amx,
     crate::ops::amx::Int8Tiles,
     crate::ops::amx::STEP,
+    1,
     "int8",
     /// Activations stored as `q` (`tdpbssd` multiplies signed bytes).
     pub(crate) const OFFSET: bool = false;
@@ -377,6 +382,7 @@ amx_shells!(
     b_amx,
     crate::ops::amx::Bf16Tiles,
     crate::ops::amx::STEP / 2,
+    2,
     "bf16",
     /// # Safety
     /// The tier's CPU features and the OS' tile grant; `attention_head_tiles`' contract.

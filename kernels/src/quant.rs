@@ -136,6 +136,8 @@ pub struct QuantRows {
     pub(crate) rows: usize,
     pub(crate) cols: usize,
     pub(crate) stride: usize,
+    /// Bytes of one value (1 for int8; 2 for bf16, or 4 for bf16 values kept as float32).
+    pub(crate) value_bytes: usize,
     /// The rows in tile order (`ops::quant::row_offset`), as the AMX products read them.
     pub(crate) tiled: bool,
     pub(crate) isa: Option<Isa>,
@@ -159,6 +161,7 @@ impl QuantRows {
             rows: 0,
             cols: 0,
             stride: 0,
+            value_bytes: 1,
             tiled: false,
             isa: None,
             kind: None,
@@ -220,10 +223,12 @@ impl QuantRows {
         if i >= self.rows || self.kind != Some(Precision::Bf16) {
             return None;
         }
-        let b: Vec<u8> = self.row_bytes(i, 2 * self.cols).collect();
+        let w = self.value_bytes;
+        let b: Vec<u8> = self.row_bytes(i, w * self.cols).collect();
+        // A value kept as float32 holds the bf16 in its top half.
         Some(
-            b.chunks_exact(2)
-                .map(|p| u16::from_ne_bytes([p[0], p[1]]))
+            b.chunks_exact(w)
+                .map(|p| u16::from_ne_bytes([p[w - 2], p[w - 1]]))
                 .collect(),
         )
     }
@@ -267,6 +272,7 @@ impl QuantRows {
         self.rows = rows;
         self.cols = cols;
         self.stride = stride;
+        self.value_bytes = value_bytes;
         self.tiled = tiled;
         Some(())
     }

@@ -18,7 +18,7 @@
 //! value is NaN or Inf (with a full attention mask), the product instead skips masked keys one by
 //! one, so a poisoned masked position can never leak into another row.
 
-use super::gemm::{Epi, tile};
+use super::gemm::{Epi, F32Values, tile};
 use crate::simd::Simd;
 use crate::simd::math::exp_nonpositive;
 use crate::{KeepMask, MaskedRows};
@@ -333,11 +333,15 @@ unsafe fn columns<S: Simd, const MR: usize, const NV: usize>(
             let n = (cols - c0).min(NV * l);
             let (bp, cp) = (b.add(c0), c.add(c0));
             if width - c0 >= NV * l {
-                tile::<S, MR, NV>(rows, k, a, lda, bp, ldb, cp, ldc, n, true, true, &none);
+                tile::<S, F32Values, MR, NV>(
+                    rows, k, a, lda, bp, ldb, cp, ldc, n, true, true, &none,
+                );
                 c0 += NV * l;
             } else {
                 let n = n.min(l);
-                tile::<S, MR, 1>(rows, k, a, lda, bp, ldb, cp, ldc, n, true, true, &none);
+                tile::<S, F32Values, MR, 1>(
+                    rows, k, a, lda, bp, ldb, cp, ldc, n, true, true, &none,
+                );
                 c0 += l;
             }
         }

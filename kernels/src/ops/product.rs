@@ -94,8 +94,8 @@ impl ProductArgs {
 pub(crate) type ProductFn = unsafe fn(*const u8, *const u8, *mut f32, &ProductArgs);
 
 /// One weight format's product on one tier: the entry point, its register tile (`mr` rows,
-/// `nr` columns: the panel width its packing uses), how its panels are laid out, and the
-/// padding its operands need: each row of A and each panel's inner dimension padded to a
+/// `nr` columns: the panel width its packing uses), how its panels are laid out, how wide a
+/// value of its prepared input rows is, and the padding its operands need: each row of A and each panel's inner dimension padded to a
 /// multiple of `k_align` values (zeros), the rows of A to a multiple of `rows_align` (readable
 /// memory; their outputs are dropped).
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +106,9 @@ pub(crate) struct ProductKernel {
     pub layout: PanelLayout,
     pub k_align: usize,
     pub rows_align: usize,
+    /// Bytes of one value of A as the product reads it: 4 (float32, and bf16 values kept as
+    /// float32 for the products that widen their panels), 2 (bf16), 1 (int8).
+    pub a_bytes: usize,
     /// A's prepared rows in tile order (`ops::quant::row_offset`; the AMX products): the rows
     /// of a part then start at a multiple of `mr`, or of `mr / 2` for at most `mr / 2` rows.
     pub a_tiled: bool,
@@ -113,9 +116,15 @@ pub(crate) struct ProductKernel {
 
 impl ProductKernel {
     /// A kernel of register tile `mr x nr` over panels of groups ([`PanelLayout::Groups`])
-    /// whose operands are padded to `k_align` inner values and need no padding rows (the vector
-    /// kernels).
-    pub(crate) const fn vector(run: ProductFn, mr: usize, nr: usize, k_align: usize) -> Self {
+    /// whose operands are padded to `k_align` inner values, reading A's values as `a_bytes`
+    /// bytes each, with no padding rows (the vector kernels).
+    pub(crate) const fn vector(
+        run: ProductFn,
+        mr: usize,
+        nr: usize,
+        k_align: usize,
+        a_bytes: usize,
+    ) -> Self {
         ProductKernel {
             run,
             mr,
@@ -123,6 +132,7 @@ impl ProductKernel {
             layout: PanelLayout::Groups,
             k_align,
             rows_align: 1,
+            a_bytes,
             a_tiled: false,
         }
     }

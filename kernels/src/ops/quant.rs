@@ -39,18 +39,22 @@ fn chunked(j: usize, chunk_stride: usize) -> usize {
 }
 
 /// Row `i` of `q`'s destination from the `n` floats at `x`: quantized for int8, or rounded to
-/// bfloat16 when `q.bf16`.
+/// bfloat16 when `q.bf16` (kept as float32 with `q.wide`).
 ///
 /// # Safety
 /// `x` valid for `n` values; row `i` of `q`'s buffers valid (`q.stride >= n` bytes for int8,
-/// `>= 2n` for bf16); S's features enabled.
+/// `>= 2n` for bf16, `>= 4n` wide); S's features enabled.
 #[inline(always)]
 pub(crate) unsafe fn prepare_row<S: Simd>(x: *const f32, n: usize, q: &QuantOut, i: usize) {
     let (off, cs) = row_offset(q.row0 + i, q.stride, q.tiled);
     // SAFETY: the caller's contract; the row's chunks lie within its block of the buffer.
     unsafe {
         let dst = q.bytes.add(off);
-        if q.bf16 {
+        if q.bf16 && q.wide {
+            // Rows wide are never in tile order (only the AMX products read tile order).
+            debug_assert_eq!(cs, CHUNK);
+            bf16_wide_row::<S>(x, n, dst as *mut f32, q.stride / 4);
+        } else if q.bf16 {
             bf16_row::<S>(x, n, dst as *mut u16, q.stride / 2, cs);
         } else {
             q.put(i, quantize_row::<S>(x, n, dst, q.stride, q.offset, cs));
@@ -88,6 +92,31 @@ pub(crate) unsafe fn bf16_row<S: Simd>(
         }
         for p in n..width {
             *out.add(at(p)) = 0;
+        }
+    }
+}
+
+/// The `n` floats at `x` rounded to bfloat16 and kept as float32 into `width >= n` values at
+/// `out`, the rest 0 (the input rows of the products that widen bf16 panels).
+///
+/// # Safety
+/// `x` valid for `n` values, `out` for `width`; S's features enabled.
+#[inline(always)]
+pub(crate) unsafe fn bf16_wide_row<S: Simd>(x: *const f32, n: usize, out: *mut f32, width: usize) {
+    let l = S::LANES;
+    // SAFETY: every access is below n (x) or width (out), as the contract requires.
+    unsafe {
+        let mut j = 0;
+        while j + l <= n {
+            S::store(out.add(j), S::round_bf16(S::load(x.add(j))));
+            j += l;
+        }
+        if j < n {
+            let v = S::round_bf16(S::load_partial(x.add(j), n - j));
+            S::store_partial(out.add(j), n - j, v);
+        }
+        for p in n..width {
+            *out.add(p) = 0.0;
         }
     }
 }

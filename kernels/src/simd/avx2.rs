@@ -24,6 +24,24 @@ fn tail_mask(n: usize) -> __m256i {
     ))
 }
 
+/// The bfloat16 bits of each lane ([`super::bf16_bits`] on 8 lanes: the rounding add, then NaN
+/// lanes kept NaN), in the low 16 bits of each 32-bit lane.
+///
+/// # Safety
+/// AVX2 enabled.
+#[inline(always)]
+unsafe fn bf16_lanes(v: __m256) -> __m256i {
+    intr!({
+        let b = _mm256_castps_si256(v);
+        let hi = _mm256_srli_epi32::<16>(b);
+        let odd = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+        let r = _mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
+        let r = _mm256_srli_epi32::<16>(r);
+        let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan)
+    })
+}
+
 // Safety: every method is an AVX2/FMA intrinsic; the trait's contract makes callers enable them.
 unsafe impl Simd for Avx2 {
     type V = __m256;
@@ -175,16 +193,13 @@ unsafe impl Simd for Avx2 {
         })
     }
     #[inline(always)]
+    unsafe fn round_bf16(v: __m256) -> __m256 {
+        intr!(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(bf16_lanes(v))))
+    }
+    #[inline(always)]
     unsafe fn store_bf16(p: *mut u16, v: __m256, n: usize) {
-        // `super::bf16_bits` on 8 lanes: the rounding add, then NaN lanes kept NaN.
         intr!({
-            let b = _mm256_castps_si256(v);
-            let hi = _mm256_srli_epi32::<16>(b);
-            let odd = _mm256_and_si256(hi, _mm256_set1_epi32(1));
-            let r = _mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
-            let r = _mm256_srli_epi32::<16>(r);
-            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
-            let r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+            let r = bf16_lanes(v);
             // Each lane is at most 0xffff: the unsigned pack is exact.
             let h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
             if n >= 8 {

@@ -203,6 +203,10 @@ unsafe impl Simd for Avx512 {
         })
     }
     #[inline(always)]
+    unsafe fn round_bf16(v: __m512) -> __m512 {
+        intr!(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(bf16_lanes(v))))
+    }
+    #[inline(always)]
     unsafe fn store_bf16(p: *mut u16, v: __m512, n: usize) {
         intr!({
             let r = bf16_lanes(v);

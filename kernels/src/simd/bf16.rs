@@ -4,9 +4,9 @@
 //! * AVX512-BF16 (`vdpbf16ps`, AMD Zen 4, Intel Cooper Lake and Sapphire Rapids): both products
 //!   of a pair summed into each float32 lane in one instruction (the products are exact in
 //!   float32; the instruction treats bf16 subnormals as zero and flushes subnormal results).
-//! * Elsewhere the pairs are widened to float32 (a bf16 is the top half of a float32) and
-//!   multiplied with two FMAs, the even row first: half the weight bytes of float32, float32
-//!   arithmetic.
+//! * Elsewhere ([`WidenPairs`]) the pairs are widened to float32 (a bf16 is the top half of a
+//!   float32) and the float32 product runs over them, its input rows kept as float32 rounded to
+//!   bf16: half the weight bytes of float32, float32 arithmetic.
 //!
 //! Weight panels are `k/2` pairs of `NR` columns x 2 values: pair `p`, column `c` holds
 //! `W[2p, c]` in its low and `W[2p + 1, c]` in its high 16 bits, so one vector load gives
@@ -35,6 +35,18 @@ pub(crate) unsafe trait BDot: Copy + 'static {
     unsafe fn dot(acc: <Self::F as Simd>::V, a: Self::A, b: Self::B) -> <Self::F as Simd>::V;
 }
 
+/// Widening a vector of bf16 pairs to float32 (a bf16 is the top half of a float32): the
+/// tiers without a bf16 dot product read their bf16 weight panels so.
+///
+/// # Safety
+///
+/// As [`Simd`]: methods may only run inside the tier's target features; `p` valid for
+/// `2 * LANES` values.
+pub(crate) unsafe trait WidenPairs: Simd {
+    /// Value `g` (0: the low halves, 1: the high halves) of the `LANES` pairs at `p`.
+    unsafe fn widen_pairs(p: *const u16, g: usize) -> Self::V;
+}
+
 /// The two float32 values of a bf16 pair stored as one `u32` (low half first).
 #[inline(always)]
 fn widen_pair(bits: u32) -> (f32, f32) {
@@ -49,7 +61,7 @@ pub(crate) use x86::*;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::BDot;
+    use super::{BDot, WidenPairs};
     use crate::simd::avx2::Avx2;
     use crate::simd::avx512::Avx512;
     use std::arch::x86_64::*;
@@ -120,90 +132,37 @@ mod x86 {
         ))
     }
 
-    /// AVX-512 without BF16: pairs widened to float32, two FMAs.
-    #[derive(Clone, Copy, Debug)]
-    pub(crate) struct Avx512Widen;
-
     // Safety: AVX-512F intrinsics; the contract makes callers enable them.
-    unsafe impl BDot for Avx512Widen {
-        type F = Avx512;
-        type A = (__m512, __m512);
-        type B = (__m512, __m512);
+    unsafe impl WidenPairs for Avx512 {
         #[inline(always)]
-        unsafe fn bcast(p: *const u16) -> (__m512, __m512) {
-            // One broadcast load of the pair, split in the vector unit (no scalar round trip).
-            intr!(widen512(_mm512_set1_epi32(std::ptr::read_unaligned(
-                p as *const i32
-            ))))
-        }
-        #[inline(always)]
-        unsafe fn load_b(p: *const u16) -> (__m512, __m512) {
-            intr!(widen512(_mm512_loadu_si512(p as *const _)))
-        }
-        #[inline(always)]
-        unsafe fn dot(acc: __m512, a: (__m512, __m512), b: (__m512, __m512)) -> __m512 {
-            intr!(_mm512_fmadd_ps(a.1, b.1, _mm512_fmadd_ps(a.0, b.0, acc)))
+        unsafe fn widen_pairs(p: *const u16, g: usize) -> __m512 {
+            let (lo, hi) = intr!(widen512(_mm512_loadu_si512(p as *const _)));
+            if g == 0 { lo } else { hi }
         }
     }
 
-    /// AVX2: pairs widened to float32, two FMAs.
-    #[derive(Clone, Copy, Debug)]
-    pub(crate) struct Avx2Widen;
-
-    // Safety: AVX2 and FMA intrinsics; the contract makes callers enable them.
-    unsafe impl BDot for Avx2Widen {
-        type F = Avx2;
-        type A = (__m256, __m256);
-        type B = (__m256, __m256);
+    // Safety: AVX2 intrinsics; the contract makes callers enable them.
+    unsafe impl WidenPairs for Avx2 {
         #[inline(always)]
-        unsafe fn bcast(p: *const u16) -> (__m256, __m256) {
-            // One broadcast load of the pair, split in the vector unit (no scalar round trip).
-            intr!(widen256(_mm256_set1_epi32(std::ptr::read_unaligned(
-                p as *const i32
-            ))))
-        }
-        #[inline(always)]
-        unsafe fn load_b(p: *const u16) -> (__m256, __m256) {
-            intr!(widen256(_mm256_loadu_si256(p as *const _)))
-        }
-        #[inline(always)]
-        unsafe fn dot(acc: __m256, a: (__m256, __m256), b: (__m256, __m256)) -> __m256 {
-            intr!(_mm256_fmadd_ps(a.1, b.1, _mm256_fmadd_ps(a.0, b.0, acc)))
+        unsafe fn widen_pairs(p: *const u16, g: usize) -> __m256 {
+            let (lo, hi) = intr!(widen256(_mm256_loadu_si256(p as *const _)));
+            if g == 0 { lo } else { hi }
         }
     }
 }
 
-/// The portable form: pairs widened to float32, 8 columns.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PortableWiden;
-
 // Safety: plain Rust and `wide`; pointer validity is the callers' obligation.
-unsafe impl BDot for PortableWiden {
-    type F = super::portable::Portable;
-    type A = (wide::f32x8, wide::f32x8);
-    type B = (wide::f32x8, wide::f32x8);
+unsafe impl WidenPairs for super::portable::Portable {
     #[inline(always)]
-    unsafe fn bcast(p: *const u16) -> (wide::f32x8, wide::f32x8) {
-        // SAFETY: p valid for 2 values (trait contract).
-        let (lo, hi) = widen_pair(unsafe { std::ptr::read_unaligned(p as *const u32) });
-        (wide::f32x8::splat(lo), wide::f32x8::splat(hi))
-    }
-    #[inline(always)]
-    unsafe fn load_b(p: *const u16) -> (wide::f32x8, wide::f32x8) {
+    unsafe fn widen_pairs(p: *const u16, g: usize) -> wide::f32x8 {
         // SAFETY: p valid for 16 values (trait contract).
         let x: [u32; 8] = unsafe { std::ptr::read_unaligned(p as *const [u32; 8]) };
-        let pairs = x.map(widen_pair);
-        (
-            wide::f32x8::new(pairs.map(|p| p.0)),
-            wide::f32x8::new(pairs.map(|p| p.1)),
-        )
-    }
-    #[inline(always)]
-    unsafe fn dot(
-        acc: wide::f32x8,
-        a: (wide::f32x8, wide::f32x8),
-        b: (wide::f32x8, wide::f32x8),
-    ) -> wide::f32x8 {
-        a.1.mul_add(b.1, a.0.mul_add(b.0, acc))
+        wide::f32x8::new(x.map(|b| {
+            if g == 0 {
+                widen_pair(b).0
+            } else {
+                widen_pair(b).1
+            }
+        }))
     }
 }

@@ -102,6 +102,8 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     /// Store the first `n <= LANES` lanes as bfloat16 ([`bf16_bits`]: round to nearest even,
     /// NaN kept NaN) at `p`; never touches memory past `p + n`.
     unsafe fn store_bf16(p: *mut u16, v: Self::V, n: usize);
+    /// Each lane rounded to bfloat16 ([`bf16_bits`]), kept as the float32 of the same value.
+    unsafe fn round_bf16(v: Self::V) -> Self::V;
 }
 
 /// The bfloat16 nearest to `x` (ties to even; a NaN stays a quiet NaN of the same sign, the

@@ -143,6 +143,13 @@ unsafe impl Simd for Portable {
         }
     }
     #[inline(always)]
+    unsafe fn round_bf16(v: f32x8) -> f32x8 {
+        f32x8::new(
+            v.to_array()
+                .map(|x| f32::from_bits((super::bf16_bits(x) as u32) << 16)),
+        )
+    }
+    #[inline(always)]
     unsafe fn store_bf16(p: *mut u16, v: f32x8, n: usize) {
         for (i, x) in v.to_array().iter().enumerate().take(n.min(8)) {
             raw!(*p.add(i) = super::bf16_bits(*x));

@@ -154,7 +154,7 @@ impl Kernels {
     pub(super) fn row_shape(&self, format: Precision) -> RowShape {
         let p = self.product(format);
         RowShape {
-            value_bytes: if format == Precision::Bf16 { 2 } else { 1 },
+            value_bytes: p.a_bytes,
             row_align: p.k_align,
             rows_align: p.rows_align,
             tiled: p.a_tiled,
@@ -170,6 +170,7 @@ impl Kernels {
             inv_scale: q.inv_scale.as_mut_ptr(),
             offset: self.qoffset,
             bf16: q.kind == Some(Precision::Bf16),
+            wide: q.value_bytes == 4,
             tiled: q.tiled,
             row0: 0,
         }
