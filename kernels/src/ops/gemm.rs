@@ -159,22 +159,22 @@ pub(crate) unsafe fn micro<S: Simd, W: PanelValues<S>, const R: usize, const NV:
         }
         // Unrolled by four groups: both operands advance as streams (A along each row, B by
         // groups).
-        let g = W::G;
-        let steps = kc / g;
+        let gs = W::G;
+        let steps = kc / gs;
         let (mut ap, mut bp) = (a, b);
         let mut kk = 0;
         while kk + 4 <= steps {
             step!(ap, bp, lda);
-            step!(ap.add(g), bp.add(ldb), lda);
-            step!(ap.add(2 * g), bp.add(2 * ldb), lda);
-            step!(ap.add(3 * g), bp.add(3 * ldb), lda);
-            ap = ap.add(4 * g);
+            step!(ap.add(gs), bp.add(ldb), lda);
+            step!(ap.add(2 * gs), bp.add(2 * ldb), lda);
+            step!(ap.add(3 * gs), bp.add(3 * ldb), lda);
+            ap = ap.add(4 * gs);
             bp = bp.add(4 * ldb);
             kk += 4;
         }
         while kk < steps {
             step!(ap, bp, lda);
-            ap = ap.add(g);
+            ap = ap.add(gs);
             bp = bp.add(ldb);
             kk += 1;
         }
