@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ARM servers (Graviton, Ampere) run the portable tier. This cross-compiles the crate for
-# aarch64-unknown-linux-gnu and runs the golden, API, adversarial and activation suites under
+# aarch64-unknown-linux-gnu without default features (the lean build: no BERT loader, no tokenizer)
+# and runs the library's unit tests and the golden, API, adversarial and activation suites under
 # Debian's qemu-user, installing what it needs (rustup target, cross gcc, qemu) on first use.
 #   .ci/aarch64.sh [extra cargo test args]
 set -euo pipefail
@@ -18,4 +19,4 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch
 # Only the portable tier exists there; the suites must see it run.
 export TRANSFORMER_ENCODER_REQUIRE_ISA=portable
 cargo test --release --target "$target" --no-default-features \
-  --test golden --test api --test adversarial --test activations "$@"
+  --lib --test golden --test api --test adversarial --test activations "$@"
