@@ -10,5 +10,8 @@ export RUSTFLAGS="-Zsanitizer=address"
 export RUSTDOCFLAGS="-Zsanitizer=address"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
 export PROPTEST_CASES="${PROPTEST_CASES:-16}"
+# Optimised at level 1, not the test profile's 3: the build took 6.3 minutes, not 7.8, and the
+# tests 25 s, not 20 (2 cores, Zen 3).
+export CARGO_PROFILE_TEST_OPT_LEVEL="${CARGO_PROFILE_TEST_OPT_LEVEL:-1}"
 cargo +nightly test --target x86_64-unknown-linux-gnu --target-dir target/asan --no-default-features \
   --test adversarial --test proptests --test api --test golden --test threads "$@"
