@@ -94,6 +94,10 @@ fn gemm_int8(c: &mut Criterion) {
             ("minilm_ragged_qkv", 4352, 384, 1152),
             ("minilm_ragged_ffn_in", 4352, 384, 1536),
             ("minilm_ragged_ffn_out", 4352, 1536, 384),
+            // One short query through MiniLM (16 tokens): few rows per weight byte.
+            ("minilm_query_qkv", 16, 384, 1152),
+            ("minilm_query_ffn_in", 16, 384, 1536),
+            ("minilm_query_ffn_out", 16, 1536, 384),
         ]
     };
     for &(name, m, k, n) in shapes {
