@@ -304,7 +304,7 @@ macro_rules! qshells {
 qshells!(q_portable, crate::simd::dot::PortableDot, 4, 1);
 #[cfg(target_arch = "x86_64")]
 // 4 rows, not 6: each row of the exact AVX2 dot holds its broadcast, its absolute value and a
-// signed weight besides the accumulators, and 6 x 2 needed 18 of the 16 registers (two
+// signed weight besides the accumulators, and 6 rows x 2 vectors needed 18 of the 16 registers (two
 // accumulators went to the stack every step). Zen 3, one thread, `latency --precision int8`,
 // the two builds alternated (4 rounds of 2 s): BERT-base seq 128 0.85x the time, the 6-layer
 // query 0.90x; the products alone (`gemm_int8` benches) 9-31 % more GOP/s.
