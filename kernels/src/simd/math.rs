@@ -42,15 +42,17 @@ unsafe fn exp_reduced<S: Simd>(x: S::V) -> (S::V, S::V) {
         let n = S::round(S::mul(x, S::splat(std::f32::consts::LOG2_E)));
         let r = S::fma(n, S::splat(-LN2_HI), x);
         let r = S::fma(n, S::splat(-LN2_LO), r);
-        let mut p = S::splat(1.0 / 5040.0);
-        p = S::fma(p, r, S::splat(1.0 / 720.0));
-        p = S::fma(p, r, S::splat(1.0 / 120.0));
-        p = S::fma(p, r, S::splat(1.0 / 24.0));
-        p = S::fma(p, r, S::splat(1.0 / 6.0));
-        p = S::fma(p, r, S::splat(0.5));
-        p = S::fma(p, r, S::splat(1.0));
-        p = S::fma(p, r, S::splat(1.0));
-        (n, p)
+        // Estrin's scheme: three dependent levels, not Horner's seven (the GELU and the softmax
+        // are bound by this chain's latency).
+        let r2 = S::mul(r, r);
+        let r4 = S::mul(r2, r2);
+        let q0 = S::add(S::splat(1.0), r);
+        let q1 = S::fma(r, S::splat(1.0 / 6.0), S::splat(0.5));
+        let q2 = S::fma(r, S::splat(1.0 / 120.0), S::splat(1.0 / 24.0));
+        let q3 = S::fma(r, S::splat(1.0 / 5040.0), S::splat(1.0 / 720.0));
+        let s0 = S::fma(q1, r2, q0);
+        let s1 = S::fma(q3, r2, q2);
+        (n, S::fma(s1, r4, s0))
     }
 }
 
@@ -205,6 +207,34 @@ const ERFCX_W: [f32; 13] = ERFCX_COEFFS;
 
 include!("erfcx_coeffs.rs");
 
+/// `max(0, x)`, keeping a NaN `x` (the second operand of `max` wins on NaN).
+#[inline(always)]
+pub(crate) unsafe fn relu<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe { S::max(S::splat(0.0), x) }
+}
+
+/// The degree-12 polynomial with coefficients `c` (highest degree first) at `w`, by Estrin's
+/// scheme: four dependent levels of multiply-adds, not Horner's twelve.
+#[inline(always)]
+unsafe fn estrin12<S: Simd>(w: S::V, c: &[f32; 13]) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        // a_k = c[12 - k], the coefficient of w^k.
+        let a = |k: usize| S::splat(c[12 - k]);
+        let w2 = S::mul(w, w);
+        let w4 = S::mul(w2, w2);
+        let w8 = S::mul(w4, w4);
+        let q = |k: usize| S::fma(w, a(k + 1), a(k));
+        let r0 = S::fma(q(2), w2, q(0));
+        let r1 = S::fma(q(6), w2, q(4));
+        let r2 = S::fma(q(10), w2, q(8));
+        let s0 = S::fma(r1, w4, r0);
+        let s1 = S::fma(a(12), w4, r2);
+        S::fma(s1, w8, s0)
+    }
+}
+
 /// Exact GELU, `x * Phi(x)` with `Phi(x) = erfc(-x / sqrt 2) / 2`, accurate in relative terms in
 /// both tails (`1 + erf` would lose everything below x = -4).
 ///
@@ -225,10 +255,7 @@ pub(crate) unsafe fn gelu_erf<S: Simd>(x: S::V) -> S::V {
         );
         let inv = S::recip(S::mul(tp2, one2t));
         let w = S::mul(S::mul(S::sub(t, S::splat(2.0)), one2t), inv);
-        let mut p = S::splat(ERFCX_W[0]);
-        for &c in &ERFCX_W[1..] {
-            p = S::fma(p, w, S::splat(c));
-        }
+        let p = estrin12::<S>(w, &ERFCX_W);
         let erfcx = S::mul(p, S::mul(tp2, inv));
         // t^2 = x^2 / 2 = hi + lo exactly (the 1/sqrt2 rounding of t must not enter the
         // exponent): Dekker's split, exact with or without a fused multiply-add.
@@ -288,7 +315,7 @@ pub(crate) unsafe fn activate<S: Simd>(x: S::V, act: Activation) -> S::V {
             | Activation::Softmax
             | Activation::LogSoftmax
             | Activation::Sparsemax => x,
-            Activation::Relu => S::max(zero, x),
+            Activation::Relu => relu::<S>(x),
             Activation::Relu6 => clip(x, 0.0, 6.0),
             Activation::LeakyRelu => S::select(S::lt(x, zero), S::mul(x, S::splat(0.2)), x),
             Activation::Elu | Activation::Celu => S::select(S::lt(zero, x), x, expm1::<S>(x)),
