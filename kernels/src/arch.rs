@@ -296,19 +296,21 @@ macro_rules! qshells {
             }
 
             /// This tier's int8 product: the kernel table's row for the format (groups of 4).
-            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product, MR, NR, 4, 1);
+            pub(crate) const KERNEL: ProductKernel = ProductKernel::vector(product, MR, NR, 4, 1)
+                .with_layout(<$dot as crate::simd::dot::Dot>::LAYOUT);
         }
     };
 }
 
 qshells!(q_portable, crate::simd::dot::PortableDot, 4, 1);
 #[cfg(target_arch = "x86_64")]
-// 4 rows, not 6: each row of the exact AVX2 dot holds its broadcast, its absolute value and a
-// signed weight besides the accumulators, and 6 rows x 2 vectors needed 18 of the 16 registers (two
-// accumulators went to the stack every step). Zen 3, one thread, `latency --precision int8`,
-// the two builds alternated (4 rounds of 2 s): BERT-base seq 128 0.85x the time, the 6-layer
-// query 0.90x; the products alone (`gemm_int8` benches) 9-31 % more GOP/s.
-qshells!(q_avx2, crate::simd::dot::Avx2Maddubs, 4, 2, #[target_feature(enable = "avx2,fma")]);
+// `vpmaddwd` on int16 pairs (exact with no sign step), 4 rows x 2 vectors: 8 sums, each vector's
+// two halves and each row's two pair broadcasts (14 registers). Before 2026-12-07 (second session)
+// the exact `vpmaddubsw` form with a sign step (6 x 16 until that morning: 18 registers, two
+// sums spilled; then 4 x 16). Zen 3, `latency --precision int8`, one thread, builds alternated
+// (noisy host; the fastest of each round): BERT-base seq 128 0.91-0.94x the time, the 6-layer
+// query 0.94-0.97x.
+qshells!(q_avx2, crate::simd::dot::Avx2Madd16, 4, 2, #[target_feature(enable = "avx2,fma")]);
 #[cfg(target_arch = "x86_64")]
 qshells!(
     q_avx2vnni,

@@ -115,6 +115,11 @@ pub(crate) struct ProductKernel {
 }
 
 impl ProductKernel {
+    /// The same kernel over panels laid out as `layout`.
+    pub(crate) const fn with_layout(self, layout: PanelLayout) -> Self {
+        ProductKernel { layout, ..self }
+    }
+
     /// A kernel of register tile `mr x nr` over panels of groups ([`PanelLayout::Groups`])
     /// whose operands are padded to `k_align` inner values, reading A's values as `a_bytes`
     /// bytes each, with no padding rows (the vector kernels).
@@ -147,6 +152,11 @@ pub(crate) enum PanelLayout {
     /// Per 16 groups (one 64-byte tile row of `g` values per column), two tiles of 16 groups x
     /// 16 columns, columns 0..16 then 16..32, 1 KiB each (AMX; `nr` = 32).
     Tiles,
+    /// As [`Groups`](Self::Groups) for groups of 4 int8 values, but within each block of 8
+    /// columns of a group the first 16 bytes hold every column's values 0 and 1, the next 16 its
+    /// values 2 and 3: each half sign-extends (`vpmovsxbw`) into 8 lanes of int16 pairs (the
+    /// AVX2 `vpmaddwd` kernel; `nr` a multiple of 8).
+    Pairs,
 }
 
 impl PanelLayout {
@@ -164,6 +174,9 @@ impl PanelLayout {
         let (s, b) = (r / g, r % g);
         match self {
             PanelLayout::Groups => ((p * steps + s) * nr + c) * g + b,
+            PanelLayout::Pairs => {
+                ((p * steps + s) * nr + c / 8 * 8) * g + b / 2 * 16 + c % 8 * 2 + b % 2
+            }
             PanelLayout::Tiles => {
                 (p * steps + s / 16 * 16) * nr * g
                     + (c / 16) * 16 * 16 * g

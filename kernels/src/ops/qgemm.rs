@@ -90,7 +90,7 @@ pub(crate) unsafe fn finish<S: Simd>(
 /// One `R x (NV * LANES)` tile over the whole of `k` (`kg` groups of 4).
 ///
 /// # Safety
-/// `a`: `R` rows of `4 * kg` bytes at stride `lda`; `b`: the panel (`kg` groups of
+/// `a`: `R` rows of `4 * kg` bytes (`8 * kg`, int16, with `D::WIDE_A`) at stride `lda`; `b`: the panel (`kg` groups of
 /// `NV * LANES * 4` bytes); `c`: `R` rows of `cols` values at stride `ldc`; `epi` offset to this
 /// tile's first column (comp and wscale valid for `NV * LANES`, bias for `cols`, residual for `R`
 /// rows of `cols`) and `epi.xscale` to its first row. D's features enabled.
@@ -108,6 +108,7 @@ unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
     type S<D> = <D as Dot>::F;
     let lanes = <D::F as Simd>::LANES;
     let nr = NV * lanes;
+    let a_group = if D::WIDE_A { 8 } else { 4 };
     // SAFETY: every pointer formed stays inside the extents of the contract.
     unsafe {
         let mut acc = [[D::zero(); NV]; R];
@@ -121,7 +122,7 @@ unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
                 *x = D::load_b(bp.add(v * lanes * 4));
             }
             for i in 0..R {
-                let av = D::bcast(rows[i].add(4 * g));
+                let av = D::bcast(rows[i].add(a_group * g));
                 for v in 0..NV {
                     acc[i][v] = D::dot(acc[i][v], av, bv[v]);
                 }
@@ -177,6 +178,24 @@ unsafe fn tile<D: Dot, const NV: usize>(
     unsafe { by_rows!(rows, go, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 12) }
 }
 
+thread_local! {
+    /// This thread's copy of a row tile widened to int16 ([`Dot::WIDE_A`]), grown as needed.
+    static WIDE: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's widened row tile, at least `len` values. The pointer stays valid until the
+/// next call on this thread (nothing else touches the buffer: the int8 product does not call
+/// itself).
+fn wide_scratch(len: usize) -> *mut i16 {
+    WIDE.with(|w| {
+        let mut v = w.borrow_mut();
+        if v.len() < len {
+            v.resize(len, 0);
+        }
+        v.as_mut_ptr()
+    })
+}
+
 /// Rows `0..m` and panels `p0..p1` of the int8 product.
 ///
 /// # Safety
@@ -206,10 +225,28 @@ pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
     let nr = NV * <D::F as Simd>::LANES;
     // SAFETY: every pointer formed below stays inside the extents documented above.
     unsafe {
+        // The row tile widened to int16 for the dots that read it so: made once per row tile,
+        // read by every panel.
+        let wide = if D::WIDE_A {
+            wide_scratch(MR * 4 * kg)
+        } else {
+            std::ptr::null_mut()
+        };
         // Row tiles outer: a tile's rows of A (MR x k bytes) stay in L1 while the panels stream.
         let mut i = 0;
         while i < m {
             let rows = MR.min(m - i);
+            let (ta, tlda) = if D::WIDE_A {
+                for r in 0..rows {
+                    let (src, dst) = (a.add((i + r) * lda) as *const i8, wide.add(r * 4 * kg));
+                    for j in 0..4 * kg {
+                        *dst.add(j) = *src.add(j) as i16;
+                    }
+                }
+                (wide as *const u8, 8 * kg)
+            } else {
+                (a.add(i * lda), lda)
+            };
             for p in p0..p1 {
                 let col0 = p * nr;
                 let cols = nr.min(n - col0);
@@ -235,7 +272,7 @@ pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
                 } else {
                     c.add(i * ldc + col0)
                 };
-                tile::<D, NV>(rows, kg, a.add(i * lda), lda, bp, cp, ldc, cols, &e);
+                tile::<D, NV>(rows, kg, ta, tlda, bp, cp, ldc, cols, &e);
             }
             i += rows;
         }

@@ -5,23 +5,30 @@
 //! * VNNI (`vpdpbusd`, zmm or ymm): unsigned x signed bytes, four products summed into each int32
 //!   lane without intermediate rounding. Activations are stored as `q + 128` (unsigned); the
 //!   packed weights carry `128 * column sum`, subtracted in the epilogue.
-//! * Without VNNI (`vpmaddubsw` + `vpmaddwd`): `vpmaddubsw` adds pairs of u8 x s8 products in int16
-//!   with saturation. With `|a|` as the unsigned operand and the weight's sign flipped where `a`
-//!   is negative, each product is at most 127 * 127 and a pair at most 32,258 < 32,767: never
-//!   saturated, so exact. Activations are stored as `q` itself (no offset).
+//! * AVX-512BW without VNNI (`vpmaddubsw` + `vpmaddwd`): `vpmaddubsw` adds pairs of u8 x s8
+//!   products in int16 with saturation. With `|a|` as the unsigned operand and the weight's sign
+//!   flipped where `a` is negative, each product is at most 127 * 127 and a pair at most
+//!   32,258 < 32,767: never saturated, so exact. Activations are stored as `q` itself.
+//! * AVX2 without VNNI (`vpmaddwd` on int16 pairs): the row tile widened to int16 once, the
+//!   weights sign-extended as loaded; a pair sum is at most 2 * 127 * 127, exact with no sign step
+//!   (on Zen 3 the sign step's `vpsignb` and `vpabsb` shared the multiplies' pipes: `peak_flops`
+//!   measured the `vpmaddubsw` form with it at 104-135 GOP/s, this one at 115-166).
 //! * Portable: scalar int32 arithmetic.
 //!
 //! Weight panels are `k/4` groups of `NR` columns x 4 bytes: group `g`, column `c` holds
-//! `W[4g..4g+4, c]`, so one vector load gives `LANES` columns of 4 consecutive rows.
+//! `W[4g..4g+4, c]`, so one vector load gives `LANES` columns of 4 consecutive rows (the AVX2
+//! form orders each 8 columns' 32 bytes in pairs instead: [`Dot::LAYOUT`]).
 
 use super::Simd;
+use crate::ops::product::PanelLayout;
 
 /// The int8 primitives of one tier.
 ///
 /// # Safety
 ///
 /// As [`Simd`]: methods may only run inside the tier's target features, and pointers must be
-/// valid for the bytes read (`4` for `bcast`, `4 * LANES` for `dot`).
+/// valid for the bytes read (`4` for `bcast`, `8` with [`Dot::WIDE_A`]; `4 * LANES` for
+/// `load_b`).
 pub(crate) unsafe trait Dot: Copy + 'static {
     /// The float vocabulary of the same tier (for the epilogue).
     type F: Simd;
@@ -33,6 +40,11 @@ pub(crate) unsafe trait Dot: Copy + 'static {
     type B: Copy;
     /// Activations are stored as `q + 128` (for unsigned x signed instructions).
     const OFFSET: bool;
+    /// The kernel reads a copy of each row tile widened to int16 (8 bytes a group, `bcast`
+    /// reading them), not the quantized bytes in place.
+    const WIDE_A: bool = false;
+    /// How the packed weights lie ([`PanelLayout::Groups`] unless the loads want another order).
+    const LAYOUT: PanelLayout = PanelLayout::Groups;
     /// All lanes 0.
     unsafe fn zero() -> Self::I;
     /// Broadcast the 4 bytes at `p`.
@@ -55,6 +67,7 @@ pub(crate) use x86::*;
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Dot;
+    use crate::ops::product::PanelLayout;
     use crate::simd::avx2::Avx2;
     use crate::simd::avx512::Avx512;
     use std::arch::x86_64::*;
@@ -213,42 +226,49 @@ mod x86 {
         }
     }
 
-    /// AVX2 without VNNI: `vpmaddubsw` + `vpmaddwd` on ymm, signs moved to the weights
-    /// (`vpsignb`).
+    /// AVX2 without VNNI, exact without a sign step: `vpmaddwd` on int16 pairs. The kernel
+    /// reads its row tile widened to int16 ([`Dot::WIDE_A`]); the weights stay int8, laid out
+    /// in pairs ([`PanelLayout::Pairs`]) and sign-extended as
+    /// loaded. A pair sum is at most 2 * 127 * 127: exact, and no `vpsignb` / `vpabsb` shares
+    /// the multiplies' pipes (measured on Zen 3 with `tools/peak_flops.c`).
     #[derive(Clone, Copy, Debug)]
-    pub(crate) struct Avx2Maddubs;
+    pub(crate) struct Avx2Madd16;
 
-    // Safety: AVX2 intrinsics; the contract makes callers enable them.
-    unsafe impl Dot for Avx2Maddubs {
+    // Safety: AVX2 intrinsics; the contract makes callers enable them (`bcast` reads 8 bytes).
+    unsafe impl Dot for Avx2Madd16 {
         type F = Avx2;
         type I = __m256i;
-        /// `(|a|, a)`.
+        /// `(a0 a1, a2 a3)` as int16 pairs in every lane.
         type A = (__m256i, __m256i);
-        type B = __m256i;
+        /// `(w0 w1, w2 w3)` of each of 8 columns as int16 pairs.
+        type B = (__m256i, __m256i);
         const OFFSET: bool = false;
+        const WIDE_A: bool = true;
+        const LAYOUT: PanelLayout = PanelLayout::Pairs;
         #[inline(always)]
         unsafe fn zero() -> __m256i {
             intr!(_mm256_setzero_si256())
         }
         #[inline(always)]
         unsafe fn bcast(p: *const u8) -> (__m256i, __m256i) {
-            intr!({
-                let a = _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32));
-                (_mm256_abs_epi8(a), a)
-            })
+            intr!((
+                _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32)),
+                _mm256_set1_epi32(std::ptr::read_unaligned(p.add(4) as *const i32))
+            ))
         }
         #[inline(always)]
-        unsafe fn load_b(p: *const i8) -> __m256i {
-            intr!(_mm256_loadu_si256(p as *const _))
+        unsafe fn load_b(p: *const i8) -> (__m256i, __m256i) {
+            intr!((
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const _)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const _))
+            ))
         }
         #[inline(always)]
-        unsafe fn dot(acc: __m256i, a: (__m256i, __m256i), w: __m256i) -> __m256i {
-            intr!({
-                // w * sign(a) (0 where a is 0), times |a|: pairs within int16.
-                let w = _mm256_sign_epi8(w, a.1);
-                let pairs = _mm256_maddubs_epi16(a.0, w);
-                _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-            })
+        unsafe fn dot(acc: __m256i, a: (__m256i, __m256i), w: (__m256i, __m256i)) -> __m256i {
+            intr!(_mm256_add_epi32(
+                acc,
+                _mm256_add_epi32(_mm256_madd_epi16(a.0, w.0), _mm256_madd_epi16(a.1, w.1))
+            ))
         }
         #[inline(always)]
         unsafe fn sub_i32(a: __m256i, p: *const i32) -> __m256i {
