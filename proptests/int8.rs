@@ -167,6 +167,20 @@ fn extreme_operands_are_exact_at_k_4096() {
 }
 
 #[test]
+fn sums_are_exact_past_the_stack_tile() {
+    // k = 4,100: the AVX2 kernel's widened row tile no longer fits its stack buffer (4 rows of
+    // 4,096) and goes to the thread's own buffer.
+    let (m, k, n) = (6, 4100, 21);
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 37 % 255) as f32) - 127.0)
+        .collect();
+    let w: Vec<i8> = (0..k * n)
+        .map(|i| ((i * 53 % 255) as i32 - 127) as i8)
+        .collect();
+    check_sums(&a, &w, m, k, n).unwrap();
+}
+
+#[test]
 fn degenerate_rows() {
     // An all-zero row (scale from the 1e-7 epsilon) gives the bias; a row with NaN or an
     // infinity gives NaN in that row only; one huge value among tiny ones (most quantize to 0)

@@ -178,14 +178,17 @@ unsafe fn tile<D: Dot, const NV: usize>(
     unsafe { by_rows!(rows, go, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 12) }
 }
 
+/// int16 values of a widened row tile kept on the stack (32 KiB).
+const STACK_WIDE: usize = 16_384;
+
 thread_local! {
     /// This thread's copy of a row tile widened to int16 ([`Dot::WIDE_A`]), grown as needed.
     static WIDE: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// This thread's widened row tile, at least `len` values. The pointer stays valid until the
-/// next call on this thread (nothing else touches the buffer: the int8 product does not call
-/// itself).
+/// This thread's widened row tile, at least `len` values (for tiles past [`STACK_WIDE`]; it
+/// allocates when it grows). The pointer stays valid until the next call on this thread
+/// (nothing else touches the buffer: the int8 product does not call itself).
 fn wide_scratch(len: usize) -> *mut i16 {
     WIDE.with(|w| {
         let mut v = w.borrow_mut();
@@ -227,10 +230,15 @@ pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
     unsafe {
         // The row tile widened to int16 for the dots that read it so: made once per row tile,
         // read by every panel.
-        let wide = if D::WIDE_A {
-            wide_scratch(MR * 4 * kg)
-        } else {
+        // On the stack up to STACK_WIDE values (a 4-row tile up to k = 4,096: BERT-large's
+        // widest), so the product allocates nothing; beyond, this thread's buffer.
+        let mut stack = [std::mem::MaybeUninit::<i16>::uninit(); STACK_WIDE];
+        let wide = if !D::WIDE_A {
             std::ptr::null_mut()
+        } else if MR * 4 * kg <= STACK_WIDE {
+            stack.as_mut_ptr() as *mut i16
+        } else {
+            wide_scratch(MR * 4 * kg)
         };
         // Row tiles outer: a tile's rows of A (MR x k bytes) stay in L1 while the panels stream.
         let mut i = 0;
