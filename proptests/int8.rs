@@ -168,7 +168,7 @@ fn extreme_operands_are_exact_at_k_4096() {
 
 #[test]
 fn sums_are_exact_past_the_stack_tile() {
-    // k = 4,100: the AVX2 kernel's widened row tile no longer fits its stack buffer (4 rows of
+    // k = 4,100: the AVX2 kernel's widened row tile no longer fits its stack buffer (6 rows of
     // 4,096) and goes to the thread's own buffer.
     let (m, k, n) = (6, 4100, 21);
     let a: Vec<f32> = (0..m * k)

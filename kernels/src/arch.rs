@@ -304,13 +304,15 @@ macro_rules! qshells {
 
 qshells!(q_portable, crate::simd::dot::PortableDot, 4, 1);
 #[cfg(target_arch = "x86_64")]
-// `vpmaddwd` on int16 pairs (exact with no sign step), 4 rows x 2 vectors: 8 sums, each vector's
-// two halves and each row's two pair broadcasts (14 registers). Before 2026-12-07 (second session)
-// the exact `vpmaddubsw` form with a sign step (6 x 16 until that morning: 18 registers, two
-// sums spilled; then 4 x 16). Zen 3, `latency --precision int8`, one thread, builds alternated
-// (noisy host; the fastest of each round): BERT-base seq 128 0.91-0.94x the time, the 6-layer
-// query 0.94-0.97x.
-qshells!(q_avx2, crate::simd::dot::Avx2Madd16, 4, 2, #[target_feature(enable = "avx2,fma")]);
+// `vpmaddwd` on int16 pairs (exact with no sign step), 6 rows x 2 vectors: 12 sums, and a
+// group taken in two parts (one pair broadcast and two weight vectors live at once: 15
+// registers). Before 2026-12-07 (second session) the exact `vpmaddubsw` form with a sign step
+// (6 x 16 until that morning: 18 registers, two sums spilled; then 4 x 16); then 4 x 16 on
+// pairs (14 registers). Zen 3, `latency --precision int8`, builds alternated: 4 x 16 pairs
+// against the sign step, one thread, BERT-base seq 128 0.91-0.94x the time, the 6-layer query
+// 0.94-0.97x; 6 x 16 against 4 x 16 (2026-12-07, fourth session, 3-4 rounds): BERT-base seq 128
+// one thread 0.97-0.98x, MiniLM seq 128 two threads 0.96-0.97x, the query 0.98-1.00x.
+qshells!(q_avx2, crate::simd::dot::Avx2Madd16, 6, 2, #[target_feature(enable = "avx2,fma")]);
 #[cfg(target_arch = "x86_64")]
 qshells!(
     q_avx2vnni,

@@ -117,14 +117,19 @@ unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
         let rows: [*const u8; R] = std::array::from_fn(|i| a.add(i * lda));
         let mut bp = b;
         for g in 0..kg {
-            let mut bv = [D::load_b(bp); NV];
-            for (v, x) in bv.iter_mut().enumerate().skip(1) {
-                *x = D::load_b(bp.add(v * lanes * 4));
-            }
-            for i in 0..R {
-                let av = D::bcast(rows[i].add(a_group * g));
-                for v in 0..NV {
-                    acc[i][v] = D::dot(acc[i][v], av, bv[v]);
+            // A group in `D::PARTS` parts (one for most dots): each part's weights, then
+            // every row's broadcast of its share.
+            for part in 0..D::PARTS {
+                let pb = bp.add(part * D::B_PART);
+                let mut bv = [D::load_b(pb); NV];
+                for (v, x) in bv.iter_mut().enumerate().skip(1) {
+                    *x = D::load_b(pb.add(v * lanes * 4));
+                }
+                for i in 0..R {
+                    let av = D::bcast(rows[i].add(a_group * g + part * D::A_PART));
+                    for v in 0..NV {
+                        acc[i][v] = D::dot(acc[i][v], av, bv[v]);
+                    }
                 }
             }
             bp = bp.add(nr * 4);
@@ -178,8 +183,8 @@ unsafe fn tile<D: Dot, const NV: usize>(
     unsafe { by_rows!(rows, go, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 12) }
 }
 
-/// int16 values of a widened row tile kept on the stack (32 KiB).
-const STACK_WIDE: usize = 16_384;
+/// int16 values of a widened row tile kept on the stack (48 KiB).
+const STACK_WIDE: usize = 24_576;
 
 thread_local! {
     /// This thread's copy of a row tile widened to int16 ([`Dot::WIDE_A`]), grown as needed.
@@ -230,7 +235,7 @@ pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
     unsafe {
         // The row tile widened to int16 for the dots that read it so: made once per row tile,
         // read by every panel.
-        // On the stack up to STACK_WIDE values (a 4-row tile up to k = 4,096: BERT-large's
+        // On the stack up to STACK_WIDE values (a 6-row tile up to k = 4,096: BERT-large's
         // widest), so the product allocates nothing; beyond, this thread's buffer.
         let mut stack = [std::mem::MaybeUninit::<i16>::uninit(); STACK_WIDE];
         let wide = if !D::WIDE_A {

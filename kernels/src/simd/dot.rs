@@ -27,8 +27,8 @@ use crate::ops::product::PanelLayout;
 /// # Safety
 ///
 /// As [`Simd`]: methods may only run inside the tier's target features, and pointers must be
-/// valid for the bytes read (`4` for `bcast`, `8` with [`Dot::WIDE_A`]; `4 * LANES` for
-/// `load_b`).
+/// valid for the bytes read (`4` for `bcast`; `4 * LANES` for `load_b`, or their share of a
+/// group when it is taken in [`Dot::PARTS`]).
 pub(crate) unsafe trait Dot: Copy + 'static {
     /// The float vocabulary of the same tier (for the epilogue).
     type F: Simd;
@@ -36,7 +36,7 @@ pub(crate) unsafe trait Dot: Copy + 'static {
     type I: Copy;
     /// A prepared broadcast of 4 activation bytes.
     type A: Copy;
-    /// A loaded vector of weight groups (`LANES` columns x 4 rows).
+    /// A loaded vector of weight groups (`LANES` columns x 4 rows, or one part of them).
     type B: Copy;
     /// Activations are stored as `q + 128` (for unsigned x signed instructions).
     const OFFSET: bool;
@@ -45,11 +45,19 @@ pub(crate) unsafe trait Dot: Copy + 'static {
     const WIDE_A: bool = false;
     /// How the packed weights lie ([`PanelLayout::Groups`] unless the loads want another order).
     const LAYOUT: PanelLayout = PanelLayout::Groups;
+    /// A group of 4 inner rows is taken in this many parts, one after the other: part `j`
+    /// broadcasts the bytes `j * A_PART` into the row's group and loads the weights
+    /// `j * B_PART` into each vector's (fewer registers live at once: a taller tile fits).
+    const PARTS: usize = 1;
+    /// Bytes between the parts of a row's group (see [`Dot::PARTS`]).
+    const A_PART: usize = 0;
+    /// Bytes between the parts of a vector's weights (see [`Dot::PARTS`]).
+    const B_PART: usize = 0;
     /// All lanes 0.
     unsafe fn zero() -> Self::I;
-    /// Broadcast the 4 bytes at `p`.
+    /// Broadcast the 4 bytes at `p` (a group of 4 activations, or one part of a widened one).
     unsafe fn bcast(p: *const u8) -> Self::A;
-    /// Load the `4 * LANES` weight bytes at `p`.
+    /// Load the `4 * LANES` weight bytes at `p` (`4 * LANES / PARTS` for one part).
     unsafe fn load_b(p: *const i8) -> Self::B;
     /// `acc + a . b` lane-wise.
     unsafe fn dot(acc: Self::I, a: Self::A, b: Self::B) -> Self::I;
@@ -228,47 +236,44 @@ mod x86 {
 
     /// AVX2 without VNNI, exact without a sign step: `vpmaddwd` on int16 pairs. The kernel
     /// reads its row tile widened to int16 ([`Dot::WIDE_A`]); the weights stay int8, laid out
-    /// in pairs ([`PanelLayout::Pairs`]) and sign-extended as
-    /// loaded. A pair sum is at most 2 * 127 * 127: exact, and no `vpsignb` / `vpabsb` shares
-    /// the multiplies' pipes (measured on Zen 3 with `tools/peak_flops.c`).
+    /// in pairs ([`PanelLayout::Pairs`]) and sign-extended as loaded. A group is taken in two
+    /// parts, one pair of inner rows each ([`Dot::PARTS`]), so a part holds one broadcast and
+    /// `NV` weight vectors: a 6 x 16 tile fits the 16 registers. A pair sum is at most
+    /// 2 * 127 * 127: exact, and no `vpsignb` / `vpabsb` shares the multiplies' pipes (measured
+    /// on Zen 3 with `tools/peak_flops.c`).
     #[derive(Clone, Copy, Debug)]
     pub(crate) struct Avx2Madd16;
 
-    // Safety: AVX2 intrinsics; the contract makes callers enable them (`bcast` reads 8 bytes).
+    // Safety: AVX2 intrinsics; the contract makes callers enable them (`bcast` reads 4 bytes,
+    // `load_b` 16).
     unsafe impl Dot for Avx2Madd16 {
         type F = Avx2;
         type I = __m256i;
-        /// `(a0 a1, a2 a3)` as int16 pairs in every lane.
-        type A = (__m256i, __m256i);
-        /// `(w0 w1, w2 w3)` of each of 8 columns as int16 pairs.
-        type B = (__m256i, __m256i);
+        /// One pair of widened activations `(a0, a1)` in every lane.
+        type A = __m256i;
+        /// One pair of inner rows `(w0, w1)` of each of 8 columns, as int16.
+        type B = __m256i;
         const OFFSET: bool = false;
         const WIDE_A: bool = true;
         const LAYOUT: PanelLayout = PanelLayout::Pairs;
+        const PARTS: usize = 2;
+        const A_PART: usize = 4;
+        const B_PART: usize = 16;
         #[inline(always)]
         unsafe fn zero() -> __m256i {
             intr!(_mm256_setzero_si256())
         }
         #[inline(always)]
-        unsafe fn bcast(p: *const u8) -> (__m256i, __m256i) {
-            intr!((
-                _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32)),
-                _mm256_set1_epi32(std::ptr::read_unaligned(p.add(4) as *const i32))
-            ))
+        unsafe fn bcast(p: *const u8) -> __m256i {
+            intr!(_mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32)))
         }
         #[inline(always)]
-        unsafe fn load_b(p: *const i8) -> (__m256i, __m256i) {
-            intr!((
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const _)),
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const _))
-            ))
+        unsafe fn load_b(p: *const i8) -> __m256i {
+            intr!(_mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const _)))
         }
         #[inline(always)]
-        unsafe fn dot(acc: __m256i, a: (__m256i, __m256i), w: (__m256i, __m256i)) -> __m256i {
-            intr!(_mm256_add_epi32(
-                acc,
-                _mm256_add_epi32(_mm256_madd_epi16(a.0, w.0), _mm256_madd_epi16(a.1, w.1))
-            ))
+        unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
+            intr!(_mm256_add_epi32(acc, _mm256_madd_epi16(a, w)))
         }
         #[inline(always)]
         unsafe fn sub_i32(a: __m256i, p: *const i32) -> __m256i {
