@@ -304,9 +304,18 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
             // output tile kept in cache from one block to the next.
             for p in p0..p1 {
                 for pc in (0..k).step_by(kc) {
+                    let next = if pc + kc < k {
+                        Some((p, pc + kc))
+                    } else if p + 1 < p1 {
+                        Some((p + 1, 0))
+                    } else {
+                        None
+                    };
                     // SAFETY: the contract above, forwarded.
                     unsafe {
-                        panel_block::<S, W, MR, NV>(a, lda, packed, c, args, ic, mc, p, pc, kc)
+                        panel_block::<S, W, MR, NV>(
+                            a, lda, packed, c, args, ic, mc, p, pc, kc, next,
+                        )
                     };
                 }
             }
@@ -314,9 +323,18 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
             // A block of A per inner block, in L2 while every panel passes.
             for pc in (0..k).step_by(kc) {
                 for p in p0..p1 {
+                    let next = if p + 1 < p1 {
+                        Some((p + 1, pc))
+                    } else if pc + kc < k {
+                        Some((p0, pc + kc))
+                    } else {
+                        None
+                    };
                     // SAFETY: the contract above, forwarded.
                     unsafe {
-                        panel_block::<S, W, MR, NV>(a, lda, packed, c, args, ic, mc, p, pc, kc)
+                        panel_block::<S, W, MR, NV>(
+                            a, lda, packed, c, args, ic, mc, p, pc, kc, next,
+                        )
                     };
                 }
             }
@@ -326,7 +344,9 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
 }
 
 /// Panel `p`'s inner block `pc..pc + kc` over rows `ic..ic + mc` of [`gemm_panels`]: every
-/// register tile of those rows, the B slice (`kc x NR`, in L1) reused by each.
+/// register tile of those rows, the B slice (`kc x NR`, in L1) reused by each. The slice of
+/// `next` (the panel and inner block the caller runs next, if any) is fetched into L2 a share
+/// per tile meanwhile, so its first tile does not wait on L3 or memory.
 ///
 /// # Safety
 /// As [`gemm_panels`] (`a` as float32, `lda` in values; `kc` a multiple of `W::G`), for these
@@ -344,6 +364,7 @@ unsafe fn panel_block<S: Simd, W: PanelValues<S>, const MR: usize, const NV: usi
     p: usize,
     pc: usize,
     kc: usize,
+    next: Option<(usize, usize)>,
 ) {
     let ProductArgs {
         steps,
@@ -381,7 +402,18 @@ unsafe fn panel_block<S: Simd, W: PanelValues<S>, const MR: usize, const NV: usi
         // float32 time before, 1.02-1.10x so; float32's own did not move beyond the noise.
         let tiles = mc.div_ceil(MR);
         let even = !mc.is_multiple_of(MR) && mc % MR < MR / 2;
+        // The next slice: its first byte and its length in cache lines.
+        let (ahead, lines) = match next {
+            Some((np, npc)) => (
+                packed.add(np * k * nr + npc * nr) as *const u8,
+                (kc.min(k - npc) * nr * std::mem::size_of::<W::T>()).div_ceil(64),
+            ),
+            None => (std::ptr::null(), 0),
+        };
         for t in 0..tiles {
+            for l in lines * t / tiles..lines * (t + 1) / tiles {
+                S::prefetch_l2(ahead.add(64 * l));
+            }
             let (i, rows) = if even {
                 let i = ic + mc * t / tiles;
                 (i, ic + mc * (t + 1) / tiles - i)

@@ -151,6 +151,10 @@ unsafe impl Simd for Avx2 {
         intr!(_mm_prefetch::<_MM_HINT_T0>(p as *const i8))
     }
     #[inline(always)]
+    unsafe fn prefetch_l2(p: *const u8) {
+        intr!(_mm_prefetch::<_MM_HINT_T1>(p as *const i8))
+    }
+    #[inline(always)]
     unsafe fn prefetch_write(p: *const u8) {
         intr!(_mm_prefetch::<_MM_HINT_ET0>(p as *const i8))
     }
