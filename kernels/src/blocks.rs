@@ -23,7 +23,8 @@ pub const FP32_BLOCKS_ENV: &str = "TRANSFORMER_ENCODER_FP32_BLOCKS";
 pub const FP32_TILE_ENV: &str = "TRANSFORMER_ENCODER_FP32_TILE";
 
 /// The cache blocks of the float32 product: `kc` inner steps per block (a `kc x NR` slice of a
-/// weight panel in L1), about `mc` rows per block of `A` (an `mc x kc` block in L2; up to 1.5 `mc` rather than a remainder block), and up to
+/// weight panel in L1), about `mc` rows per block of `A` (an `mc x kc` block in L2; up to
+/// 1.5 `mc` rows rather than a remainder block), and up to
 /// `a_resident` bytes of a row block's whole `A`, each panel runs all its inner blocks in turn
 /// (the block in L2), beyond that the inner blocks go outermost. Every choice gives the same
 /// results up to float32 rounding (the inner blocks' sums are added in `C`): the property tests
