@@ -14,7 +14,8 @@ export PROPTEST_CASES="${PROPTEST_CASES:-16}"
 # tests 25 s, not 20 (2 cores, Zen 3).
 export CARGO_PROFILE_TEST_OPT_LEVEL="${CARGO_PROFILE_TEST_OPT_LEVEL:-1}"
 # Line tables only, not full debug info: ASan's reports still name file and line, and the build
-# (10.5 minutes in a slow hour of 2026-12-07, a third of the CI run) writes far less.
+# (10.5 minutes with full debug info in a slow hour of 2026-12-07, 29 % of that CI run) has
+# less to write.
 export CARGO_PROFILE_TEST_DEBUG="${CARGO_PROFILE_TEST_DEBUG:-line-tables-only}"
 cargo +nightly test --target x86_64-unknown-linux-gnu --target-dir target/asan --no-default-features \
   --test adversarial --test proptests --test api --test golden --test threads "$@"

@@ -44,7 +44,8 @@ pub const FP32_TILE_ENV: &str = "TRANSFORMER_ENCODER_FP32_TILE";
 pub struct Blocks {
     /// Inner steps per block.
     pub kc: usize,
-    /// Rows of `A` per block.
+    /// Rows of `A` per block (a product's rows are cut into as many blocks as `mc` goes into
+    /// them to the nearest whole: up to 1.5 `mc` rows each).
     pub mc: usize,
     /// Bytes of a row block's `A` up to which each panel runs all its inner blocks at once.
     pub a_resident: usize,

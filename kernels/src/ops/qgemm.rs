@@ -109,6 +109,7 @@ unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
     let lanes = <D::F as Simd>::LANES;
     let nr = NV * lanes;
     let a_group = if D::WIDE_A { 8 } else { 4 };
+    const { assert!((D::PARTS - 1) * D::A_PART + 4 <= if D::WIDE_A { 8 } else { 4 }) };
     // SAFETY: every pointer formed stays inside the extents of the contract.
     unsafe {
         let mut acc = [[D::zero(); NV]; R];
@@ -245,7 +246,8 @@ pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
         } else {
             wide_scratch(MR * 4 * kg)
         };
-        // Row tiles outer: a tile's rows of A (MR x k bytes) stay in L1 while the panels stream.
+        // Row tiles outer: a tile's rows of A (MR x k bytes, twice that widened) stay in L1 while
+        // the panels stream (in L2 past L1: 6 widened rows of k = 3,072 are 36 KiB).
         let mut i = 0;
         while i < m {
             let rows = MR.min(m - i);

@@ -28,7 +28,10 @@ use crate::ops::product::PanelLayout;
 ///
 /// As [`Simd`]: methods may only run inside the tier's target features, and pointers must be
 /// valid for the bytes read (`4` for `bcast`; `4 * LANES` for `load_b`, or their share of a
-/// group when it is taken in [`Dot::PARTS`]).
+/// group when it is taken in [`Dot::PARTS`]). An implementation's parts stay inside a group:
+/// `(PARTS - 1) * A_PART + 4` is at most a row's group (4 bytes, 8 with [`Dot::WIDE_A`]), and
+/// `(PARTS - 1) * B_PART` plus the bytes `load_b` reads at most `4 * LANES` (the kernel checks
+/// the first at compile time; the second is the implementation's to keep).
 pub(crate) unsafe trait Dot: Copy + 'static {
     /// The float vocabulary of the same tier (for the epilogue).
     type F: Simd;
@@ -41,7 +44,7 @@ pub(crate) unsafe trait Dot: Copy + 'static {
     /// Activations are stored as `q + 128` (for unsigned x signed instructions).
     const OFFSET: bool;
     /// The kernel reads a copy of each row tile widened to int16 (8 bytes a group, `bcast`
-    /// reading them), not the quantized bytes in place.
+    /// reading them a part at a time), not the quantized bytes in place.
     const WIDE_A: bool = false;
     /// How the packed weights lie ([`PanelLayout::Groups`] unless the loads want another order).
     const LAYOUT: PanelLayout = PanelLayout::Groups;
@@ -238,7 +241,8 @@ mod x86 {
     /// reads its row tile widened to int16 ([`Dot::WIDE_A`]); the weights stay int8, laid out
     /// in pairs ([`PanelLayout::Pairs`]) and sign-extended as loaded. A group is taken in two
     /// parts, one pair of inner rows each ([`Dot::PARTS`]), so a part holds one broadcast and
-    /// `NV` weight vectors: a 6 x 16 tile fits the 16 registers. A pair sum is at most
+    /// `NV` weight vectors: a 6 x 16 tile fits the 16 registers (12 sums, a broadcast, two
+    /// weight vectors and the product of one `vpmaddwd`, none spare). A pair sum is at most
     /// 2 * 127 * 127: exact, and no `vpsignb` / `vpabsb` shares the multiplies' pipes (measured
     /// on Zen 3 with `tools/peak_flops.c`).
     #[derive(Clone, Copy, Debug)]

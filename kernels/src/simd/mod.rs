@@ -77,8 +77,8 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     /// address may be given: nothing is read.
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
-    /// A hint to bring the cache line holding `p` into L2 (none on tiers without one). Any
-    /// address may be given: nothing is read.
+    /// A hint to bring the cache line holding `p` into L2 (none on tiers without one). Nothing
+    /// is read: `p` need not be valid (callers still form it in bounds, as `add` requires).
     #[inline(always)]
     unsafe fn prefetch_l2(_p: *const u8) {}
     /// A hint to bring the cache line holding `p` into L1 for writing (none on tiers without
