@@ -87,6 +87,11 @@ pub(crate) unsafe fn finish<S: Simd>(
     }
 }
 
+/// Bytes of a row's group of 4 activations as the kernel reads them: 8 widened, else 4.
+const fn group_bytes<D: Dot>() -> usize {
+    if D::WIDE_A { 8 } else { 4 }
+}
+
 /// One `R x (NV * LANES)` tile over the whole of `k` (`kg` groups of 4).
 ///
 /// # Safety
@@ -108,8 +113,8 @@ unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
     type S<D> = <D as Dot>::F;
     let lanes = <D::F as Simd>::LANES;
     let nr = NV * lanes;
-    let a_group = if D::WIDE_A { 8 } else { 4 };
-    const { assert!((D::PARTS - 1) * D::A_PART + 4 <= if D::WIDE_A { 8 } else { 4 }) };
+    let a_group = group_bytes::<D>();
+    const { assert!((D::PARTS - 1) * D::A_PART + 4 <= group_bytes::<D>()) };
     // SAFETY: every pointer formed stays inside the extents of the contract.
     unsafe {
         let mut acc = [[D::zero(); NV]; R];
