@@ -9,9 +9,10 @@
 //! the softmax exponent (the query projection stays Keras' own). For each block the logits of every key are formed
 //! in a per-thread scratch row block (`MR x S`, so memory per call grows with `S`, never with
 //! `S^2`), masked, normalised with a stable softmax (max subtracted, vectorised exp) and
-//! multiplied with `V`. Keys are read from a transposed copy (`D x S`, padded to the tile width)
-//! and values from a padded copy (`S x D`), both made once per (batch item, head), so every
-//! product is a register-tiled micro-kernel over contiguous rows.
+//! multiplied with `V`. Keys are read from a transposed copy and values from a copy, both made
+//! once per (batch item, head) in panels of the register tile's width as the weights of the
+//! products are packed, so every product is a register-tiled micro-kernel streaming one
+//! contiguous panel.
 //!
 //! Masked keys get probability exactly 0. Padded keys' values are zeroed in the copy; otherwise,
 //! when every value of the head is finite, `0 * v = 0` and the tiled product is exact; if some
@@ -56,8 +57,7 @@ fn padded_len(n: usize, l: usize) -> usize {
 /// bound: the kernel pads to whole vectors, `nr` is a multiple of them).
 pub(crate) fn scratch_len(s: usize, d: usize, mr: usize, nr: usize) -> usize {
     let sp = padded_len(s, nr).max(padded_len(s, 16));
-    let dp = padded_len(d, nr).max(padded_len(d, 16));
-    d * sp + sp * dp + mr * sp
+    s.div_ceil(nr) * nr * d + d.div_ceil(nr) * nr * s + mr * sp
 }
 
 /// Attention for head `h` of sequence `b`.
@@ -87,27 +87,38 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
         (_, Some(f)) => f[i * s + j] != 0,
         _ => true,
     };
-    // Keys and values padded to whole vectors (not whole tiles): short sequences and narrow
-    // heads waste little. A row length that is a multiple of 64 floats gets one vector more, so
-    // the rows of a tile do not all fall into the same few L1 sets (256 B strides and their
-    // multiples alias).
+    // Keys and values are copied into panels of `W` (the register tile's width) as the
+    // weights of the products are packed: panel `q` of the transposed keys holds keys
+    // `q W .. (q + 1) W` as `D` rows of `W`, panel `c` of the values columns `c W .. (c + 1) W` as
+    // `S` rows of `W`, so each register tile streams one contiguous block (its rows of the
+    // whole copies lay a row length apart: a cache line each from L2 at every inner step). Zen 3,
+    // the attention alone (12 heads, one thread, builds alternated in 3 rounds, the rounds'
+    // fastest runs): 64 keys of D = 64 53.5-56.1 GFLOP/s before, 60.9-61.4 so; 512 keys
+    // 64.8-67.2 before, 73.0-75.1 so; 512 keys of D = 32 57.0-57.4 before, 59.4-62.1 so.
+    // The probabilities' row length is padded to whole vectors, plus one if that is a multiple
+    // of 64 floats, so the rows of a tile do not all fall into the same few L1 sets.
     let l = S::LANES;
+    let wd = NV * l;
+    // The keys are transposed eight at a time, never across two panels.
+    const { assert!((NV * S::LANES).is_multiple_of(8)) };
     let sp = padded_len(s, l);
-    let dp = padded_len(d, l);
+    let (kpanels, vpanels) = (s.div_ceil(wd), d.div_ceil(wd));
     let w = n_heads * d;
     let ld3 = 3 * w;
-    let (kt, rest) = scratch.split_at_mut(d * sp);
-    let (vs, rest) = rest.split_at_mut(sp * dp);
+    let (kt, rest) = scratch.split_at_mut(kpanels * d * wd);
+    let (vs, rest) = rest.split_at_mut(vpanels * s * wd);
     let p = &mut rest[..MR * sp];
+    // Where value column `c` of key `j` lies in its panel.
+    let vat = |j: usize, c: usize| (c / wd) * s * wd + j * wd + c % wd;
     // SAFETY: all offsets below are within the buffers described in the contract: rows
-    // b*s..(b+1)*s of qkv/ctx, columns of head h, and the scratch extents computed above.
+    // b*s..(b+1)*s of qkv/ctx, columns of head h, and the scratch extents carved above (every
+    // panel of keys `d * wd` floats, of values `s * wd`).
     unsafe {
         let base = args.qkv.add(span.start * ld3);
-        // Transposed keys [D, S_pad] and padded values [S_pad, D_pad]. With a key padding mask,
-        // the values of padded keys are replaced by zeros (unless every key is padded, when the
-        // uniform policy averages them all, as Keras does): their probability is exactly 0, so
-        // nothing they hold (NaN, Inf) can reach another row, and the result is bit-identical to
-        // any other content of the padded positions.
+        // With a key padding mask, the values of padded keys are replaced by zeros (unless
+        // every key is padded, when the uniform policy averages them all, as Keras does): their
+        // probability is exactly 0, so nothing they hold (NaN, Inf) can reach another row, and
+        // the result is bit-identical to any other content of the padded positions.
         let key_row: Option<&[u8]> = keys.filter(|r| r.iter().any(|&k| k != 0));
         // The head's rows of Q, K and V come from the projection's output, mostly out of L1/L2
         // and `3 N D` floats apart (a stride the hardware prefetchers do not follow across
@@ -127,67 +138,113 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
         for j in 0..AHEAD.min(s) {
             fetch(j);
         }
-        // Values: row copies; zeros for padded keys and in the padding rows and columns only
-        // (the rest is overwritten).
+        // Values: vector copies into the panels; zeros for padded keys and in the padding
+        // columns of the last panel (the rest is overwritten).
+        let vp = vs.as_mut_ptr();
         let mut poison = S::splat(0.0);
         for j in 0..s {
             if j + AHEAD < s {
                 fetch(j + AHEAD);
             }
-            let dst = &mut vs[j * dp..(j + 1) * dp];
             if key_row.is_none_or(|r| r[j] != 0) {
                 let src = base.add(j * ld3 + h * d + 2 * w);
-                // Copied in vector registers (a call to memcpy per row costs more), zeros in the
-                // padding columns; x - x is NaN exactly for NaN and the infinities.
+                // Copied in vector registers (a call to memcpy per row costs more); x - x is NaN
+                // exactly for NaN and the infinities.
                 let mut k = 0;
                 while k < d {
-                    let n = (d - k).min(S::LANES);
-                    let v = if n == S::LANES {
+                    let n = (d - k).min(l);
+                    let v = if n == l {
                         S::load(src.add(k))
                     } else {
                         S::load_partial(src.add(k), n)
                     };
-                    // A partial load's other lanes are 0: the store zeroes the padding.
-                    S::store(dst.as_mut_ptr().add(k), v);
+                    // A partial load's other lanes are 0: the store zeroes that much padding
+                    // (`wd` is a multiple of `l`, so a vector never straddles two panels).
+                    S::store(vp.add(vat(j, k)), v);
                     poison = S::add(poison, S::sub(v, v));
-                    k += n;
+                    k += l;
                 }
-                zero::<S>(dst.as_mut_ptr().add(k), dp - k);
+                let c = d.next_multiple_of(l);
+                if c % wd != 0 {
+                    zero::<S>(vp.add(vat(j, c)), wd - c % wd);
+                }
             } else {
-                zero::<S>(dst.as_mut_ptr(), dp);
+                for c in (0..d).step_by(wd) {
+                    zero::<S>(vp.add(vat(j, c)), wd);
+                }
             }
         }
-        zero::<S>(vs.as_mut_ptr().add(s * dp), (sp - s) * dp);
         let finite = S::reduce_sum(poison) == 0.0;
-        // Keys, transposed, eight at a time: each store run covers eight neighbouring columns.
+        // Keys, transposed into their panels, eight at a time: each store run covers eight
+        // neighbouring columns of a panel row (`wd` is a multiple of 8).
+        let kp = kt.as_mut_ptr();
         let mut j0 = 0;
         while j0 < s {
             let jn = 8.min(s - j0);
             let rows: [*const f32; 8] =
                 std::array::from_fn(|jj| base.add((j0 + jj.min(jn - 1)) * ld3 + h * d + w));
+            let panel = kp.add((j0 / wd) * d * wd + j0 % wd);
             for dd in 0..d {
-                let out = &mut kt[dd * sp + j0..dd * sp + j0 + jn];
-                for (jj, o) in out.iter_mut().enumerate() {
-                    *o = *rows[jj].add(dd);
+                let out = panel.add(dd * wd);
+                for (jj, row) in rows.iter().enumerate().take(jn) {
+                    *out.add(jj) = *row.add(dd);
                 }
             }
             j0 += jn;
         }
-        for dd in 0..d {
-            zero::<S>(kt.as_mut_ptr().add(dd * sp + s), sp - s);
+        // Past the last key, the last panel's columns are zeros (their logits are never used).
+        if s % wd != 0 {
+            let panel = kp.add((kpanels - 1) * d * wd);
+            for dd in 0..d {
+                zero::<S>(panel.add(dd * wd + s % wd), wd - s % wd);
+            }
         }
+        let none = Epi::NONE;
         let qbase = base.add(h * d);
         let mut i0 = 0;
         while i0 < s {
             let rows = MR.min(s - i0);
-            // Logits: P[rows, S_pad] = Q[i0.., :D] · K^T.
+            // Logits: P[rows, S_pad] = Q[i0.., :D] · K^T, a panel of keys at a time (the last
+            // one's columns past `sp` not stored).
             let a = qbase.add(i0 * ld3);
-            columns::<S, MR, NV>(rows, d, a, ld3, kt.as_ptr(), sp, sp, p.as_mut_ptr(), sp, sp);
+            for q in 0..kpanels {
+                let c0 = q * wd;
+                tile::<S, F32Values, MR, NV>(
+                    rows,
+                    d,
+                    a,
+                    ld3,
+                    kt.as_ptr().add(q * d * wd),
+                    wd,
+                    p.as_mut_ptr().add(c0),
+                    sp,
+                    wd.min(sp - c0),
+                    true,
+                    true,
+                    &none,
+                );
+            }
             probabilities::<S>(args, span, h, i0, rows, p, sp);
-            // Context: ctx[i0.., h*D..] = P · V.
+            // Context: ctx[i0.., h*D..] = P · V, a panel of value columns at a time.
             let cbase = args.ctx.add((span.start + i0) * w + h * d);
             if finite {
-                columns::<S, MR, NV>(rows, s, p.as_ptr(), sp, vs.as_ptr(), dp, dp, cbase, w, d);
+                for c in 0..vpanels {
+                    let c0 = c * wd;
+                    tile::<S, F32Values, MR, NV>(
+                        rows,
+                        s,
+                        p.as_ptr(),
+                        sp,
+                        vs.as_ptr().add(c * s * wd),
+                        wd,
+                        cbase.add(c0),
+                        w,
+                        wd.min(d - c0),
+                        true,
+                        true,
+                        &none,
+                    );
+                }
             } else {
                 // Some value is NaN or Inf: skip keys a row does not use, one by one.
                 for r in 0..rows {
@@ -204,7 +261,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                             continue;
                         }
                         for dd in 0..d {
-                            *out.add(dd) += pj * vs[j * dp + dd];
+                            *out.add(dd) += pj * vs[vat(j, dd)];
                         }
                     }
                 }
@@ -214,7 +271,6 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Sequence `span`'s keep flags: key flags over its rows, or its `[len, len]` block.
 #[inline(always)]
 pub(crate) fn seq_masks<'a>(
     args: &AttnArgs<'a>,
@@ -304,53 +360,6 @@ pub(crate) unsafe fn zero<S: Simd>(p: *mut f32, n: usize) {
     }
 }
 
-/// `C[rows, 0..cols] = A[rows, 0..k] · B[0..k, 0..cols]` with `B` rows of `width` (a multiple of
-/// the vector length) at stride `ldb`: full tiles of `NV` vectors, a last one of a single vector
-/// where the width leaves one.
-///
-/// # Safety
-/// `a`: `rows` rows of `k` at stride `lda`; `b`: `k` rows of `width` values at stride `ldb`;
-/// `c`: `rows` rows of `cols <= width` values at stride `ldc`. S's features enabled.
-#[inline(always)]
-unsafe fn columns<S: Simd, const MR: usize, const NV: usize>(
-    rows: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    width: usize,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-) {
-    let none = Epi::NONE;
-    let l = S::LANES;
-    let mut c0 = 0;
-    // SAFETY: every chunk reads whole vectors inside the width and writes its columns below cols.
-    unsafe {
-        while c0 < cols {
-            let n = (cols - c0).min(NV * l);
-            let (bp, cp) = (b.add(c0), c.add(c0));
-            if width - c0 >= NV * l {
-                tile::<S, F32Values, MR, NV>(
-                    rows, k, a, lda, bp, ldb, cp, ldc, n, true, true, &none,
-                );
-                c0 += NV * l;
-            } else {
-                let n = n.min(l);
-                tile::<S, F32Values, MR, 1>(
-                    rows, k, a, lda, bp, ldb, cp, ldc, n, true, true, &none,
-                );
-                c0 += l;
-            }
-        }
-    }
-}
-
-/// Masked softmax of one row of unscaled logits `q·k` in place, `softmax(scale · logits)`
-/// (`row.len()` is the padded length; entries past `s` end up 0). `mask` is the row's keep flags
-/// (`None`: every key kept).
 #[inline(always)]
 unsafe fn softmax_row<S: Simd>(
     row: &mut [f32],
