@@ -91,7 +91,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
     // weights of the products are packed: panel `q` of the transposed keys holds keys
     // `q W .. (q + 1) W` as `D` rows of `W`, panel `c` of the values columns `c W .. (c + 1) W` as
     // `S` rows of `W`, so each register tile streams one contiguous block (its rows of the
-    // whole copies lay a row length apart: a cache line each from L2 at every inner step). Zen 3,
+    // whole copies lie a row length apart: a cache line each from L2 at every inner step). Zen 3,
     // the attention alone (12 heads, one thread, builds alternated in 3 rounds, the rounds'
     // fastest runs): 64 keys of D = 64 53.5-56.1 GFLOP/s before, 60.9-61.4 so; 512 keys
     // 64.8-67.2 before, 73.0-75.1 so; 512 keys of D = 32 57.0-57.4 before, 59.4-62.1 so.
@@ -199,52 +199,20 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
                 zero::<S>(panel.add(dd * wd + s % wd), wd - s % wd);
             }
         }
-        let none = Epi::NONE;
         let qbase = base.add(h * d);
         let mut i0 = 0;
         while i0 < s {
             let rows = MR.min(s - i0);
-            // Logits: P[rows, S_pad] = Q[i0.., :D] · K^T, a panel of keys at a time (the last
-            // one's columns past `sp` not stored).
+            // Logits: P[rows, S_pad] = Q[i0.., :D] · K^T, a panel of keys at a time (columns
+            // up to the panels' end or `sp`, whichever comes first).
             let a = qbase.add(i0 * ld3);
-            for q in 0..kpanels {
-                let c0 = q * wd;
-                tile::<S, F32Values, MR, NV>(
-                    rows,
-                    d,
-                    a,
-                    ld3,
-                    kt.as_ptr().add(q * d * wd),
-                    wd,
-                    p.as_mut_ptr().add(c0),
-                    sp,
-                    wd.min(sp - c0),
-                    true,
-                    true,
-                    &none,
-                );
-            }
+            let cols = sp.min(kpanels * wd);
+            panels::<S, MR, NV>(rows, d, a, ld3, kt.as_ptr(), p.as_mut_ptr(), sp, cols);
             probabilities::<S>(args, span, h, i0, rows, p, sp);
             // Context: ctx[i0.., h*D..] = P · V, a panel of value columns at a time.
             let cbase = args.ctx.add((span.start + i0) * w + h * d);
             if finite {
-                for c in 0..vpanels {
-                    let c0 = c * wd;
-                    tile::<S, F32Values, MR, NV>(
-                        rows,
-                        s,
-                        p.as_ptr(),
-                        sp,
-                        vs.as_ptr().add(c * s * wd),
-                        wd,
-                        cbase.add(c0),
-                        w,
-                        wd.min(d - c0),
-                        true,
-                        true,
-                        &none,
-                    );
-                }
+                panels::<S, MR, NV>(rows, s, p.as_ptr(), sp, vs.as_ptr(), cbase, w, d);
             } else {
                 // Some value is NaN or Inf: skip keys a row does not use, one by one.
                 for r in 0..rows {
@@ -271,6 +239,7 @@ pub(crate) unsafe fn attention_head<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
+/// Sequence `span`'s keep flags: key flags over its rows, or its `[len, len]` block.
 #[inline(always)]
 pub(crate) fn seq_masks<'a>(
     args: &AttnArgs<'a>,
@@ -360,6 +329,53 @@ pub(crate) unsafe fn zero<S: Simd>(p: *mut f32, n: usize) {
     }
 }
 
+/// `C[rows, 0..cols] = A[rows, 0..k] · B[0..k, 0..cols]` with `B` in panels of `NV` vectors
+/// (panel `q`, `k` rows of `NV * LANES` values, at `b + q * k * NV * LANES`; columns past `cols`
+/// read but not stored): one register tile per panel.
+///
+/// # Safety
+/// `a`: `rows <= MR` rows of `k` at stride `lda`; `b`: `cols.div_ceil(NV * LANES)` whole
+/// panels; `c`: `rows` rows of `cols` values at stride `ldc`. S's features enabled.
+#[inline(always)]
+unsafe fn panels<S: Simd, const MR: usize, const NV: usize>(
+    rows: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    let (none, wd) = (Epi::NONE, NV * S::LANES);
+    let mut c0 = 0;
+    // SAFETY: each panel lies inside `b` and each tile writes its columns below `cols` (the
+    // contract above).
+    unsafe {
+        while c0 < cols {
+            let bp = b.add(c0 * k);
+            tile::<S, F32Values, MR, NV>(
+                rows,
+                k,
+                a,
+                lda,
+                bp,
+                wd,
+                c.add(c0),
+                ldc,
+                wd.min(cols - c0),
+                true,
+                true,
+                &none,
+            );
+            c0 += wd;
+        }
+    }
+}
+
+/// Masked softmax of one row of unscaled logits `q·k` in place, `softmax(scale · logits)`
+/// (`row.len()` is the padded length; entries past `s` end up 0). `mask` is the row's keep flags
+/// (`None`: every key kept).
 #[inline(always)]
 unsafe fn softmax_row<S: Simd>(
     row: &mut [f32],
