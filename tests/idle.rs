@@ -4,6 +4,7 @@
 
 #![cfg(target_os = "linux")]
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use transformer_encoder::*;
 use transformer_encoder_kernels::team::{for_parts, with_team};
@@ -16,11 +17,25 @@ fn schedstat(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time of every thread of the process.
-fn process_cpu_ns() -> u64 {
+/// CPU time of each live thread of the process, by thread id.
+fn thread_times() -> HashMap<String, u64> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
-        .map(|t| schedstat(&t.unwrap().path().join("schedstat")))
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let id = t.file_name().into_string().ok()?;
+            Some((id, schedstat(&t.path().join("schedstat"))))
+        })
+        .collect()
+}
+
+/// CPU time the process' threads used since `before` (`thread_times`): each live thread's
+/// growth, a thread started since then counted whole. A thread that ended meanwhile is not
+/// counted (a sum over the live threads would drop by its whole time, and wrap).
+fn cpu_since(before: &HashMap<String, u64>) -> u64 {
+    thread_times()
+        .iter()
+        .map(|(id, &t)| t.saturating_sub(before.get(id).copied().unwrap_or(0)))
         .sum()
 }
 
@@ -47,9 +62,9 @@ fn helpers_sleep_after_calls_and_during_serial_stretches() {
                 .unwrap();
         }
         // After a call: the whole process in the next 200 ms.
-        let before = process_cpu_ns();
+        let before = thread_times();
         std::thread::sleep(Duration::from_millis(200));
-        let idle = process_cpu_ns() - before;
+        let idle = cpu_since(&before);
         assert!(
             idle < 5_000_000,
             "{precision}: {:.3} ms of CPU in 200 ms after a call",
@@ -63,12 +78,12 @@ fn helpers_sleep_after_calls_and_during_serial_stretches() {
         with_team(2, || {
             for_parts(2, &|i| {
                 if i == round % 2 {
-                    let (all, mine) = (process_cpu_ns(), thread_cpu_ns());
+                    let (all, mine) = (thread_times(), thread_cpu_ns());
                     let t = Instant::now();
                     while t.elapsed() < Duration::from_millis(20) {
                         std::hint::spin_loop();
                     }
-                    let others = (process_cpu_ns() - all) - (thread_cpu_ns() - mine);
+                    let others = cpu_since(&all).saturating_sub(thread_cpu_ns() - mine);
                     *other.lock().unwrap() = others;
                 }
             })
