@@ -19,7 +19,7 @@
 //! value is NaN or Inf (with a full attention mask), the product instead skips masked keys one by
 //! one, so a poisoned masked position can never leak into another row.
 
-use super::gemm::{Epi, F32Values, tile};
+use super::gemm::{Ahead, Epi, F32Values, tile};
 use crate::simd::Simd;
 use crate::simd::math::exp_nonpositive;
 use crate::{KeepMask, MaskedRows};
@@ -367,6 +367,7 @@ unsafe fn panels<S: Simd, const MR: usize, const NV: usize>(
                 true,
                 true,
                 &none,
+                Ahead::NONE,
             );
             c0 += wd;
         }

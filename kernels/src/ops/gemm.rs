@@ -84,6 +84,24 @@ impl Epi {
     };
 }
 
+/// Cache lines a register tile fetches into L2 as it runs (the next weight slice's share:
+/// see [`panel_block`]), spread over its inner loop rather than issued at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ahead {
+    /// The first line's address (any address: a prefetch reads nothing).
+    pub at: *const u8,
+    /// How many lines, 64 bytes apart.
+    pub lines: usize,
+}
+
+impl Ahead {
+    /// Nothing to fetch.
+    pub(crate) const NONE: Ahead = Ahead {
+        at: std::ptr::null(),
+        lines: 0,
+    };
+}
+
 /// The first `min(n, LANES)` values at `p` (the other lanes 0).
 #[inline(always)]
 pub(crate) unsafe fn load_n<S: Simd>(p: *const f32, n: usize) -> S::V {
@@ -120,6 +138,8 @@ pub(crate) unsafe fn store_n<S: Simd>(p: *mut f32, n: usize, v: S::V) {
 ///   valid for `cols`, or null). Otherwise C is read and accumulated.
 /// * `last`: the residual (`epi.residual` offset to this tile, valid for `R` rows of `cols` at
 ///   stride `epi.ldr`, or null) is added. `epi.act` is not applied here (see [`gemm_panels`]).
+/// * `ahead`: cache lines fetched into L2 as the tile runs (a hint: nothing is read, any
+///   address will do).
 #[inline(always)]
 pub(crate) unsafe fn micro<S: Simd, W: PanelValues<S>, const R: usize, const NV: usize>(
     kc: usize,
@@ -133,6 +153,7 @@ pub(crate) unsafe fn micro<S: Simd, W: PanelValues<S>, const R: usize, const NV:
     first: bool,
     last: bool,
     epi: &Epi,
+    ahead: Ahead,
 ) {
     // SAFETY: bounds as documented above; S's features are enabled by the calling shell.
     unsafe {
@@ -163,7 +184,27 @@ pub(crate) unsafe fn micro<S: Simd, W: PanelValues<S>, const R: usize, const NV:
         let steps = kc / gs;
         let (mut ap, mut bp) = (a, b);
         let mut kk = 0;
+        // The lines to fetch: two per four groups while more are left than groups remain,
+        // else one; what the loop cannot take is fetched first.
+        let iters = steps / 4;
+        let (mut pf, mut left) = (ahead.at, ahead.lines);
+        while left > 2 * iters {
+            S::prefetch_l2(pf);
+            pf = pf.wrapping_add(64);
+            left -= 1;
+        }
+        let two = left > iters;
         while kk + 4 <= steps {
+            if left > 0 {
+                S::prefetch_l2(pf);
+                pf = pf.wrapping_add(64);
+                left -= 1;
+                if two && left > 0 {
+                    S::prefetch_l2(pf);
+                    pf = pf.wrapping_add(64);
+                    left -= 1;
+                }
+            }
             step!(ap, bp, lda);
             step!(ap.add(gs), bp.add(ldb), lda);
             step!(ap.add(2 * gs), bp.add(2 * ldb), lda);
@@ -220,10 +261,11 @@ pub(crate) unsafe fn micro_rows<S: Simd, W: PanelValues<S>, const NV: usize>(
     first: bool,
     last: bool,
     epi: &Epi,
+    ahead: Ahead,
 ) {
     macro_rules! go {
         ($r:literal) => {
-            micro::<S, W, $r, NV>(kc, a, lda, b, ldb, c, ldc, cols, first, last, epi)
+            micro::<S, W, $r, NV>(kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead)
         };
     }
     // SAFETY: forwarded from the caller (same contract as `micro` with R = rows).
@@ -249,13 +291,16 @@ pub(crate) unsafe fn tile<S: Simd, W: PanelValues<S>, const MR: usize, const NV:
     first: bool,
     last: bool,
     epi: &Epi,
+    ahead: Ahead,
 ) {
     // SAFETY: forwarded contract of `micro`.
     unsafe {
         if rows == MR {
-            micro::<S, W, MR, NV>(kc, a, lda, b, ldb, c, ldc, cols, first, last, epi);
+            micro::<S, W, MR, NV>(kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead);
         } else {
-            micro_rows::<S, W, NV>(rows, kc, a, lda, b, ldb, c, ldc, cols, first, last, epi);
+            micro_rows::<S, W, NV>(
+                rows, kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead,
+            );
         }
     }
 }
@@ -311,17 +356,20 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
             // output tile kept in cache from one block to the next.
             for p in p0..p1 {
                 for pc in (0..k).step_by(kc) {
-                    let next = if pc + kc < k {
-                        Some((p, pc + kc))
-                    } else if p + 1 < p1 {
-                        Some((p + 1, 0))
-                    } else {
-                        None
-                    };
                     // SAFETY: the contract above, forwarded.
                     unsafe {
                         panel_block::<S, W, MR, NV>(
-                            a, lda, packed, c, args, ic, mc, p, pc, kc, next,
+                            a,
+                            lda,
+                            packed,
+                            c,
+                            args,
+                            ic,
+                            mc,
+                            p,
+                            pc,
+                            kc,
+                            Fetch::Stream,
                         )
                     };
                 }
@@ -340,7 +388,17 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
                     // SAFETY: the contract above, forwarded.
                     unsafe {
                         panel_block::<S, W, MR, NV>(
-                            a, lda, packed, c, args, ic, mc, p, pc, kc, next,
+                            a,
+                            lda,
+                            packed,
+                            c,
+                            args,
+                            ic,
+                            mc,
+                            p,
+                            pc,
+                            kc,
+                            Fetch::Next(next),
                         )
                     };
                 }
@@ -350,16 +408,34 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
     }
 }
 
+/// Which weights a block of [`panel_block`] fetches while it runs.
+#[derive(Clone, Copy)]
+enum Fetch {
+    /// The blocks run in memory order (each panel all its inner blocks): a slice's length
+    /// [`STREAM_AHEAD`] bytes on.
+    Stream,
+    /// The slice of the panel and inner block that run next, if any.
+    Next(Option<(usize, usize)>),
+}
+
+/// How far ahead of the running slice the weights are fetched when the blocks run in memory
+/// order: far enough past the latency of memory, near enough to stay in L2. Zen 3, the products
+/// of the 6-layer MiniLM query alone (16 rows, one thread, six layers' weights: 42 MB, past L3),
+/// settings alternated in 4-6 rounds, GFLOP/s: the next slice fetched at each tile's start
+/// 53-62; spread over the tiles' inner loops 8 KiB ahead 66-69, 16 KiB 72-77, 24 KiB 72-74,
+/// 32 KiB 72-75; the weights in L3 (one layer's, 7 MB) 80-83 before, 84-87 so.
+const STREAM_AHEAD: usize = 16 << 10;
+
 /// Panel `p`'s inner block `pc..pc + kc` over rows `ic..ic + mc` of [`gemm_panels`]: every
-/// register tile of those rows, the B slice (`kc x NR`, in L1) reused by each. The slice of
-/// `next` (the panel and inner block the caller runs next, if any) is fetched into L2 a share
-/// per tile meanwhile, so its first tile does not wait on L3 or memory.
+/// register tile of those rows, the B slice (`kc x NR`, in L1) reused by each. Meanwhile the
+/// weights to come are fetched into L2, a share per tile, so a first tile does not wait on L3 or
+/// memory (see [`Fetch`]).
 ///
 /// # Safety
 /// As [`gemm_panels`] (`a` as float32, `lda` in values; `kc` a multiple of `W::G`), for these
-/// rows and panel; `next`, if given, is `(np, npc)` with `np` one of the panels of `packed` and
+/// rows and panel; a `Fetch::Next(Some((np, npc)))` names one of the panels of `packed` and
 /// `npc < k` (its slice's start, and every cache line of the slice fetched, lie inside
-/// `packed`).
+/// `packed`); `p1` of `args` is at most the number of panels of `packed`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn panel_block<S: Simd, W: PanelValues<S>, const MR: usize, const NV: usize>(
@@ -373,12 +449,13 @@ unsafe fn panel_block<S: Simd, W: PanelValues<S>, const MR: usize, const NV: usi
     p: usize,
     pc: usize,
     kc: usize,
-    next: Option<(usize, usize)>,
+    fetch: Fetch,
 ) {
     let ProductArgs {
         steps,
         n,
         ldc,
+        p1,
         ref epi,
         ..
     } = *args;
@@ -411,22 +488,35 @@ unsafe fn panel_block<S: Simd, W: PanelValues<S>, const MR: usize, const NV: usi
         // float32 time before, 1.02-1.10x so; float32's own did not move beyond the noise.
         let tiles = mc.div_ceil(MR);
         let even = !mc.is_multiple_of(MR) && mc % MR < MR / 2;
-        // The next slice: its first byte and its length in cache lines (each line fetched
-        // starts inside the slice: `64 * l` below its length), at most this block's: after a
-        // panel's short last block only that much of the next panel's first. Fetching the whole
-        // first block there measured slower (Zen 3, the 6-layer query on one thread, builds
-        // alternated in 6 rounds: 6.66 ms against 6.02, median of the rounds' medians).
-        let (ahead, lines) = match next {
-            Some((np, npc)) => (
+        // What this block fetches into L2, a share per tile spread over its inner loop (see
+        // `micro`): its first byte and its length in cache lines (each line fetched starts
+        // inside the range, every one inside `packed`).
+        let size = std::mem::size_of::<W::T>();
+        let (ahead, lines) = match fetch {
+            // The blocks run in memory order: a slice's length from `STREAM_AHEAD` bytes past
+            // this one's start, up to the end of the part's last panel.
+            Fetch::Stream => {
+                let end = p1 * k * nr * size;
+                let from = ((p * k * nr + pc * nr) * size + STREAM_AHEAD).min(end);
+                let to = (from + kc * nr * size).min(end);
+                ((packed as *const u8).add(from), (to - from).div_ceil(64))
+            }
+            // The next slice, at most this block's length: after a panel's short last block
+            // only that much of the next panel's first. Fetching the whole first block there
+            // measured slower (Zen 3, the 6-layer query on one thread, builds alternated in 6
+            // rounds: 6.66 ms against 6.02, median of the rounds' medians).
+            Fetch::Next(Some((np, npc))) => (
                 packed.add(np * k * nr + npc * nr) as *const u8,
-                (kc.min(k - npc) * nr * std::mem::size_of::<W::T>()).div_ceil(64),
+                (kc.min(k - npc) * nr * size).div_ceil(64),
             ),
-            None => (std::ptr::null(), 0),
+            Fetch::Next(None) => (std::ptr::null(), 0),
         };
         for t in 0..tiles {
-            for l in lines * t / tiles..lines * (t + 1) / tiles {
-                S::prefetch_l2(ahead.add(64 * l));
-            }
+            let (l0, l1) = (lines * t / tiles, lines * (t + 1) / tiles);
+            let share = Ahead {
+                at: ahead.wrapping_add(64 * l0),
+                lines: l1 - l0,
+            };
             let (i, rows) = if even {
                 let i = ic + mc * t / tiles;
                 (i, ic + mc * (t + 1) / tiles - i)
@@ -452,6 +542,7 @@ unsafe fn panel_block<S: Simd, W: PanelValues<S>, const MR: usize, const NV: usi
                 first,
                 last,
                 &e,
+                share,
             );
             if post {
                 let r = if epi.residual.is_null() {
