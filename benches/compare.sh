@@ -30,6 +30,7 @@ shapes=(
   "--hidden 768 --heads 12 --inter 3072 --seq 512 --batch 1 --threads 2"
   "--hidden 384 --heads 12 --inter 1536 --seq 128 --batch 1 --threads 2"
   "--hidden 384 --heads 12 --inter 1536 --seq 16 --batch 1 --threads 1 --layers 6"
+  "--hidden 768 --heads 12 --inter 3072 --seq 16 --batch 1 --threads 1 --layers 12"
   "--hidden 64 --heads 8 --inter 64 --seq 10 --batch 2 --threads 1"
 )
 case "$precision" in
