@@ -138,10 +138,16 @@ pub(crate) unsafe fn store_n<S: Simd>(p: *mut f32, n: usize, v: S::V) {
 ///   valid for `cols`, or null). Otherwise C is read and accumulated.
 /// * `last`: the residual (`epi.residual` offset to this tile, valid for `R` rows of `cols` at
 ///   stride `epi.ldr`, or null) is added. `epi.act` is not applied here (see [`gemm_panels`]).
-/// * `ahead`: cache lines fetched into L2 as the tile runs (a hint: nothing is read, any
-///   address will do).
+/// * `ahead`: with `PF`, cache lines fetched into L2 as the tile runs (a hint: nothing is read,
+///   any address will do); without, unused (the loop then holds no register for it).
 #[inline(always)]
-pub(crate) unsafe fn micro<S: Simd, W: PanelValues<S>, const R: usize, const NV: usize>(
+pub(crate) unsafe fn micro<
+    S: Simd,
+    W: PanelValues<S>,
+    const R: usize,
+    const NV: usize,
+    const PF: bool,
+>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -187,7 +193,7 @@ pub(crate) unsafe fn micro<S: Simd, W: PanelValues<S>, const R: usize, const NV:
         // The lines to fetch: two per four groups while more are left than groups remain,
         // else one; what the loop cannot take is fetched first.
         let iters = steps / 4;
-        let (mut pf, mut left) = (ahead.at, ahead.lines);
+        let (mut pf, mut left) = (ahead.at, if PF { ahead.lines } else { 0 });
         while left > 2 * iters {
             S::prefetch_l2(pf);
             pf = pf.wrapping_add(64);
@@ -195,7 +201,7 @@ pub(crate) unsafe fn micro<S: Simd, W: PanelValues<S>, const R: usize, const NV:
         }
         let two = left > iters;
         while kk + 4 <= steps {
-            if left > 0 {
+            if PF && left > 0 {
                 S::prefetch_l2(pf);
                 pf = pf.wrapping_add(64);
                 left -= 1;
@@ -265,7 +271,7 @@ pub(crate) unsafe fn micro_rows<S: Simd, W: PanelValues<S>, const NV: usize>(
 ) {
     macro_rules! go {
         ($r:literal) => {
-            micro::<S, W, $r, NV>(kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead)
+            micro::<S, W, $r, NV, false>(kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead)
         };
     }
     // SAFETY: forwarded from the caller (same contract as `micro` with R = rows).
@@ -296,7 +302,15 @@ pub(crate) unsafe fn tile<S: Simd, W: PanelValues<S>, const MR: usize, const NV:
     // SAFETY: forwarded contract of `micro`.
     unsafe {
         if rows == MR {
-            micro::<S, W, MR, NV>(kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead);
+            if ahead.lines > 0 {
+                micro::<S, W, MR, NV, true>(
+                    kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead,
+                );
+            } else {
+                micro::<S, W, MR, NV, false>(
+                    kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead,
+                );
+            }
         } else {
             micro_rows::<S, W, NV>(
                 rows, kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead,
@@ -432,7 +446,10 @@ enum Fetch {
 /// of the 6-layer MiniLM query alone (16 rows, one thread, six layers' weights: 42 MB, past L3),
 /// settings alternated in 4-6 rounds, GFLOP/s: the next slice fetched at each tile's start
 /// 53-62; spread over the tiles' inner loops 8 KiB ahead 66-69, 16 KiB 72-77, 24 KiB 72-74,
-/// 32 KiB 72-75; the weights in L3 (one layer's, 7 MB) 80-83 before, 84-87 so.
+/// 32 KiB 72-75; the weights in L3 (one layer's, 7 MB) 80-83 before, 84-87 so. Fetching only
+/// from the first tile of each block, `STREAM_AHEAD` past its own reads (no register more in
+/// the loop), measured slower for the whole query (5.76 ms against 4.90, builds alternated in
+/// 4 rounds).
 const STREAM_AHEAD: usize = 16 << 10;
 
 /// Panel `p`'s inner block `pc..pc + kc` over rows `ic..ic + mc` of [`gemm_panels`]: every
@@ -521,17 +538,27 @@ unsafe fn panel_block<S: Simd, W: PanelValues<S>, const MR: usize, const NV: usi
             Fetch::Next(None) => (std::ptr::null(), 0),
         };
         for t in 0..tiles {
-            let (l0, l1) = (lines * t / tiles, lines * (t + 1) / tiles);
-            let share = Ahead {
-                at: ahead.wrapping_add(64 * l0),
-                lines: l1 - l0,
-            };
             let (i, rows) = if even {
                 let i = ic + mc * t / tiles;
                 (i, ic + mc * (t + 1) / tiles - i)
             } else {
                 (ic + t * MR, MR.min(mc - t * MR))
             };
+            let (l0, l1) = (lines * t / tiles, lines * (t + 1) / tiles);
+            let mut share = Ahead {
+                at: ahead.wrapping_add(64 * l0),
+                lines: l1 - l0,
+            };
+            // In memory order, a full tile takes its share in its inner loop (`micro`'s `PF`);
+            // else the share is fetched at the tile's start, and the loop stays as tight as
+            // without fetching (the share's registers in the loop made BERT-base seq 512 on two
+            // threads 4 % slower: Zen 3, builds alternated in 5 rounds, 61.2 -> 63.5 ms).
+            if !(matches!(fetch, Fetch::Stream) && rows == MR) {
+                for l in l0..l1 {
+                    S::prefetch_l2(ahead.wrapping_add(64 * l));
+                }
+                share = Ahead::NONE;
+            }
             let mut e = tile_epi;
             if !e.residual.is_null() {
                 e.residual = e.residual.add(i * e.ldr + col0);
