@@ -267,11 +267,23 @@ pub(crate) unsafe fn micro_rows<S: Simd, W: PanelValues<S>, const NV: usize>(
     first: bool,
     last: bool,
     epi: &Epi,
-    ahead: Ahead,
 ) {
     macro_rules! go {
         ($r:literal) => {
-            micro::<S, W, $r, NV, false>(kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead)
+            micro::<S, W, $r, NV, false>(
+                kc,
+                a,
+                lda,
+                b,
+                ldb,
+                c,
+                ldc,
+                cols,
+                first,
+                last,
+                epi,
+                Ahead::NONE,
+            )
         };
     }
     // SAFETY: forwarded from the caller (same contract as `micro` with R = rows).
@@ -312,9 +324,7 @@ pub(crate) unsafe fn tile<S: Simd, W: PanelValues<S>, const MR: usize, const NV:
                 );
             }
         } else {
-            micro_rows::<S, W, NV>(
-                rows, kc, a, lda, b, ldb, c, ldc, cols, first, last, epi, ahead,
-            );
+            micro_rows::<S, W, NV>(rows, kc, a, lda, b, ldb, c, ldc, cols, first, last, epi);
         }
     }
 }
@@ -355,11 +365,11 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
     // on one thread, with A kept up to 384 KiB (see `Blocks::for_caches`), settings alternated
     // in 4 rounds: the fastest runs 23.2-23.4 ms before, 22.2-22.3 so.
     let kc_max = blocks.kc.max(1).next_multiple_of(W::G);
+    // (16 and `kc_max` are multiples of `W::G`, 1 or 2.)
     let kc = k
         .div_ceil(k.div_ceil(kc_max))
         .next_multiple_of(16)
-        .min(kc_max)
-        .next_multiple_of(W::G);
+        .min(kc_max);
     // As many blocks as `mc` goes into `m` to the nearest whole (at least one), so a block
     // holds up to 1.5 `mc` rows rather than the weights streaming once more for a remainder:
     // Zen 3 (`mc` 96), BERT-base seq 128 on one thread, `latency --precision fp32`, builds
@@ -374,27 +384,20 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
         // Measured on the Xeon (pairs of runs alternated in one process, `avx512`, one thread,
         // 512 KiB): BERT-base QKV (k = 768, 384 KiB of A) 4 % faster panel by panel, the FFN
         // output (k = 3,072, 1.5 MiB of A) 2.4 % slower.
+        // One block of panel `p`, inner block `pc` (both in range below; `fetch` names the
+        // block that runs next, or the memory order).
+        let block = |p, pc, fetch| {
+            // SAFETY: the contract above, forwarded.
+            unsafe {
+                panel_block::<S, W, MR, NV>(a, lda, packed, c, args, ic, mc, p, pc, kc, fetch)
+            }
+        };
         if mc * k * 4 <= blocks.a_resident {
             // The rows' whole A stays in L2: each panel runs every inner block at once, its
             // output tile kept in cache from one block to the next.
             for p in p0..p1 {
                 for pc in (0..k).step_by(kc) {
-                    // SAFETY: the contract above, forwarded.
-                    unsafe {
-                        panel_block::<S, W, MR, NV>(
-                            a,
-                            lda,
-                            packed,
-                            c,
-                            args,
-                            ic,
-                            mc,
-                            p,
-                            pc,
-                            kc,
-                            Fetch::Stream,
-                        )
-                    };
+                    block(p, pc, Fetch::Stream);
                 }
             }
         } else {
@@ -408,22 +411,7 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
                     } else {
                         None
                     };
-                    // SAFETY: the contract above, forwarded.
-                    unsafe {
-                        panel_block::<S, W, MR, NV>(
-                            a,
-                            lda,
-                            packed,
-                            c,
-                            args,
-                            ic,
-                            mc,
-                            p,
-                            pc,
-                            kc,
-                            Fetch::Next(next),
-                        )
-                    };
+                    block(p, pc, Fetch::Next(next));
                 }
             }
         }
@@ -514,9 +502,9 @@ unsafe fn panel_block<S: Simd, W: PanelValues<S>, const MR: usize, const NV: usi
         // float32 time before, 1.02-1.10x so; float32's own did not move beyond the noise.
         let tiles = mc.div_ceil(MR);
         let even = !mc.is_multiple_of(MR) && mc % MR < MR / 2;
-        // What this block fetches into L2, a share per tile spread over its inner loop (see
-        // `micro`): its first byte and its length in cache lines (each line fetched starts
-        // inside the range, every one inside `packed`).
+        // What this block fetches into L2, a share per tile (see below): its first byte and
+        // its length in cache lines (each line fetched starts inside the range, every one
+        // inside `packed`).
         let size = std::mem::size_of::<W::T>();
         let (ahead, lines) = match fetch {
             // The blocks run in memory order: a slice's length from `STREAM_AHEAD` bytes past
@@ -545,20 +533,21 @@ unsafe fn panel_block<S: Simd, W: PanelValues<S>, const MR: usize, const NV: usi
                 (ic + t * MR, MR.min(mc - t * MR))
             };
             let (l0, l1) = (lines * t / tiles, lines * (t + 1) / tiles);
-            let mut share = Ahead {
-                at: ahead.wrapping_add(64 * l0),
-                lines: l1 - l0,
-            };
             // In memory order, a full tile takes its share in its inner loop (`micro`'s `PF`);
             // else the share is fetched at the tile's start, and the loop stays as tight as
             // without fetching (the share's registers in the loop made BERT-base seq 512 on two
             // threads 4 % slower: Zen 3, builds alternated in 5 rounds, 61.2 -> 63.5 ms).
-            if !(matches!(fetch, Fetch::Stream) && rows == MR) {
+            let share = if matches!(fetch, Fetch::Stream) && rows == MR {
+                Ahead {
+                    at: ahead.wrapping_add(64 * l0),
+                    lines: l1 - l0,
+                }
+            } else {
                 for l in l0..l1 {
                     S::prefetch_l2(ahead.wrapping_add(64 * l));
                 }
-                share = Ahead::NONE;
-            }
+                Ahead::NONE
+            };
             let mut e = tile_epi;
             if !e.residual.is_null() {
                 e.residual = e.residual.add(i * e.ldr + col0);
