@@ -61,7 +61,7 @@ fn float_product_with_every_epilogue() {
 
 #[test]
 fn int8_product_and_quantization() {
-    let (m, k, n) = (3, 10, 9);
+    let (m, k, n) = (6, 10, 9); // two row tiles of 4 and 2: run panel by panel
     let (a, w, b) = (vals(m * k, 5), vals(k * n, 6), vals(n, 7));
     let (wq, ws) = quantize_weights(&w, k, n);
     let p = kern().pack_int8(&wq, &ws, k, n).unwrap();

@@ -56,6 +56,9 @@ pub(crate) struct ProductArgs {
     pub deq: Dequant,
     /// float32 only: the cache blocks (chosen per CPU at the table).
     pub blocks: crate::blocks::Blocks,
+    /// int8 on registers only: how far ahead (bytes) each tile fetches the weights it streams,
+    /// 0 for none (chosen per CPU at the table: [`crate::blocks::int8_ahead`]).
+    pub ahead: usize,
 }
 
 impl ProductArgs {

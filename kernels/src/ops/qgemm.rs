@@ -109,6 +109,7 @@ unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
     ldc: usize,
     cols: usize,
     epi: &QEpi,
+    ahead: usize,
 ) {
     type S<D> = <D as Dot>::F;
     let lanes = <D::F as Simd>::LANES;
@@ -123,6 +124,16 @@ unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
         let rows: [*const u8; R] = std::array::from_fn(|i| a.add(i * lda));
         let mut bp = b;
         for g in 0..kg {
+            // The weights `ahead` bytes on fetched into L1, a group's worth of lines per
+            // group (the stream runs on into the next panel: panels lie in memory order).
+            if ahead != 0 {
+                let f = bp.wrapping_add(ahead) as *const u8;
+                let mut l = 0;
+                while l < nr * 4 {
+                    S::<D>::prefetch(f.wrapping_add(l) as *const f32);
+                    l += 64;
+                }
+            }
             // A group in `D::PARTS` parts (one for most dots): each part's weights, then
             // every row's broadcast of its share.
             for part in 0..D::PARTS {
@@ -167,6 +178,12 @@ unsafe fn micro<D: Dot, const R: usize, const NV: usize>(
     }
 }
 
+/// Products of at most this many rows (and more than one row tile) whose rows are read as they
+/// are run panel by panel over their row tiles: a query's weights are read from memory once, not
+/// once per row tile. Measured on an Intel Xeon (AVX-512 VNNI, L2 2 MiB; 12 BERT-base layers at
+/// 16 rows, one thread, weights fetched ahead, settings alternated in 4 rounds): 10.8 -> 9.8 ms.
+const PANEL_OUTER_ROWS: usize = 32;
+
 /// [`micro`] for `rows <= MR` rows, monomorphised per row count.
 #[inline(always)]
 unsafe fn tile<D: Dot, const NV: usize>(
@@ -179,10 +196,11 @@ unsafe fn tile<D: Dot, const NV: usize>(
     ldc: usize,
     cols: usize,
     epi: &QEpi,
+    ahead: usize,
 ) {
     macro_rules! go {
         ($r:literal) => {
-            micro::<D, $r, NV>(kg, a, lda, b, c, ldc, cols, epi)
+            micro::<D, $r, NV>(kg, a, lda, b, c, ldc, cols, epi, ahead)
         };
     }
     // SAFETY: forwarded contract of `micro` with R = rows.
@@ -251,23 +269,13 @@ pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
         } else {
             wide_scratch(MR * 4 * kg)
         };
-        // Row tiles outer: a tile's rows of A (MR x k bytes, twice that widened) stay in L1 while
-        // the panels stream (in L2 past L1: 6 widened rows of k = 3,072 are 36 KiB).
-        let mut i = 0;
-        while i < m {
-            let rows = MR.min(m - i);
-            let (ta, tlda) = if D::WIDE_A {
-                for r in 0..rows {
-                    let (src, dst) = (a.add((i + r) * lda) as *const i8, wide.add(r * 4 * kg));
-                    for j in 0..4 * kg {
-                        *dst.add(j) = *src.add(j) as i16;
-                    }
-                }
-                (wide as *const u8, 8 * kg)
-            } else {
-                (a.add(i * lda), lda)
-            };
-            for p in p0..p1 {
+        // One tile: rows `i..i + rows` (their A at `ta`, stride `tlda`) by panel `p` (a macro,
+        // not a closure: a closure would not inherit the tier's features, and its inlined
+        // kernel would run without them).
+        macro_rules! run_tile {
+            ($i:expr, $rows:expr, $ta:expr, $tlda:expr, $p:expr) => {{
+                let (i, rows, ta, tlda, p): (usize, usize, *const u8, usize, usize) =
+                    ($i, $rows, $ta, $tlda, $p);
                 let col0 = p * nr;
                 let cols = nr.min(n - col0);
                 let bp = packed.add(p * kg * nr * 4);
@@ -292,7 +300,41 @@ pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
                 } else {
                     c.add(i * ldc + col0)
                 };
-                tile::<D, NV>(rows, kg, ta, tlda, bp, cp, ldc, cols, &e);
+                tile::<D, NV>(rows, kg, ta, tlda, bp, cp, ldc, cols, &e, args.ahead);
+            }};
+        }
+        if !D::WIDE_A && m > MR && m <= PANEL_OUTER_ROWS {
+            // A few row tiles of bytes read as they are (a query): panels outer, so each
+            // panel is read from memory once and by the other row tiles from L1 / L2, and
+            // the rows (at most a few KiB per inner step) stay in L2.
+            for p in p0..p1 {
+                let mut i = 0;
+                while i < m {
+                    let rows = MR.min(m - i);
+                    run_tile!(i, rows, a.add(i * lda), lda, p);
+                    i += rows;
+                }
+            }
+            return;
+        }
+        // Row tiles outer: a tile's rows of A (MR x k bytes, twice that widened) stay in L1 while
+        // the panels stream (in L2 past L1: 6 widened rows of k = 3,072 are 36 KiB).
+        let mut i = 0;
+        while i < m {
+            let rows = MR.min(m - i);
+            let (ta, tlda) = if D::WIDE_A {
+                for r in 0..rows {
+                    let (src, dst) = (a.add((i + r) * lda) as *const i8, wide.add(r * 4 * kg));
+                    for j in 0..4 * kg {
+                        *dst.add(j) = *src.add(j) as i16;
+                    }
+                }
+                (wide as *const u8, 8 * kg)
+            } else {
+                (a.add(i * lda), lda)
+            };
+            for p in p0..p1 {
+                run_tile!(i, rows, ta, tlda, p);
             }
             i += rows;
         }

@@ -404,6 +404,7 @@ impl Kernels {
             epi,
             deq: Dequant::NONE,
             blocks: self.fp32_blocks(),
+            ahead: crate::blocks::int8_ahead(),
         };
         let (kernel, a, packed, tall_rows) = match &b.data {
             Panels::F32(data) => {
