@@ -257,8 +257,8 @@ macro_rules! shells {
     };
 }
 
-// Each tier's float32 register tiles: `MR` rows of `NV` vectors, and taller ones that the table
-// may choose per CPU (`Kernels::fp32_tile`): AVX-512 has 32 registers, room for 12 x 2 accumulators.
+// Each tier's float32 register tiles: `MR` rows of `NV` vectors, and taller ones that can be
+// forced (`TRANSFORMER_ENCODER_FP32_TILE`): AVX-512 has 32 registers, room for 12 x 2 accumulators.
 shells!(portable, crate::simd::portable::Portable, 4, 1, [8]);
 #[cfg(target_arch = "x86_64")]
 shells!(avx2, crate::simd::avx2::Avx2, 6, 2, [], #[target_feature(enable = "avx2,fma")]);

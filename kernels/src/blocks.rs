@@ -197,9 +197,8 @@ pub(crate) fn forced_tile() -> Result<Option<Tile>, BlocksError> {
     CHOICE.get_or_init(|| env_pair(FP32_TILE_ENV)).clone()
 }
 
-/// Whether the CPU is Intel's (`cpuid` leaf 0): its AVX-512 cores run two 512-bit FMAs a cycle,
-/// and the tier's taller float32 tile measured faster there (the 6-layer MiniLM query 4.5 %,
-/// BERT-base layers within 1 %; calls alternated in one process).
+/// Whether the CPU is Intel's (`cpuid` leaf 0): the int8 products fetch their weights ahead
+/// there ([`int8_ahead`]).
 pub(crate) fn intel() -> bool {
     // Read once: `cpuid` serialises the core, and leaves a virtual machine for the hypervisor.
     static INTEL: OnceLock<bool> = OnceLock::new();

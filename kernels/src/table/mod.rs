@@ -372,7 +372,14 @@ impl Kernels {
 
     /// The float32 product's register tile: forced by `TRANSFORMER_ENCODER_FP32_TILE` on a tier
     /// that has it (a name no tier here has makes [`Kernels::best`] and [`Kernels::for_isa`]
-    /// fail, naming it), else the taller AVX-512 tile on Intel's CPUs, else the tier's first.
+    /// fail, naming it), else the tier's first. Intel's CPUs took the taller AVX-512 tile
+    /// (12 x 32) until a full tile fetched its weights ahead inside its loop: then, on an Intel
+    /// Xeon (AVX-512 VNNI, AMX hidden; `latency --precision fp32`, one build with the tile
+    /// forced alternately, 3 rounds, median ms), 8 x 32 ran the 12-layer BERT-base query
+    /// (16 rows: two full tiles, where 12 x 32 makes two of 8 that fetch at their start) in
+    /// 35.7 against 49.9, the 6-layer MiniLM query 3.07 against 3.87, BERT-base seq 128 on one
+    /// thread 13.58 against 13.82, seq 512 on two 31.2 against 33.1, MiniLM seq 128 on two 1.93
+    /// against 1.95.
     fn f32_product(&self) -> &ProductKernel {
         let find = |t: Tile| self.f32_tiles.iter().find(|k| (k.mr, k.nr) == t);
         if let Ok(Some(t)) = crate::blocks::forced_tile()
@@ -380,11 +387,7 @@ impl Kernels {
         {
             return k;
         }
-        let avx512 = matches!(self.isa, Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx512Amx);
-        match self.f32_tiles.last() {
-            Some(k) if avx512 && crate::blocks::intel() => k,
-            _ => &self.f32,
-        }
+        &self.f32
     }
 
     /// The float32 register tiles this table has (`rows x columns`), the first its default.
