@@ -385,19 +385,24 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
         // 512 KiB): BERT-base QKV (k = 768, 384 KiB of A) 4 % faster panel by panel, the FFN
         // output (k = 3,072, 1.5 MiB of A) 2.4 % slower.
         // One block of panel `p`, inner block `pc` (both in range below; `fetch` names the
-        // block that runs next, or the memory order).
-        let block = |p, pc, fetch| {
-            // SAFETY: the contract above, forwarded.
-            unsafe {
-                panel_block::<S, W, MR, NV>(a, lda, packed, c, args, ic, mc, p, pc, kc, fetch)
-            }
-        };
+        // block that runs next, or the memory order). A macro, not a closure: a closure does
+        // not inherit the tier's features, so its inlined kernel could run without them.
+        macro_rules! block {
+            ($p:expr, $pc:expr, $fetch:expr) => {
+                // SAFETY: the contract above, forwarded.
+                unsafe {
+                    panel_block::<S, W, MR, NV>(
+                        a, lda, packed, c, args, ic, mc, $p, $pc, kc, $fetch,
+                    )
+                }
+            };
+        }
         if mc * k * 4 <= blocks.a_resident {
             // The rows' whole A stays in L2: each panel runs every inner block at once, its
             // output tile kept in cache from one block to the next.
             for p in p0..p1 {
                 for pc in (0..k).step_by(kc) {
-                    block(p, pc, Fetch::Stream);
+                    block!(p, pc, Fetch::Stream);
                 }
             }
         } else {
@@ -411,7 +416,7 @@ pub(crate) unsafe fn gemm_panels<S: Simd, W: PanelValues<S>, const MR: usize, co
                     } else {
                         None
                     };
-                    block(p, pc, Fetch::Next(next));
+                    block!(p, pc, Fetch::Next(next));
                 }
             }
         }
