@@ -288,8 +288,7 @@ fn fp32_blocks_are_the_forced_ones() {
 
 /// The float32 register tile each tier's products use: the one `TRANSFORMER_ENCODER_FP32_TILE`
 /// forces on every tier that has it (CI runs the product tests under each tile: a forced tile
-/// that silently did not apply fails here), else the tier's first, or on Intel's CPUs the taller
-/// AVX-512 one.
+/// that silently did not apply fails here), else the tier's first.
 #[test]
 fn fp32_tile_is_the_forced_one() {
     let forced = std::env::var(blocks::FP32_TILE_ENV)
@@ -306,13 +305,7 @@ fn fp32_tile_is_the_forced_one() {
                     assert_eq!(tile, want, "{isa}: the forced tile did not apply");
                 }
             }
-            None if tile != tiles[0] => {
-                assert!(
-                    matches!(isa, Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx512Amx),
-                    "{isa}"
-                )
-            }
-            None => {}
+            None => assert_eq!(tile, tiles[0], "{isa}: not the tier's first tile"),
         }
         eprintln!(
             "note: {isa} float32 tile {}x{} of {tiles:?}",

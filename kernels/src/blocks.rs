@@ -22,6 +22,10 @@ pub const FP32_BLOCKS_ENV: &str = "TRANSFORMER_ENCODER_FP32_BLOCKS";
 /// on the tiers that have it.
 pub const FP32_TILE_ENV: &str = "TRANSFORMER_ENCODER_FP32_TILE";
 
+/// The environment variable that forces the weight bytes one pass of the int8 products' row
+/// tiles runs over (KiB, a whole number from 1 to 65,536; see [`int8_pass`]).
+pub const INT8_PASS_ENV: &str = "TRANSFORMER_ENCODER_INT8_PASS";
+
 /// The cache blocks of the float32 product: `kc` inner steps per block (a `kc x NR` slice of a
 /// weight panel in L1), about `mc` rows per block of `A` (an `mc x kc` block in L2; up to
 /// 1.5 `mc` rows rather than a remainder block), and up to
@@ -122,6 +126,14 @@ pub struct BlocksError {
 
 impl fmt::Display for BlocksError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.variable == INT8_PASS_ENV {
+            return write!(
+                f,
+                "{INT8_PASS_ENV}={}: expected KiB of weights per pass of the int8 row tiles, a \
+                 whole number from 1 to {MAX_BLOCK}",
+                self.value
+            );
+        }
         if self.variable == FP32_TILE_ENV {
             return write!(
                 f,
@@ -172,13 +184,22 @@ fn pair(s: &str) -> Option<(usize, usize)> {
 /// The environment variable `name` as a [`pair`] (None: unset or empty); any other value is an
 /// error naming the variable.
 fn env_pair(name: &'static str) -> Result<Option<(usize, usize)>, BlocksError> {
+    env_parsed(name, pair)
+}
+
+/// The environment variable `name` read by `parse` (None: unset or empty); a value `parse`
+/// refuses is an error naming the variable.
+fn env_parsed<T>(
+    name: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, BlocksError> {
     let v = match std::env::var(name) {
         Err(std::env::VarError::NotPresent) => return Ok(None),
         Err(std::env::VarError::NotUnicode(v)) => v.to_string_lossy().into_owned(),
         Ok(v) if v.trim().is_empty() => return Ok(None),
         Ok(v) => v,
     };
-    match pair(&v) {
+    match parse(&v) {
         Some(p) => Ok(Some(p)),
         None => Err(BlocksError {
             variable: name,
@@ -186,6 +207,38 @@ fn env_pair(name: &'static str) -> Result<Option<(usize, usize)>, BlocksError> {
         }),
     }
 }
+
+/// `TRANSFORMER_ENCODER_INT8_PASS`' choice in bytes, read once (None: unset or empty); a value
+/// that is not a whole number of KiB from 1 to [`MAX_BLOCK`] is an error naming the variable.
+pub(crate) fn forced_pass() -> Result<Option<usize>, BlocksError> {
+    static CHOICE: OnceLock<Result<Option<usize>, BlocksError>> = OnceLock::new();
+    CHOICE
+        .get_or_init(|| {
+            env_parsed(INT8_PASS_ENV, |v| {
+                let kib = v.trim().parse::<usize>().ok()?;
+                (1..=MAX_BLOCK).contains(&kib).then_some(kib << 10)
+            })
+        })
+        .clone()
+}
+
+/// The weight bytes one pass of an int8 product's row tiles runs over (on registers, rows
+/// outer): a quarter of L2 (its panels are read from memory by the first row tile and from L2 by
+/// the others; whole panels, at least one), or what `TRANSFORMER_ENCODER_INT8_PASS` forces.
+/// Measured on an Intel Xeon (AVX-512 VNNI, L2 2 MiB, AMX hidden; `latency --precision int8`,
+/// BERT-base seq 128 on one thread, one build, settings alternated in 2-3 rounds, median ms):
+/// every panel in one pass (the weights, 1.8-2.4 MB a product, streamed from L3 by each of the
+/// 16 row tiles) 4.57-4.69; passes of 128 KiB 4.22-4.27, 256 KiB 4.20-4.23, 512 KiB 4.19-4.22,
+/// 1 MiB 4.19-4.23, 1.5 MiB 4.25-4.26.
+pub(crate) fn int8_pass() -> usize {
+    if let Ok(Some(bytes)) = forced_pass() {
+        return bytes;
+    }
+    cache_sizes().map_or(DEFAULT_PASS, |(_, l2)| (l2 / 4).max(64 << 10))
+}
+
+/// The int8 pass where the CPU reports no cache sizes (a quarter of a 1 MiB L2).
+const DEFAULT_PASS: usize = 256 << 10;
 
 /// A float32 register tile, `rows x cols` (`cols` the panel width of the tier).
 pub type Tile = (usize, usize);

@@ -171,6 +171,23 @@ fn bf16_product_rounding_and_fused_outputs() {
     }
 }
 
+/// An int8 product of 40 rows (row tiles outer) over 5 panels: with `TRANSFORMER_ENCODER_INT8_PASS=1`
+/// (as `.ci/miri.sh` runs it) in two passes over the panels, the same sums as the reference.
+#[test]
+fn int8_product_in_passes() {
+    let (m, k, n) = (40, 40, 40);
+    let (a, w) = (vals(m * k, 8), vals(k * n, 9));
+    let (wq, ws) = quantize_weights(&w, k, n);
+    let p = kern().pack_int8(&wq, &ws, k, n).unwrap();
+    let mut q = QuantRows::new();
+    q.arm_for(&p);
+    kern().prepare(&a, k, &mut q, Par::Seq).unwrap();
+    let (aq, _) = r::quantize_rows(&a, k);
+    let mut sums = vec![0i32; m * n];
+    kern().gemm_int8_sums(&q, &p, &mut sums, Par::Seq).unwrap();
+    assert_eq!(sums, r::matmul_i32(&aq, &wq, m, k, n));
+}
+
 /// A tall product (by row blocks, each finished as it completes), float32 and int8.
 #[test]
 fn tall_products_by_row_blocks() {

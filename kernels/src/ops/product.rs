@@ -59,6 +59,9 @@ pub(crate) struct ProductArgs {
     /// int8 on registers only: how far ahead (bytes) each tile fetches the weights it streams,
     /// 0 for none (chosen per CPU at the table: [`crate::blocks::int8_ahead`]).
     pub ahead: usize,
+    /// int8 on registers only: the weight bytes one pass of the row tiles runs over (whole
+    /// panels, at least one; chosen per CPU at the table: [`crate::blocks::int8_pass`]).
+    pub pass: usize,
 }
 
 impl ProductArgs {

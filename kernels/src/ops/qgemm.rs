@@ -317,26 +317,35 @@ pub(crate) unsafe fn qgemm_panels<D: Dot, const MR: usize, const NV: usize>(
             }
             return;
         }
-        // Row tiles outer: a tile's rows of A (MR x k bytes, twice that widened) stay in L1 while
+        // Passes over the panels, each at most `args.pass` bytes of them (at least one panel):
+        // its first row tile reads them from memory, the others from L2. Within a pass, row
+        // tiles outer: a tile's rows of A (MR x k bytes, twice that widened) stay in L1 while
         // the panels stream (in L2 past L1: 6 widened rows of k = 3,072 are 36 KiB).
-        let mut i = 0;
-        while i < m {
-            let rows = MR.min(m - i);
-            let (ta, tlda) = if D::WIDE_A {
-                for r in 0..rows {
-                    let (src, dst) = (a.add((i + r) * lda) as *const i8, wide.add(r * 4 * kg));
-                    for j in 0..4 * kg {
-                        *dst.add(j) = *src.add(j) as i16;
+        let per_pass = (args.pass / (kg * nr * 4).max(1)).max(1);
+        let mut q0 = p0;
+        while q0 < p1 {
+            let q1 = p1.min(q0 + per_pass);
+            let mut i = 0;
+            while i < m {
+                let rows = MR.min(m - i);
+                let (ta, tlda) = if D::WIDE_A {
+                    for r in 0..rows {
+                        let src = a.add((i + r) * lda) as *const i8;
+                        let dst = wide.add(r * 4 * kg);
+                        for j in 0..4 * kg {
+                            *dst.add(j) = *src.add(j) as i16;
+                        }
                     }
+                    (wide as *const u8, 8 * kg)
+                } else {
+                    (a.add(i * lda), lda)
+                };
+                for p in q0..q1 {
+                    run_tile!(i, rows, ta, tlda, p);
                 }
-                (wide as *const u8, 8 * kg)
-            } else {
-                (a.add(i * lda), lda)
-            };
-            for p in p0..p1 {
-                run_tile!(i, rows, ta, tlda, p);
+                i += rows;
             }
-            i += rows;
+            q0 = q1;
         }
     }
 }

@@ -278,6 +278,7 @@ pub(crate) unsafe fn attention_head_tiles<const MR: usize, const NV: usize>(
             deq: Dequant::NONE,
             blocks: crate::Blocks::DEFAULT,
             ahead: 0,
+            pass: 0,
         };
         let mut i0 = 0;
         while i0 < s {

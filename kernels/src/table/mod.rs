@@ -247,7 +247,7 @@ impl Kernels {
         static BEST: OnceLock<Result<&'static Kernels, IsaError>> = OnceLock::new();
         BEST.get_or_init(|| {
             bf16_choice()?;
-            fp32_choices()?;
+            forced_choices()?;
             Isa::detect().map(Kernels::table)
         })
         .clone()
@@ -257,7 +257,7 @@ impl Kernels {
     /// `TRANSFORMER_ENCODER_BF16` holds a value that cannot be used).
     pub fn for_isa(isa: Isa) -> Result<&'static Kernels, IsaError> {
         bf16_choice()?;
-        fp32_choices()?;
+        forced_choices()?;
         isa.require().map(Kernels::table)
     }
 
@@ -370,6 +370,20 @@ impl Kernels {
         Blocks::for_this_cpu(self.f32.nr).unwrap_or(Blocks::DEFAULT)
     }
 
+    /// The weight bytes one pass of the int8 products' row tiles runs over on registers (a
+    /// quarter of this CPU's L2; every row tile runs over a pass's panels before the next
+    /// pass), or as `TRANSFORMER_ENCODER_INT8_PASS` forces it (KiB; a bad value makes
+    /// [`Kernels::best`] and [`Kernels::for_isa`] fail, naming it).
+    ///
+    /// ```
+    /// use transformer_encoder_kernels::{Isa, Kernels};
+    /// assert!(Kernels::for_isa(Isa::Portable)?.int8_pass() >= 1024);
+    /// # Ok::<(), transformer_encoder_kernels::IsaError>(())
+    /// ```
+    pub fn int8_pass(&self) -> usize {
+        crate::blocks::int8_pass()
+    }
+
     /// The float32 product's register tile: forced by `TRANSFORMER_ENCODER_FP32_TILE` on a tier
     /// that has it (a name no tier here has makes [`Kernels::best`] and [`Kernels::for_isa`]
     /// fail, naming it), else the tier's first. Intel's CPUs took the taller AVX-512 tile
@@ -410,10 +424,11 @@ impl Kernels {
     }
 }
 
-/// The float32 choices the environment forces, checked: cache blocks that parse, a register tile
-/// that some tier of this CPU has.
-fn fp32_choices() -> Result<(), IsaError> {
+/// The blocking choices the environment forces, checked: float32 cache blocks that parse, a
+/// float32 register tile that some tier of this CPU has, an int8 pass that parses.
+fn forced_choices() -> Result<(), IsaError> {
     Blocks::for_this_cpu(1).map_err(IsaError::Blocks)?;
+    crate::blocks::forced_pass().map_err(IsaError::Blocks)?;
     if let Some(t) = crate::blocks::forced_tile().map_err(IsaError::Blocks)? {
         let here = Isa::available()
             .into_iter()

@@ -405,6 +405,7 @@ impl Kernels {
             deq: Dequant::NONE,
             blocks: self.fp32_blocks(),
             ahead: crate::blocks::int8_ahead(),
+            pass: self.int8_pass(),
         };
         let (kernel, a, packed, tall_rows) = match &b.data {
             Panels::F32(data) => {
