@@ -423,12 +423,21 @@ unsafe fn softmax_row<S: Simd>(
     unsafe {
         let keep = S::first(tail);
         let (ninf, zero) = (S::splat(f32::NEG_INFINITY), S::splat(0.0));
-        let mut mx = ninf;
+        // Four running maxima (one would wait on each `max` in turn); the maximum is the same
+        // in any order.
+        let mut m4 = [ninf; 4];
         let mut j = 0;
+        while j + 4 * l <= full {
+            for (u, m) in m4.iter_mut().enumerate() {
+                *m = S::max(*m, S::load(ptr.add(j + u * l)));
+            }
+            j += 4 * l;
+        }
         while j < full {
-            mx = S::max(mx, S::load(ptr.add(j)));
+            m4[0] = S::max(m4[0], S::load(ptr.add(j)));
             j += l;
         }
+        let mut mx = S::max(S::max(m4[0], m4[1]), S::max(m4[2], m4[3]));
         if tail > 0 {
             mx = S::max(mx, S::select(keep, S::load(ptr.add(full)), ninf));
         }

@@ -47,6 +47,7 @@ unsafe impl Simd for Avx2 {
     type V = __m256;
     type M = __m256;
     const LANES: usize = 8;
+    const FUSED: bool = true;
 
     #[inline(always)]
     unsafe fn splat(x: f32) -> __m256 {

@@ -44,6 +44,7 @@ unsafe impl Simd for Avx512 {
     type V = __m512;
     type M = __mmask16;
     const LANES: usize = 16;
+    const FUSED: bool = true;
 
     #[inline(always)]
     unsafe fn splat(x: f32) -> __m512 {

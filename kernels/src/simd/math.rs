@@ -235,6 +235,35 @@ unsafe fn estrin12<S: Simd>(w: S::V, c: &[f32; 13]) -> S::V {
     }
 }
 
+/// `x^2 - xx` exactly, for `xx = fl(x^2)` and `|x| <= 2^20`: one fused multiply-add where the
+/// tier has it, else [`dekker_square_error`] (the same value: both are exact).
+#[inline(always)]
+unsafe fn square_error<S: Simd>(x: S::V, xx: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        if S::FUSED {
+            S::fma(x, x, S::sub(S::splat(0.0), xx))
+        } else {
+            dekker_square_error::<S>(x, xx)
+        }
+    }
+}
+
+/// `x^2 - xx` exactly by Dekker's split of `x` into halves of 12 bits (no fused operation).
+#[inline(always)]
+unsafe fn dekker_square_error<S: Simd>(x: S::V, xx: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        let c = S::mul(x, S::splat(4097.0));
+        let xh = S::sub(c, S::sub(c, x));
+        let xl = S::sub(x, xh);
+        S::add(
+            S::add(S::sub(S::mul(xh, xh), xx), S::mul(S::add(xh, xh), xl)),
+            S::mul(xl, xl),
+        )
+    }
+}
+
 /// Exact GELU, `x * Phi(x)` with `Phi(x) = erfc(-x / sqrt 2) / 2`, accurate in relative terms in
 /// both tails (`1 + erf` would lose everything below x = -4).
 ///
@@ -258,15 +287,10 @@ pub(crate) unsafe fn gelu_erf<S: Simd>(x: S::V) -> S::V {
         let p = estrin12::<S>(w, &ERFCX_W);
         let erfcx = S::mul(p, S::mul(tp2, inv));
         // t^2 = x^2 / 2 = hi + lo exactly (the 1/sqrt2 rounding of t must not enter the
-        // exponent): Dekker's split, exact with or without a fused multiply-add.
+        // exponent): the product's exact error from a fused multiply-add, else Dekker's split
+        // (the same value: both are exact).
         let xx = S::mul(xc, xc);
-        let c = S::mul(xc, S::splat(4097.0));
-        let xh = S::sub(c, S::sub(c, xc));
-        let xl = S::sub(xc, xh);
-        let err = S::add(
-            S::add(S::sub(S::mul(xh, xh), xx), S::mul(S::add(xh, xh), xl)),
-            S::mul(xl, xl),
-        );
+        let err = square_error::<S>(xc, xx);
         let hi = S::mul(xx, S::splat(0.5));
         let lo = S::mul(err, S::splat(0.5));
         // -x^2/2 <= 0: the cheaper exp, bit for bit the same there.
@@ -394,7 +418,7 @@ pub(crate) unsafe fn activate<S: Simd>(x: S::V, act: Activation) -> S::V {
 
 #[cfg(test)]
 mod tests {
-    use super::{exp, exp_nonpositive};
+    use super::{dekker_square_error, exp, exp_nonpositive, square_error};
     use crate::simd::Simd;
 
     /// Inputs at or below zero: a fine grid, the flush limit's neighbourhood, -0, tiny values,
@@ -446,6 +470,55 @@ mod tests {
                     b[i]
                 );
             }
+        }
+    }
+
+    /// The fused square error (GELU's `x^2 / 2` split) equals Dekker's on `[-20, 20]` (GELU's
+    /// clamp), bit for bit.
+    #[inline(always)]
+    unsafe fn same_square_error<S: Simd>() {
+        assert!(S::FUSED);
+        let xs: Vec<f32> = (0..400_001)
+            .map(|i| -20.0 + i as f32 * 1e-4)
+            .chain((0..10_000).map(|i| f32::from_bits(0x3f80_0000 + 977 * i)))
+            .chain([0.0, -0.0, 1e-30, -1e-38, 20.0, -20.0, 19.999998])
+            .collect();
+        let (mut a, mut b) = ([0.0f32; 16], [0.0f32; 16]);
+        for chunk in xs.chunks(S::LANES) {
+            let n = chunk.len();
+            // SAFETY: the caller enabled S's features; the buffers hold 16 >= LANES values.
+            unsafe {
+                let x = S::load_partial(chunk.as_ptr(), n);
+                let xx = S::mul(x, x);
+                S::store(a.as_mut_ptr(), square_error::<S>(x, xx));
+                S::store(b.as_mut_ptr(), dekker_square_error::<S>(x, xx));
+            }
+            for i in 0..n {
+                assert_eq!(a[i].to_bits(), b[i].to_bits(), "x = {}", chunk[i]);
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fused_square_error_is_dekkers_bit_for_bit() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2() {
+            // SAFETY: features enabled on this function.
+            unsafe { same_square_error::<crate::simd::avx2::Avx2>() }
+        }
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        unsafe fn avx512() {
+            // SAFETY: features enabled on this function.
+            unsafe { same_square_error::<crate::simd::avx512::Avx512>() }
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: detected just above.
+            unsafe { avx2() }
+        }
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: detected just above.
+            unsafe { avx512() }
         }
     }
 

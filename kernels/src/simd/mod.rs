@@ -27,6 +27,9 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     type M: Copy;
     /// Lanes per vector.
     const LANES: usize;
+    /// Whether [`Simd::fma`] rounds once (a fused multiply-add), so `fma(a, b, -fl(a b))` is the
+    /// exact error of the product.
+    const FUSED: bool = false;
 
     /// All lanes `x`.
     unsafe fn splat(x: f32) -> Self::V;
