@@ -118,6 +118,10 @@ unsafe impl Simd for Avx512 {
         )))
     }
     #[inline(always)]
+    unsafe fn scale_pow2(p: __m512, n: __m512) -> __m512 {
+        intr!(_mm512_scalef_ps(p, n))
+    }
+    #[inline(always)]
     unsafe fn lt(a: __m512, b: __m512) -> __mmask16 {
         intr!(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b))
     }

@@ -66,7 +66,7 @@ pub(crate) unsafe fn exp_nonpositive<S: Simd>(x: S::V) -> S::V {
         let lo_lim = S::splat(-87.33);
         let (n, p) = exp_reduced::<S>(x);
         // Below the limit (n may be far out of range there) the result is 0 anyway.
-        let res = S::mul(p, S::pow2i(S::max(n, S::splat(-126.0))));
+        let res = S::scale_pow2(p, S::max(n, S::splat(-126.0)));
         S::select(S::lt(x, lo_lim), S::splat(0.0), res)
     }
 }

@@ -59,6 +59,14 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     unsafe fn round(a: Self::V) -> Self::V;
     /// `2^n` for lanes holding integers in `[-126, 127]`.
     unsafe fn pow2i(n: Self::V) -> Self::V;
+    /// `p * 2^n`, rounded once, for lanes of `n` holding integers in `[-126, 127]` (NaN in
+    /// `p` stays NaN). By default `p * pow2i(n)`; one `vscalefps` on AVX-512 (the same value:
+    /// both round the exact product once).
+    #[inline(always)]
+    unsafe fn scale_pow2(p: Self::V, n: Self::V) -> Self::V {
+        // SAFETY: the caller runs inside the tier's features (trait contract).
+        unsafe { Self::mul(p, Self::pow2i(n)) }
+    }
     /// `a < b` (false when either is NaN).
     unsafe fn lt(a: Self::V, b: Self::V) -> Self::M;
     /// `a != a`.
