@@ -23,7 +23,8 @@ pub const FP32_BLOCKS_ENV: &str = "TRANSFORMER_ENCODER_FP32_BLOCKS";
 pub const FP32_TILE_ENV: &str = "TRANSFORMER_ENCODER_FP32_TILE";
 
 /// The environment variable that forces the weight bytes one pass of the int8 products' row
-/// tiles runs over (KiB, a whole number from 1 to 65,536; see [`int8_pass`]).
+/// tiles runs over (KiB, a whole number from 1 to 65,536; see
+/// [`Kernels::int8_pass`](crate::Kernels::int8_pass)).
 pub const INT8_PASS_ENV: &str = "TRANSFORMER_ENCODER_INT8_PASS";
 
 /// The cache blocks of the float32 product: `kc` inner steps per block (a `kc x NR` slice of a
