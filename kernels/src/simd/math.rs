@@ -421,6 +421,36 @@ mod tests {
     use super::{dekker_square_error, exp, exp_nonpositive, square_error};
     use crate::simd::Simd;
 
+    /// Runs `$f::<Tier>()` on each x86 tier this CPU has (AVX2 with FMA, AVX-512), each in a
+    /// shell with the tier's features.
+    #[cfg(target_arch = "x86_64")]
+    macro_rules! on_x86_tiers {
+        ($f:ident) => {{
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2() {
+                // SAFETY: features enabled on this function.
+                unsafe { $f::<crate::simd::avx2::Avx2>() }
+            }
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+            unsafe fn avx512() {
+                // SAFETY: features enabled on this function.
+                unsafe { $f::<crate::simd::avx512::Avx512>() }
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: detected just above.
+                unsafe { avx2() }
+            }
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512dq")
+                && std::is_x86_feature_detected!("avx512vl")
+            {
+                // SAFETY: detected just above.
+                unsafe { avx512() }
+            }
+        }};
+    }
+
     /// Inputs at or below zero: a fine grid, the flush limit's neighbourhood, -0, tiny values,
     /// -inf and NaN.
     fn inputs() -> Vec<f32> {
@@ -502,24 +532,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn fused_square_error_is_dekkers_bit_for_bit() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2() {
-            // SAFETY: features enabled on this function.
-            unsafe { same_square_error::<crate::simd::avx2::Avx2>() }
-        }
-        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-        unsafe fn avx512() {
-            // SAFETY: features enabled on this function.
-            unsafe { same_square_error::<crate::simd::avx512::Avx512>() }
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: detected just above.
-            unsafe { avx2() }
-        }
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: detected just above.
-            unsafe { avx512() }
-        }
+        on_x86_tiers!(same_square_error);
     }
 
     #[test]
@@ -531,23 +544,6 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn exp_nonpositive_is_exp_bit_for_bit_x86() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2() {
-            // SAFETY: features enabled on this function.
-            unsafe { same_as_exp::<crate::simd::avx2::Avx2>() }
-        }
-        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-        unsafe fn avx512() {
-            // SAFETY: features enabled on this function.
-            unsafe { same_as_exp::<crate::simd::avx512::Avx512>() }
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: detected just above.
-            unsafe { avx2() }
-        }
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: detected just above.
-            unsafe { avx512() }
-        }
+        on_x86_tiers!(same_as_exp);
     }
 }
