@@ -1,4 +1,4 @@
-//! The float32 product's cache blocks, chosen from the CPU's own cache sizes.
+//! The products' cache blocks, chosen from the CPU's own cache sizes.
 //!
 //! The float32 register tile streams a `KC x NR` slice of a weight panel from L1 while the row
 //! tiles pass, and keeps an `MC x KC` block of `A` in L2 while the panels pass (see
@@ -9,8 +9,11 @@
 //! `TRANSFORMER_ENCODER_ISA` forces a tier.
 //!
 //! The register tile is chosen here too: each tier has one or more (`arch.rs`), the first by
-//! default, the taller AVX-512 one on Intel's CPUs; `TRANSFORMER_ENCODER_FP32_TILE` forces one by
-//! name (`8x32`) on the tiers that have it.
+//! default; `TRANSFORMER_ENCODER_FP32_TILE` forces one by name (`8x32`) on the tiers that have it.
+//!
+//! The int8 products on registers take two choices from here: how much of the weights one pass
+//! of their row tiles runs over (a quarter of L2, `int8_pass`; `TRANSFORMER_ENCODER_INT8_PASS`
+//! forces it in KiB) and how far ahead they fetch the weights (`int8_ahead`, by vendor).
 
 use std::fmt;
 use std::sync::OnceLock;
