@@ -12,3 +12,6 @@ rustup +nightly component list --installed 2>/dev/null | grep -q '^miri' \
 export TRANSFORMER_ENCODER_INT8_PASS=1
 export MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-disable-isolation"
 cargo +nightly miri test -p transformer-encoder-kernels --test portable --test team
+# The exact GELU's table evaluated lane by lane (the default `piecewise32`, which the AVX-512
+# permute must equal bit for bit).
+cargo +nightly miri test -p transformer-encoder-kernels --lib -- simd::math::tests::piecewise_gelu_is_accurate_portable

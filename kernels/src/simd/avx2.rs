@@ -119,6 +119,10 @@ unsafe impl Simd for Avx2 {
         intr!(_mm256_cmp_ps::<_CMP_UNORD_Q>(a, a))
     }
     #[inline(always)]
+    unsafe fn all(m: __m256) -> bool {
+        intr!(_mm256_movemask_ps(m)) == 0xff
+    }
+    #[inline(always)]
     unsafe fn select(m: __m256, a: __m256, b: __m256) -> __m256 {
         intr!(_mm256_blendv_ps(b, a, m))
     }

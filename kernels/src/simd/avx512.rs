@@ -45,6 +45,7 @@ unsafe impl Simd for Avx512 {
     type M = __mmask16;
     const LANES: usize = 16;
     const FUSED: bool = true;
+    const PERMUTE32: bool = true;
 
     #[inline(always)]
     unsafe fn splat(x: f32) -> __m512 {
@@ -128,6 +129,34 @@ unsafe impl Simd for Avx512 {
     #[inline(always)]
     unsafe fn is_nan(a: __m512) -> __mmask16 {
         intr!(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, a))
+    }
+    #[inline(always)]
+    unsafe fn all(m: __mmask16) -> bool {
+        m == 0xffff
+    }
+    #[inline(always)]
+    unsafe fn piecewise32<const C: usize>(c: &[[f32; 32]; C], i: __m512, t: __m512) -> __m512 {
+        const { assert!(C >= 1) };
+        // vpermt2ps: each lane picks entry `i` of the 32 held by two registers (the index's
+        // low five bits; `i` is in range by the contract).
+        intr!({
+            let k = _mm512_cvttps_epi32(i);
+            // A macro, not a closure: a closure would not share the caller's features.
+            macro_rules! pick {
+                ($row:expr) => {
+                    _mm512_permutex2var_ps(
+                        _mm512_loadu_ps($row.as_ptr()),
+                        k,
+                        _mm512_loadu_ps($row.as_ptr().add(16)),
+                    )
+                };
+            }
+            let mut p = pick!(c[C - 1]);
+            for row in c[..C - 1].iter().rev() {
+                p = _mm512_fmadd_ps(p, t, pick!(row));
+            }
+            p
+        })
     }
     #[inline(always)]
     unsafe fn select(m: __mmask16, a: __m512, b: __m512) -> __m512 {

@@ -264,13 +264,61 @@ unsafe fn dekker_square_error<S: Simd>(x: S::V, xx: S::V) -> S::V {
     }
 }
 
+include!("gelu_coeffs.rs");
+
+/// The width of [`PHI_TABLE`]'s intervals (a multiple of 2^-5, so `u - i w` is exact).
+const PHI_WIDTH: f32 = 7.0 / 32.0;
+/// `u` is clamped here, below `31.5 w` (the table's end), where `1 - q(u)` is 1 in float32;
+/// `x` below `-PHI_CLAMP` takes [`gelu_erfcx`].
+const PHI_CLAMP: f32 = 6.8906;
+
 /// Exact GELU, `x * Phi(x)` with `Phi(x) = erfc(-x / sqrt 2) / 2`, accurate in relative terms in
-/// both tails (`1 + erf` would lose everything below x = -4).
-///
-/// `erfc(t) = e^(-t^2) erfcx(t)`; `erfcx` comes from [`ERFCX_W`]; `e^(-t^2)` is computed as
-/// `e^(-hi) (1 - lo)` with `t^2 = x^2 / 2 = hi + lo` split exactly (Dekker).
+/// both tails (`1 + erf` would lose everything below x = -4): [`gelu_piecewise`] where the tier
+/// has a 32-entry permute ([`Simd::PERMUTE32`]), else [`gelu_erfcx`]. Both are within 3 ulp.
 #[inline(always)]
 pub(crate) unsafe fn gelu_erf<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract).
+    unsafe {
+        if S::PERMUTE32 {
+            gelu_piecewise::<S>(x)
+        } else {
+            gelu_erfcx::<S>(x)
+        }
+    }
+}
+
+/// Exact GELU from a table: `q(u) = P(X > u)` for `u = |x|` (X standard normal) is a polynomial
+/// of degree 7 in `t = u - i w` on each of 32 intervals of width `w` centred at `i w`
+/// ([`PHI_TABLE`], fitted for relative accuracy by `tools/fit_gelu_table.py`); `x q(|x|)` for
+/// negative `x`, `x (1 - q(x))` otherwise. About 25 vector instructions where the exp and erfcx
+/// formula takes 60. A lane below `-6.89` (where the table ends) or NaN takes
+/// [`gelu_erfcx`]: each lane's result depends on that lane alone.
+#[inline(always)]
+pub(crate) unsafe fn gelu_piecewise<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: the caller runs inside S's target features (trait contract); the index lanes are
+    // integers in [0, 31] (u <= PHI_CLAMP < 31.5 w, and NaN lanes are replaced below).
+    unsafe {
+        let u = S::min(S::abs(x), S::splat(PHI_CLAMP));
+        let i = S::round(S::mul(u, S::splat(1.0 / PHI_WIDTH)));
+        // Exact: u and i w are multiples of u's ulp and |t| <= w / 2.
+        let t = S::sub(u, S::mul(i, S::splat(PHI_WIDTH)));
+        let q = S::piecewise32(&PHI_TABLE, i, t);
+        let phi = S::select(S::lt(x, S::splat(0.0)), q, S::sub(S::splat(1.0), q));
+        let y = S::mul(x, phi);
+        // -PHI_CLAMP <= x, false for NaN.
+        let inside = S::le(S::splat(-PHI_CLAMP), x);
+        if S::all(inside) {
+            y
+        } else {
+            S::select(inside, y, gelu_erfcx::<S>(x))
+        }
+    }
+}
+
+/// Exact GELU by `erfc(t) = e^(-t^2) erfcx(t)`; `erfcx` comes from [`ERFCX_W`]; `e^(-t^2)` is
+/// computed as `e^(-hi) (1 - lo)` with `t^2 = x^2 / 2 = hi + lo` split exactly (Dekker).
+#[inline(always)]
+pub(crate) unsafe fn gelu_erfcx<S: Simd>(x: S::V) -> S::V {
     // SAFETY: the caller runs inside S's target features (trait contract).
     unsafe {
         // Beyond |x| = 20, Phi is 0 or 1 to far below f32 resolution; clamping keeps infinities
@@ -418,7 +466,11 @@ pub(crate) unsafe fn activate<S: Simd>(x: S::V, act: Activation) -> S::V {
 
 #[cfg(test)]
 mod tests {
-    use super::{dekker_square_error, exp, exp_nonpositive, square_error};
+    use super::{
+        PHI_CLAMP, PHI_TABLE, dekker_square_error, exp, exp_nonpositive, gelu_erfcx,
+        gelu_piecewise, square_error,
+    };
+    use crate::activation::{Activation, ulp32};
     use crate::simd::Simd;
 
     /// Runs `$f::<Tier>()` on each x86 tier this CPU has (AVX2 with FMA, AVX-512), each in a
@@ -545,5 +597,141 @@ mod tests {
     #[test]
     fn exp_nonpositive_is_exp_bit_for_bit_x86() {
         on_x86_tiers!(same_as_exp);
+    }
+
+    /// GELU's inputs: a grid over the table (and past it on both sides), the clamp's and every
+    /// interval boundary's neighbourhood, huge values and the specials.
+    fn gelu_inputs(step: f32) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..)
+            .map(|i| -8.0 + i as f32 * step)
+            .take_while(|&x| x <= 9.0)
+            .collect();
+        for b in (0..33)
+            .map(|i| (i as f32 + 0.5) * super::PHI_WIDTH)
+            .chain([PHI_CLAMP])
+        {
+            for x in [b, -b] {
+                v.extend((0..9u32).map(|d| f32::from_bits(x.to_bits() + d - 4)));
+            }
+        }
+        v.extend([
+            0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 3e38, -3e38, 20.0, -20.0,
+        ]);
+        v.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        v
+    }
+
+    /// The table's GELU against the float64 definition: within 3 ulp (the fit's 2.97) where
+    /// the table applies, lane for lane the erfcx formula's value below it and for NaN, and
+    /// Keras' specials (`gelu(inf) = inf`, `gelu(-inf) = NaN`).
+    #[inline(always)]
+    unsafe fn piecewise_gelu_is_accurate<S: Simd>(step: f32) {
+        let xs = gelu_inputs(step);
+        let (mut y, mut z) = ([0.0f32; 16], [0.0f32; 16]);
+        for chunk in xs.chunks(S::LANES) {
+            let n = chunk.len();
+            // SAFETY: the caller enabled S's features; the buffers hold 16 >= LANES values.
+            unsafe {
+                let x = S::load_partial(chunk.as_ptr(), n);
+                S::store(y.as_mut_ptr(), gelu_piecewise::<S>(x));
+                S::store(z.as_mut_ptr(), gelu_erfcx::<S>(x));
+            }
+            for i in 0..n {
+                let x = chunk[i];
+                if x.is_nan() || x < -PHI_CLAMP {
+                    assert!(
+                        y[i].to_bits() == z[i].to_bits() || (y[i].is_nan() && z[i].is_nan()),
+                        "x = {x}: {} vs erfcx's {}",
+                        y[i],
+                        z[i]
+                    );
+                    continue;
+                }
+                let t = Activation::Gelu.eval_f64(x as f64);
+                if x == f32::INFINITY {
+                    assert_eq!(y[i], f32::INFINITY);
+                    continue;
+                }
+                let e = (y[i] as f64 - t).abs() / ulp32(t);
+                assert!(e <= 3.0, "x = {x}: gelu {} vs {t} ({e:.2} ulp)", y[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn piecewise_gelu_is_accurate_portable() {
+        // The lane-by-lane table (the default of `piecewise32`), which Miri also runs.
+        let step = if cfg!(miri) { 0.37 } else { 1e-4 };
+        // SAFETY: the portable tier needs no CPU feature.
+        unsafe { piecewise_gelu_is_accurate::<crate::simd::portable::Portable>(step) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn piecewise_gelu_is_accurate_x86() {
+        #[inline(always)]
+        unsafe fn fine<S: Simd>() {
+            // SAFETY: the caller enabled S's features.
+            unsafe { piecewise_gelu_is_accurate::<S>(1e-4) }
+        }
+        on_x86_tiers!(fine);
+    }
+
+    /// A tier's `piecewise32` is the lane-by-lane default bit for bit, on every entry of the
+    /// table and offsets across its interval.
+    #[inline(always)]
+    unsafe fn same_piecewise<S: Simd>() {
+        if !S::PERMUTE32 {
+            return;
+        }
+        let (mut a, mut b) = ([0.0f32; 16], [0.0f32; 16]);
+        for k in 0..32 {
+            for j in 0..64 {
+                let t0 = -0.11 + j as f32 * 3.4e-3;
+                let ts: Vec<f32> = (0..16).map(|l| t0 + l as f32 * 1e-5).collect();
+                let is: Vec<f32> = (0..16).map(|l| ((k + l * 5) % 32) as f32).collect();
+                // SAFETY: the caller enabled S's features; the buffers hold 16 >= LANES values.
+                unsafe {
+                    let (i, t) = (S::load(is.as_ptr()), S::load(ts.as_ptr()));
+                    S::store(a.as_mut_ptr(), S::piecewise32(&PHI_TABLE, i, t));
+                    S::store(b.as_mut_ptr(), default_piecewise::<S>(i, t));
+                }
+                for l in 0..S::LANES {
+                    assert_eq!(
+                        a[l].to_bits(),
+                        b[l].to_bits(),
+                        "entry {}, t {}",
+                        is[l],
+                        ts[l]
+                    );
+                }
+            }
+        }
+    }
+
+    /// The trait's default `piecewise32`, whatever the tier overrides it with.
+    #[inline(always)]
+    unsafe fn default_piecewise<S: Simd>(i: S::V, t: S::V) -> S::V {
+        let (mut iv, mut tv, mut out) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
+        // SAFETY: the caller enabled S's features; the buffers hold 16 >= LANES values.
+        unsafe {
+            S::store(iv.as_mut_ptr(), i);
+            S::store(tv.as_mut_ptr(), t);
+            for l in 0..S::LANES {
+                let v = crate::simd::portable::Portable::piecewise32(
+                    &PHI_TABLE,
+                    crate::simd::portable::Portable::splat(iv[l]),
+                    crate::simd::portable::Portable::splat(tv[l]),
+                );
+                out[l] = wide::f32x8::to_array(v)[0];
+            }
+            S::load(out.as_ptr())
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn piecewise32_is_the_default_bit_for_bit() {
+        on_x86_tiers!(same_piecewise);
     }
 }

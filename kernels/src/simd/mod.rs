@@ -30,6 +30,33 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     /// Whether [`Simd::fma`] rounds once (a fused multiply-add), so `fma(a, b, -fl(a b))` is the
     /// exact error of the product.
     const FUSED: bool = false;
+    /// Whether [`Simd::piecewise32`] looks its coefficients up in a few instructions (a
+    /// 32-entry permute): where it does, the exact GELU evaluates a table of polynomials
+    /// rather than its exp and erfcx formula.
+    const PERMUTE32: bool = false;
+
+    /// `sum_k c[k][i] t^k` lane by lane, by Horner's rule in fused multiply-adds (rounding
+    /// once each, on every tier), for lanes of `i` holding integers in `[0, 32)`. By default
+    /// one lane at a time (a reference: the tiers that use it have a permute).
+    #[inline(always)]
+    unsafe fn piecewise32<const C: usize>(c: &[[f32; 32]; C], i: Self::V, t: Self::V) -> Self::V {
+        const { assert!(C >= 1) };
+        let (mut iv, mut tv, mut out) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
+        // SAFETY: LANES <= 16 values are stored to and loaded from the arrays; the caller runs
+        // inside the tier's features (trait contract).
+        unsafe {
+            Self::store(iv.as_mut_ptr(), i);
+            Self::store(tv.as_mut_ptr(), t);
+            for lane in 0..Self::LANES {
+                let (k, t) = ((iv[lane] as usize).min(31), tv[lane]);
+                out[lane] = c[..C - 1]
+                    .iter()
+                    .rev()
+                    .fold(c[C - 1][k], |p, row| p.mul_add(t, row[k]));
+            }
+            Self::load(out.as_ptr())
+        }
+    }
 
     /// All lanes `x`.
     unsafe fn splat(x: f32) -> Self::V;
@@ -71,6 +98,8 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     unsafe fn lt(a: Self::V, b: Self::V) -> Self::M;
     /// `a != a`.
     unsafe fn is_nan(a: Self::V) -> Self::M;
+    /// Whether every lane of `m` is set.
+    unsafe fn all(m: Self::M) -> bool;
     /// `m ? a : b` lane-wise.
     unsafe fn select(m: Self::M, a: Self::V, b: Self::V) -> Self::V;
     /// `1 / a` within an ulp for finite, nonzero `a` whose reciprocal is a normal number (the

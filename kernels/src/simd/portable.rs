@@ -97,6 +97,10 @@ unsafe impl Simd for Portable {
         f32x8::from([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]).simd_lt(f32x8::splat(n as f32))
     }
     #[inline(always)]
+    unsafe fn all(m: f32x8) -> bool {
+        m.all()
+    }
+    #[inline(always)]
     unsafe fn select(m: f32x8, a: f32x8, b: f32x8) -> f32x8 {
         m.bitselect(a, b)
     }
