@@ -51,8 +51,10 @@ impl Kernels {
         // pass over all rows, no wait between). Measured on the Xeon (AMX hidden), int8 MiniLM
         // layer at seq 128 on 2 threads, builds alternated 4 rounds: 0.84-1.01 ms by column
         // panels, 0.68-0.75 by row blocks; BERT-base's int8 QKV and FFN weights (1.8-2.4 MB,
-        // streamed from L3) were slower so.
-        let fits = threads > 1 && b_bytes <= L2_BYTES;
+        // streamed from L3) were slower so. (L2 as cpuid reports it, at most `L2_BYTES`: a Zen
+        // 3's is 512 KiB.)
+        let l2 = crate::blocks::cache_sizes().map_or(L2_BYTES, |(_, l2)| l2.min(L2_BYTES));
+        let fits = threads > 1 && b_bytes <= l2;
         let tall = (m >= tall_rows || fits) && b_bytes <= 4 * L2_BYTES;
         if threads > 1 && m <= FEW_ROWS && m >= threads * mr / 2 && b_bytes <= L2_BYTES {
             // Rows in tile order are split at whole blocks of the tile, or at its halves (one
