@@ -40,22 +40,8 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     /// one lane at a time (a reference: the tiers that use it have a permute).
     #[inline(always)]
     unsafe fn piecewise32<const C: usize>(c: &[[f32; 32]; C], i: Self::V, t: Self::V) -> Self::V {
-        const { assert!(C >= 1) };
-        let (mut iv, mut tv, mut out) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
-        // SAFETY: LANES <= 16 values are stored to and loaded from the arrays; the caller runs
-        // inside the tier's features (trait contract).
-        unsafe {
-            Self::store(iv.as_mut_ptr(), i);
-            Self::store(tv.as_mut_ptr(), t);
-            for lane in 0..Self::LANES {
-                let (k, t) = ((iv[lane] as usize).min(31), tv[lane]);
-                out[lane] = c[..C - 1]
-                    .iter()
-                    .rev()
-                    .fold(c[C - 1][k], |p, row| p.mul_add(t, row[k]));
-            }
-            Self::load(out.as_ptr())
-        }
+        // SAFETY: the caller runs inside the tier's features (trait contract).
+        unsafe { piecewise_lanes::<Self, C>(c, i, t) }
     }
 
     /// All lanes `x`.
@@ -148,6 +134,35 @@ pub(crate) unsafe trait Simd: Copy + 'static {
     unsafe fn store_bf16(p: *mut u16, v: Self::V, n: usize);
     /// Each lane rounded to bfloat16 ([`bf16_bits`]), kept as the float32 of the same value.
     unsafe fn round_bf16(v: Self::V) -> Self::V;
+}
+
+/// [`Simd::piecewise32`] one lane at a time (its default, and what a tier's own must equal bit
+/// for bit).
+///
+/// # Safety
+/// S's features enabled.
+#[inline(always)]
+pub(crate) unsafe fn piecewise_lanes<S: Simd, const C: usize>(
+    c: &[[f32; 32]; C],
+    i: S::V,
+    t: S::V,
+) -> S::V {
+    const { assert!(C >= 1) };
+    let (mut iv, mut tv, mut out) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
+    // SAFETY: LANES <= 16 values are stored to and loaded from the arrays; features by the
+    // caller.
+    unsafe {
+        S::store(iv.as_mut_ptr(), i);
+        S::store(tv.as_mut_ptr(), t);
+        for lane in 0..S::LANES {
+            let (k, t) = ((iv[lane] as usize).min(31), tv[lane]);
+            out[lane] = c[..C - 1]
+                .iter()
+                .rev()
+                .fold(c[C - 1][k], |p, row| p.mul_add(t, row[k]));
+        }
+        S::load(out.as_ptr())
+    }
 }
 
 /// The bfloat16 nearest to `x` (ties to even; a NaN stays a quiet NaN of the same sign, the
